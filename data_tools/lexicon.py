@@ -1,0 +1,153 @@
+"""Bilingual petrography lexicon: which minerals, textures and pores a Chinese or English text names.
+
+The vocabulary lives in ``lexicon.yaml`` (data, not code) so geologists can extend it without touching
+Python. The same ids serve the multi-turn facet splitter, the synthetic captions and the evaluation's
+mineral-term F1, so ``find`` must be precise: Chinese names match longest first (绢云母化 is
+sericitization and not also sericite), English names match case-insensitively on word boundaries, with
+plurals and interchangeable hyphen/space (K-feldspar, K feldspar, potassium feldspar).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from thinchat.errors import DataFormatError
+
+DEFAULT_LEXICON = Path(__file__).with_name("lexicon.yaml")
+_CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+@dataclass(frozen=True)
+class Term:
+    """One concept: a canonical id with its Chinese and English names."""
+
+    id: str
+    zh: list[str]
+    en: list[str]
+    kind: str  # mineral | matrix | cement | alteration | texture | grain_size | pore | optics | rock
+    facet: str  # composition, matrix, carbonate, silica, feldspar_alteration, accessory, fabric, ...
+
+
+@dataclass(frozen=True)
+class Span:
+    """A term occurrence: ``text[start:end]`` names ``term_id``."""
+
+    start: int
+    end: int
+    term_id: str
+
+
+def _english_pattern(name: str) -> str:
+    """Regex for an English name: hyphen/space optional between parts, plural on the last word."""
+    parts = [p for p in re.split(r"[-\s]+", name.strip()) if p]
+    body = r"[-\s]*".join(re.escape(p) for p in parts)
+    return body + r"(?:e?s)?"
+
+
+@dataclass
+class Lexicon:
+    """The loaded lexicon with compiled matchers; build it with :func:`load_lexicon`."""
+
+    terms: list[Term]
+    by_id: dict[str, Term] = field(init=False)
+    _zh_re: re.Pattern[str] = field(init=False, repr=False)
+    _en_re: re.Pattern[str] = field(init=False, repr=False)
+    _zh_ids: dict[str, str] = field(init=False, repr=False)
+    _en_ids: dict[str, str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.by_id = {t.id: t for t in self.terms}
+        self._zh_ids = {}
+        self._en_ids = {}
+        for term in self.terms:
+            for name in term.zh:
+                self._zh_ids.setdefault(name, term.id)
+            for name in term.en:
+                key = re.sub(r"[-\s]+", "", name.lower())
+                self._en_ids.setdefault(key, term.id)
+        zh_names = sorted(self._zh_ids, key=len, reverse=True)
+        self._zh_re = re.compile("|".join(re.escape(n) for n in zh_names))
+        en_names = sorted({n for t in self.terms for n in t.en}, key=len, reverse=True)
+        alternation = "|".join(f"(?:{_english_pattern(n)})" for n in en_names)
+        self._en_re = re.compile(rf"(?<![A-Za-z0-9])(?:{alternation})(?![A-Za-z0-9])", re.IGNORECASE)
+
+    def _english_id(self, matched: str) -> str | None:
+        key = re.sub(r"[-\s]+", "", matched.lower())
+        for candidate in (key, key[:-1], key[:-2]):
+            if candidate in self._en_ids:
+                return self._en_ids[candidate]
+        return None
+
+    def find_spans(self, text: str) -> list[Span]:
+        """All term occurrences in ``text``, in order of position (Chinese and English together)."""
+        spans = [Span(m.start(), m.end(), self._zh_ids[m.group()]) for m in self._zh_re.finditer(text)]
+        for m in self._en_re.finditer(text):
+            term_id = self._english_id(m.group())
+            if term_id is not None:
+                spans.append(Span(m.start(), m.end(), term_id))
+        return sorted(spans, key=lambda s: s.start)
+
+    def find(self, text: str, kinds: set[str] | None = None) -> set[str]:
+        """Canonical ids named in ``text``; ``kinds`` (e.g. ``{"mineral"}``) restricts the term kinds."""
+        ids = {s.term_id for s in self.find_spans(text)}
+        if kinds is not None:
+            ids = {i for i in ids if self.by_id[i].kind in kinds}
+        return ids
+
+    def name(self, term_id: str, lang: str) -> str:
+        """The preferred (first) name of a term in ``lang`` ("zh" or "en")."""
+        term = self.by_id[term_id]
+        return (term.zh if lang == "zh" else term.en)[0]
+
+    def facet(self, term_id: str) -> str:
+        return self.by_id[term_id].facet
+
+
+def is_chinese(text: str, threshold: float = 0.2) -> bool:
+    """True when CJK characters make up at least ``threshold`` of the letters (mixed zh/en text counts)."""
+    letters = sum(1 for ch in text if ch.isalpha())
+    if not letters:
+        return False
+    return len(_CJK.findall(text)) / letters >= threshold
+
+
+def _parse(data: object, source: str) -> list[Term]:
+    if not isinstance(data, dict) or not isinstance(data.get("terms"), list):
+        raise DataFormatError(f"{source}: expected a mapping with a 'terms' list")
+    terms: list[Term] = []
+    seen: set[str] = set()
+    for index, item in enumerate(data["terms"]):
+        where = f"{source}: terms[{index}]"
+        if not isinstance(item, dict):
+            raise DataFormatError(f"{where}: expected a mapping with id, kind, facet, zh, en")
+        missing = [k for k in ("id", "kind", "facet", "zh", "en") if k not in item]
+        if missing:
+            raise DataFormatError(f"{where}: missing {', '.join(missing)}")
+        if item["id"] in seen:
+            raise DataFormatError(f"{where}: duplicate id {item['id']!r}; ids must be unique")
+        seen.add(item["id"])
+        zh = [str(n) for n in item["zh"]]
+        en = [str(n) for n in item["en"]]
+        if not zh and not en:
+            raise DataFormatError(f"{where}: term {item['id']!r} has no names")
+        terms.append(Term(str(item["id"]), zh, en, str(item["kind"]), str(item["facet"])))
+    return terms
+
+
+@lru_cache(maxsize=8)
+def _load_cached(path: str) -> Lexicon:
+    text = Path(path).read_text(encoding="utf-8")
+    return Lexicon(_parse(yaml.safe_load(text), path))
+
+
+def load_lexicon(path: Path | None = None) -> Lexicon:
+    """Load (and cache) the lexicon; ``None`` means the bundled ``data_tools/lexicon.yaml``."""
+    target = Path(path) if path is not None else DEFAULT_LEXICON
+    if not target.is_file():
+        raise DataFormatError(f"{target}: lexicon file not found")
+    return _load_cached(str(target.resolve()))
