@@ -1,0 +1,68 @@
+"""`thinchat eval`: score one or more checkpoints on a test set and write a side-by-side report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def checkpoint_names(paths: list[str]) -> dict[str, str]:
+    """``{name: path}`` with names from directory names, made unique (``ckpt``, ``ckpt-2``)."""
+    names: dict[str, str] = {}
+    for path in paths:
+        base = Path(path.rstrip("/\\")).name or "checkpoint"
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names[name] = path
+    return names
+
+
+def _run(args: argparse.Namespace) -> int:
+    from thinchat.eval import evaluate
+
+    report = evaluate(
+        checkpoint_names(args.from_pretrained),
+        args.data,
+        args.out,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.limit,
+        meteor=args.meteor,
+        device=args.device,
+    )
+    out = Path(args.out)
+    print(f"scored {report['counts']['scored']} samples, skipped {report['counts']['skipped']}")
+    print(f"report: {out / 'report.md'}  data: {out / 'report.json'}  chart: {out / 'chart.png'}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="score checkpoints on a test set (BLEU, METEOR, ROUGE-L, CIDEr-D, chrF, GLEU, domain score)",
+        description="Generate an answer for each test question with each checkpoint (greedy, batched) and "
+        "compare them side by side. Writes report.md, report.json, generations_<name>.jsonl and chart.png. "
+        "See docs/evaluation.md for how to read each metric.",
+    )
+    parser.add_argument(
+        "--from_pretrained",
+        "--from-pretrained",
+        action="append",
+        required=True,
+        metavar="CKPT",
+        help="checkpoint directory (Llava or LoRA); repeat to compare several (e.g. base and finetuned)",
+    )
+    parser.add_argument("--data", required=True, help="test set in LLaVA JSON format (first human/gpt turn)")
+    parser.add_argument("--out", required=True, help="output directory for the report")
+    parser.add_argument("--batch-size", type=int, default=8, help="generation batch size (default 8)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="answer length cap (default 256)")
+    parser.add_argument("--limit", type=int, default=None, help="score only the first N samples")
+    parser.add_argument(
+        "--meteor",
+        choices=("auto", "java", "nltk"),
+        default="auto",
+        help="METEOR 1.5 via java (auto: when java is on PATH) or the labelled nltk approximation",
+    )
+    parser.add_argument("--device", default=None, help="torch device (default: the loader's choice)")
+    parser.set_defaults(func=_run)

@@ -1,0 +1,68 @@
+"""Bar chart comparing checkpoints across metrics (one panel per language, plus the domain score).
+
+A picture answers "did fine-tuning help, and where" faster than a table; Agg keeps it headless.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from thinchat.eval.metrics import METRIC_NAMES
+
+
+def plot_comparison(report: dict, path: str | Path) -> Path:
+    """Draw grouped bars (one colour per checkpoint) and save a PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["checkpoints"])
+    panels: list[tuple[str, list[str], dict[str, list[float]]]] = []
+    for lang, table in report["metrics"].items():
+        metrics = [m for m in METRIC_NAMES if m != "CIDEr-D" and all(m in table[n] for n in names)]
+        panels.append(
+            (f"caption metrics ({lang})", metrics, {n: [table[n][m] for m in metrics] for n in names})
+        )
+        if all("CIDEr-D" in table[n] for n in names):
+            panels.append((f"CIDEr-D ({lang})", ["CIDEr-D"], {n: [table[n]["CIDEr-D"]] for n in names}))
+    dom_labels = ["term P", "term R", "term F1", "F1 macro"]
+    panels.append(
+        (
+            "domain score (minerals, alterations)",
+            dom_labels,
+            {
+                n: [
+                    report["domain"][n]["micro"]["precision"],
+                    report["domain"][n]["micro"]["recall"],
+                    report["domain"][n]["micro"]["f1"],
+                    report["domain"][n]["macro"]["f1"],
+                ]
+                for n in names
+            },
+        )
+    )
+    widths = [max(len(p[1]), 1) for p in panels]
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(1.0 + 0.9 * sum(widths), 4.2),
+        gridspec_kw={"width_ratios": widths},
+        squeeze=False,
+    )
+    bar = 0.8 / max(len(names), 1)
+    for ax, (title, labels, values) in zip(axes[0], panels, strict=True):
+        for k, name in enumerate(names):
+            xs = [i - 0.4 + bar * (k + 0.5) for i in range(len(labels))]
+            ax.bar(xs, values[name], width=bar, label=name)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("score (0-100; CIDEr-D x100)")
+    axes[0][-1].legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return out

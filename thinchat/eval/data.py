@@ -1,0 +1,124 @@
+"""Turn a LLaVA-format test JSON into evaluation samples: one prompt, its images, and its references.
+
+Each entry contributes its first human turn (the question, with its ``<image>`` placeholders) and its
+first gpt turn (the reference answer). Entries that show the same images with the same question are one
+sample with several references, the multi-reference setting caption metrics are defined for. Samples
+whose images are missing or unreadable are skipped and reported with the reason, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from thinchat.errors import DataFormatError, ImageError
+from thinchat.eval.tokenize import detect_language
+from thinchat.images import load_image
+
+IMAGE_TOKEN = "<image>"
+
+
+@dataclass
+class EvalSample:
+    """One question about one slide (zero, one or two images) with every reference answer for it."""
+
+    id: str
+    images: list[Path]
+    image_names: list[str]
+    question: str
+    references: list[str]
+    lang: str
+    entry_ids: list[str] = field(default_factory=list)
+
+    def conversation(self) -> list[dict]:
+        """The prompt as a LLaVA ``conversations`` list (one human turn)."""
+        return [{"from": "human", "value": self.question}]
+
+
+@dataclass
+class Skipped:
+    """A sample that was not scored, and why (shown in the report)."""
+
+    id: str
+    reason: str
+
+
+def _first_turns(entry: dict, where: str) -> tuple[str, str]:
+    convs = entry.get("conversations")
+    if not isinstance(convs, list) or not convs:
+        raise DataFormatError(f"{where}: missing or empty 'conversations' list")
+    human = next((t for t in convs if isinstance(t, dict) and t.get("from") == "human"), None)
+    gpt = next((t for t in convs if isinstance(t, dict) and t.get("from") == "gpt"), None)
+    if human is None or not isinstance(human.get("value"), str):
+        raise DataFormatError(f"{where}: no human turn with a text 'value' to use as the question")
+    if gpt is None or not isinstance(gpt.get("value"), str) or not gpt["value"].strip():
+        raise DataFormatError(
+            f"{where}: no non-empty gpt turn to use as the reference answer; every test entry needs one"
+        )
+    return human["value"], gpt["value"]
+
+
+def load_eval_set(data_path: str | Path, limit: int | None = None) -> tuple[list[EvalSample], list[Skipped]]:
+    """Read ``data_path`` and return (samples in file order, skipped samples with reasons).
+
+    Raises ``DataFormatError`` for an unreadable file, a malformed entry (named by index and id) or a set
+    with no entries; ``limit`` keeps the first N samples (after grouping), skipped ones included.
+    """
+    path = Path(data_path)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: test data file not found; pass --data TEST.json")
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(f"{path}: not UTF-8 text ({exc})") from exc
+    if not isinstance(entries, list):
+        raise DataFormatError(f"{path}: expected a JSON list of LLaVA entries, got {type(entries).__name__}")
+    if not entries:
+        raise DataFormatError(f"{path}: empty reference set (the list has no entries)")
+
+    base = path.parent
+    groups: dict[tuple, EvalSample] = {}
+    used_ids: set[str] = set()
+    for index, entry in enumerate(entries):
+        where = f"{path}: entry {index}" + (f" (id {entry.get('id')!r})" if isinstance(entry, dict) else "")
+        if not isinstance(entry, dict):
+            raise DataFormatError(f"{where}: expected an object with 'conversations'")
+        question, reference = _first_turns(entry, where)
+        raw = entry.get("image", [])
+        image_list = [raw] if isinstance(raw, str) else raw
+        if not isinstance(image_list, list) or not all(isinstance(p, str) for p in image_list):
+            raise DataFormatError(f"{where}: 'image' must be a path string or a list of path strings")
+        if question.count(IMAGE_TOKEN) != len(image_list):
+            raise DataFormatError(
+                f"{where}: the question has {question.count(IMAGE_TOKEN)} {IMAGE_TOKEN} placeholders but "
+                f"{len(image_list)} images; they must match"
+            )
+        images = [base / p for p in image_list]
+        key = (tuple(str(p) for p in images), question.strip())
+        entry_id = str(entry.get("id", index))
+        if key in groups:
+            groups[key].references.append(reference)
+            groups[key].entry_ids.append(entry_id)
+            continue
+        lang = entry.get("lang") if entry.get("lang") in ("zh", "en") else detect_language(reference)
+        sample_id = entry_id if entry_id not in used_ids else f"{entry_id}#{index}"
+        used_ids.add(sample_id)
+        groups[key] = EvalSample(sample_id, images, list(image_list), question, [reference], lang, [entry_id])
+
+    samples = list(groups.values())
+    if limit is not None:
+        samples = samples[:limit]
+    kept: list[EvalSample] = []
+    skipped: list[Skipped] = []
+    for sample in samples:
+        try:
+            for image, name in zip(sample.images, sample.image_names, strict=True):
+                load_image(image, name=name)  # relative name: the report does not depend on where data lives
+        except ImageError as exc:
+            skipped.append(Skipped(sample.id, str(exc)))
+            continue
+        kept.append(sample)
+    return kept, skipped

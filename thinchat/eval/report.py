@@ -1,0 +1,173 @@
+"""Score generations and write the evaluation report: report.json, report.md, generations_<name>.jsonl.
+
+Kept free of model code so the scoring and the report format are tested (and identical for identical
+inputs) without generating anything. Scores are grouped by language because corpus metrics of Chinese
+and English answers are not comparable with each other, nor with published tables when mixed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from thinchat.eval.data import EvalSample, Skipped
+from thinchat.eval.domain import domain_scores
+from thinchat.eval.meteor import MeteorScorer
+from thinchat.eval.metrics import METRIC_NAMES, score_corpus
+from thinchat.eval.tokenize import TOKENIZATION
+
+REPORT_VERSION = 1
+DOMAIN_NAMES = ("term-P", "term-R", "term-F1", "term-F1-macro")
+
+
+def build_report(
+    samples: list[EvalSample],
+    skipped: list[Skipped],
+    generations: Mapping[str, Mapping[str, str]],
+    checkpoints: Mapping[str, str],
+    meteor: MeteorScorer | None,
+    lexicon: Any = None,
+    settings: Mapping[str, Any] | None = None,
+) -> tuple[dict, dict[str, list[dict]]]:
+    """Return (report data, per-checkpoint per-sample records) for ``generations[ckpt][sample_id]``."""
+    langs = sorted({s.lang for s in samples})
+    refs = {s.id: s.references for s in samples}
+    metrics: dict[str, dict[str, dict[str, float]]] = {lang: {} for lang in langs}
+    signatures: dict[str, dict[str, str]] = {}
+    domain: dict[str, dict] = {}
+    records: dict[str, list[dict]] = {}
+    for name in checkpoints:
+        answers = generations[name]
+        per_sample: dict[str, dict[str, float]] = {}
+        for lang in langs:
+            ids = [s.id for s in samples if s.lang == lang]
+            res = score_corpus({i: answers[i] for i in ids}, {i: refs[i] for i in ids}, lang, meteor)
+            metrics[lang][name] = res["scores"]
+            signatures[lang] = res["signatures"]
+            per_sample.update(res["per_sample"])
+        dom = domain_scores(answers, refs, lexicon)
+        domain[name] = {k: v for k, v in dom.items() if k != "per_sample"}
+        domain[name]["n_empty_answers"] = sum(1 for s in samples if not answers[s.id].strip())
+        records[name] = [
+            {
+                "id": s.id,
+                "entry_ids": s.entry_ids,
+                "lang": s.lang,
+                "images": s.image_names,
+                "question": s.question,
+                "answer": answers[s.id],
+                "references": s.references,
+                "scores": per_sample[s.id],
+                "domain": dom["per_sample"][s.id],
+            }
+            for s in samples
+        ]
+    report = {
+        "report_version": REPORT_VERSION,
+        "checkpoints": dict(checkpoints),
+        "settings": dict(settings or {}),
+        "tokenization": TOKENIZATION,
+        "meteor_variant": meteor.variant if meteor is not None else "not computed",
+        "counts": {
+            "scored": len(samples),
+            "skipped": len(skipped),
+            "references": sum(len(s.references) for s in samples),
+            "by_language": {lang: sum(1 for s in samples if s.lang == lang) for lang in langs},
+        },
+        "skipped": [{"id": s.id, "reason": s.reason} for s in skipped],
+        "metrics": metrics,
+        "signatures": signatures,
+        "domain": domain,
+    }
+    return report, records
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def render_markdown(report: dict) -> str:
+    """The human-readable report: side-by-side tables per language, domain score, how it was computed."""
+    names = list(report["checkpoints"])
+    head = "| metric | " + " | ".join(names) + " |\n|---|" + "---:|" * len(names)
+    lines = ["# thinchat evaluation report", ""]
+    lines += [f"- `{n}`: `{p}`" for n, p in report["checkpoints"].items()]
+    counts = report["counts"]
+    langs = ", ".join(f"{k}: {v}" for k, v in counts["by_language"].items())
+    lines += [
+        "",
+        f"Scored samples: {counts['scored']} ({langs}), references: {counts['references']}, "
+        f"skipped: {counts['skipped']}.",
+    ]
+    settings = report.get("settings") or {}
+    if settings:
+        lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".")
+    for lang, table in report["metrics"].items():
+        lines += ["", f"## Caption metrics ({lang}, 0-100)", "", head]
+        for metric in METRIC_NAMES:
+            if any(metric in table[n] for n in names):
+                lines.append(f"| {metric} | " + " | ".join(_fmt(table[n].get(metric)) for n in names) + " |")
+    lines += ["", "## Domain score (minerals and alterations, via the bilingual lexicon)", "", head]
+    dom = report["domain"]
+    rows = [
+        ("term precision (micro)", lambda d: d["micro"]["precision"]),
+        ("term recall (micro)", lambda d: d["micro"]["recall"]),
+        ("term F1 (micro)", lambda d: d["micro"]["f1"]),
+        ("term F1 (macro)", lambda d: d["macro"]["f1"]),
+        ("proportion MAE (points)", lambda d: d["proportions"]["mae"]),
+        ("proportions matched", lambda d: d["proportions"]["n_matched"]),
+        ("proportions missing", lambda d: d["proportions"]["n_missing"]),
+        ("proportions extra", lambda d: d["proportions"]["n_extra"]),
+        ("empty answers", lambda d: d["n_empty_answers"]),
+    ]
+    for label, get in rows:
+        cells = []
+        for n in names:
+            v = get(dom[n])
+            cells.append(str(v) if isinstance(v, int) else _fmt(v))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    first = dom[names[0]] if names else None
+    if first is not None:
+        lines += [
+            "",
+            f"Term kinds scored: {', '.join(first['kinds'])}. Macro averages over {first['macro']['n_samples']} "
+            f"samples whose references name a term ({first['n_no_reference_terms']} without). Proportion MAE "
+            f"over {first['proportions']['n_samples']} samples whose references state percentages.",
+        ]
+    lines += ["", "## How these numbers were computed", "", f"- Tokenization: {report['tokenization']}"]
+    lines.append(f"- METEOR: {report['meteor_variant']}")
+    for lang, sigs in report["signatures"].items():
+        for metric, sig in sigs.items():
+            if metric != "METEOR":
+                lines.append(f"- {metric} ({lang}): {sig}")
+    lines += ["", f"## Skipped samples ({counts['skipped']})", ""]
+    lines += [f"- `{s['id']}`: {s['reason']}" for s in report["skipped"]] or ["None."]
+    return "\n".join(lines) + "\n"
+
+
+def safe_name(name: str) -> str:
+    """A checkpoint name usable in a file name."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "checkpoint"
+
+
+def write_report(report: dict, records: Mapping[str, list[dict]], out_dir: str | Path) -> dict[str, Path]:
+    """Write report.json, report.md, generations_<name>.jsonl and chart.png under ``out_dir``."""
+    from thinchat.eval.chart import plot_comparison
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "report.json", "md": out / "report.md", "chart": out / "chart.png"}
+    paths["json"].write_text(
+        json.dumps(report, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    paths["md"].write_text(render_markdown(report), encoding="utf-8")
+    for name, rows in records.items():
+        path = out / f"generations_{safe_name(name)}.jsonl"
+        with path.open("w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+        paths[f"generations:{name}"] = path
+    plot_comparison(report, paths["chart"])
+    return paths

@@ -1,0 +1,116 @@
+"""``evaluate``: generate with each checkpoint on a test set, score, and write the comparison report.
+
+The one entry point behind ``thinchat eval`` and the quickstart. Checkpoints are checked before any
+generation starts so a typo in the second path does not cost the first checkpoint's run, and models are
+loaded one at a time to keep memory to a single model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from thinchat.errors import DataFormatError, ModelSpecError
+from thinchat.eval.data import EvalSample, load_eval_set
+from thinchat.eval.meteor import MeteorScorer
+from thinchat.eval.report import build_report, write_report
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+def check_checkpoint(path: str | Path) -> Path:
+    """Raise ``ModelSpecError`` unless ``path`` looks like a Llava or LoRA checkpoint directory."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise ModelSpecError(f"{p}: checkpoint directory not found; pass --from_pretrained DIR")
+    if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
+        raise ModelSpecError(
+            f"{p}: neither config.json (Llava checkpoint) nor adapter_config.json (LoRA checkpoint) found"
+        )
+    return p
+
+
+def generate_for_samples(
+    model: Any,
+    processor: Any,
+    samples: list[EvalSample],
+    batch_size: int = 8,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    desc: str = "generating",
+) -> dict[str, str]:
+    """Greedy answers for every sample (batched, with a progress bar): ``{sample_id: answer}``."""
+    from tqdm import tqdm
+
+    from thinchat.eval.generate import generate_batch, prepare_processor
+    from thinchat.images import load_image
+
+    prepare_processor(processor)
+    answers: dict[str, str] = {}
+    with tqdm(total=len(samples), desc=desc, unit="sample") as bar:
+        for start in range(0, len(samples), batch_size):
+            batch = samples[start : start + batch_size]
+            images = [[load_image(p) for p in s.images] for s in batch]
+            outs = generate_batch(model, processor, [s.conversation() for s in batch], images, max_new_tokens)
+            answers.update({s.id: a for s, a in zip(batch, outs, strict=True)})
+            bar.update(len(batch))
+    return answers
+
+
+def evaluate(
+    checkpoints: Mapping[str, str],
+    data_path: str | Path,
+    out_dir: str | Path,
+    batch_size: int = 8,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    limit: int | None = None,
+    meteor: str = "auto",
+    device: str | None = None,
+    lexicon: Any = None,
+) -> dict:
+    """Evaluate ``{name: checkpoint_dir}`` on the LLaVA-format ``data_path``; write the report to ``out_dir``.
+
+    Returns the report data (what ``report.json`` holds). Raises ``ThinchatError`` subclasses for a bad
+    test set (empty, malformed, nothing left after skipping) or a checkpoint that fails to load.
+    """
+    from thinchat.loading import load_pretrained
+
+    if not checkpoints:
+        raise ModelSpecError("no checkpoint to evaluate; pass --from_pretrained DIR (repeatable)")
+    if batch_size < 1 or max_new_tokens < 1:
+        raise DataFormatError("--batch-size and --max-new-tokens must be at least 1")
+    for path in checkpoints.values():
+        check_checkpoint(path)
+    samples, skipped = load_eval_set(data_path, limit=limit)
+    if not samples:
+        reasons = "; ".join(f"{s.id}: {s.reason}" for s in skipped[:3])
+        raise DataFormatError(f"{data_path}: no sample left to score, all {len(skipped)} skipped ({reasons})")
+    for s in skipped:
+        log.warning("skipped sample %s: %s", s.id, s.reason)
+
+    generations: dict[str, dict[str, str]] = {}
+    for name, path in checkpoints.items():
+        model, processor = load_pretrained(path, device=device)
+        generations[name] = generate_for_samples(
+            model, processor, samples, batch_size, max_new_tokens, desc=f"eval {name}"
+        )
+        del model, processor
+    scorer = MeteorScorer(meteor)
+    try:
+        report, records = build_report(
+            samples,
+            skipped,
+            generations,
+            {n: str(p) for n, p in checkpoints.items()},
+            scorer,
+            lexicon=lexicon,
+            settings={"decoding": "greedy", "max_new_tokens": max_new_tokens, "data": str(data_path)},
+        )
+    finally:
+        scorer.close()
+    paths = write_report(report, records, out_dir)
+    log.info("wrote %s and %s", paths["md"], paths["json"])
+    return report
