@@ -1,0 +1,1 @@
+"""Data tools: captions in many formats -> LLaVA conversation data; synthetic thin sections."""

@@ -1,0 +1,5 @@
+import sys
+
+from thinchat.cli import main
+
+sys.exit(main())

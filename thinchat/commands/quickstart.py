@@ -1,0 +1,10 @@
+"""`thinchat quickstart` (placeholder until its issue lands)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("quickstart", help="(not available yet)")
+    parser.set_defaults(func=lambda args: parser.error("not implemented yet"))

@@ -1,0 +1,156 @@
+"""Compose a vision tower and a causal LM into a standard transformers Llava checkpoint.
+
+The result is a plain ``LlavaForConditionalGeneration`` plus a ``LlavaProcessor``: nothing of thinchat
+is needed to load it, so peft, vLLM and every other transformers tool work on it. The projector is
+Llava's ``mlp2x_gelu`` (linear, GELU, linear), randomly initialised until stage-1 training.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from thinchat.chat_templates import TEMPLATES, choose_template, end_of_turn_token
+from thinchat.errors import ModelSpecError, PromptTooLongError
+from thinchat.resolve import TOWER_FEATURES
+
+log = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"
+#: Room left for text after the image tokens, when checking an LM's position limit.
+MIN_TEXT_TOKENS = 64
+
+
+@dataclass
+class BuildInfo:
+    """What the composition decided, for logging and the model card."""
+
+    vision_model_type: str
+    lm_model_type: str
+    chat_template: str
+    image_seq_length: int
+    max_positions: int | None
+
+
+def max_positions(text_config) -> int | None:
+    """The LM's position limit (GPT-2: 1024), or None when it has no hard limit we know of."""
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(text_config, name, None)
+        if value:
+            return int(value)
+    return None
+
+
+def image_seq_length(vision_config, image_processor) -> int:
+    size = image_processor.crop_size if getattr(image_processor, "do_center_crop", False) else image_processor.size
+    height = size.get("height") or size.get("shortest_edge")
+    width = size.get("width") or size.get("shortest_edge")
+    _, strategy, extra = TOWER_FEATURES[vision_config.model_type]
+    tokens = (height // vision_config.patch_size) * (width // vision_config.patch_size) + extra
+    return tokens - 1 if strategy == "default" else tokens
+
+
+def check_fits(n_images: int, image_tokens: int, text_tokens: int, limit: int | None) -> None:
+    """Refuse, before any heavy work, a prompt that cannot fit the LM's positions."""
+    if limit is None:
+        return
+    total = n_images * image_tokens + text_tokens
+    if total > limit:
+        raise PromptTooLongError(
+            f"{n_images} image(s) x {image_tokens} tokens + {text_tokens} text tokens = {total} > the language "
+            f"model's {limit} positions; use fewer images, a smaller --image-size, or a shorter prompt"
+        )
+
+
+def prepare_tokenizer(tokenizer) -> None:
+    """Add ``<image>``, make sure a pad token exists, and drop ``token_type_ids`` (BERT-style tokenizers)."""
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    # generate() rejects token_type_ids, which Chinese GPT-2's BERT tokenizer returns by default.
+    tokenizer.model_input_names = ["input_ids", "attention_mask"]
+
+
+def compose_llava(vision_model, image_processor, lm, tokenizer, template: str | None = None):
+    """Return ``(LlavaForConditionalGeneration, LlavaProcessor, BuildInfo)`` from loaded parts."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    vision_config = vision_model.config
+    if vision_config.model_type not in TOWER_FEATURES:
+        raise ModelSpecError(f"unsupported vision tower type '{vision_config.model_type}'")
+    feature_layer, strategy, extra_tokens = TOWER_FEATURES[vision_config.model_type]
+    prepare_tokenizer(tokenizer)
+    template = template or choose_template(tokenizer)
+    if template not in TEMPLATES:
+        raise ModelSpecError(f"unknown chat template '{template}'; choose one of {', '.join(TEMPLATES)}")
+    if template == "plain" and tokenizer.eos_token is None:
+        tokenizer.eos_token = tokenizer.sep_token or tokenizer.pad_token
+
+    text_config = lm.config
+    embeddings = lm.get_input_embeddings()
+    # Llava ties lm_head to `language_model.embed_tokens`; LMs that name it otherwise (GPT-2's `wte`)
+    # fail at construction when tied, so untie them and copy the embedding into lm_head instead.
+    base = lm.base_model
+    untie = bool(getattr(text_config, "tie_word_embeddings", False)) and not hasattr(base, "embed_tokens")
+    if untie:
+        text_config.tie_word_embeddings = False
+
+    n_image = image_seq_length(vision_config, image_processor)
+    limit = max_positions(text_config)
+    check_fits(1, n_image, MIN_TEXT_TOKENS, limit)
+
+    config = LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        projector_hidden_act="gelu",
+        vision_feature_layer=feature_layer,
+        vision_feature_select_strategy=strategy,
+        multimodal_projector_bias=True,
+        image_seq_length=n_image,
+        tie_word_embeddings=bool(getattr(text_config, "tie_word_embeddings", False)),
+    )
+    model = LlavaForConditionalGeneration(config)
+    model.model.vision_tower.load_state_dict(vision_model.state_dict())
+    model.model.language_model.load_state_dict(base.state_dict())
+    output = lm.get_output_embeddings()
+    model.lm_head.weight.data.copy_(embeddings.weight.data if untie else output.weight.data)
+
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    stop = tokenizer.convert_tokens_to_ids(end_of_turn_token(template, tokenizer))
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    model.generation_config.eos_token_id = sorted({stop, *eos})
+
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=vision_config.patch_size,
+        vision_feature_select_strategy=strategy,
+        chat_template=TEMPLATES[template],
+        image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=extra_tokens,
+    )
+    info = BuildInfo(vision_config.model_type, text_config.model_type, template, n_image, limit)
+    return model.eval(), processor, info
+
+
+def build(vision: str, llm: str, out: str | Path, image_size: int | None = None, template: str | None = None) -> BuildInfo:
+    """Resolve both specs, compose, and save a standard Llava checkpoint to ``out``."""
+    from thinchat.resolve import classify, load_language_model, load_vision_tower
+
+    classify(vision, "vision")  # fail on a bad spec before loading anything
+    classify(llm, "lm")
+    vision_model, image_processor = load_vision_tower(vision, image_size=image_size)
+    lm, tokenizer = load_language_model(llm)
+    model, processor, info = compose_llava(vision_model, image_processor, lm, tokenizer, template)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    log.info("wrote %s: %s + %s, %d image tokens, template %s", out, vision, llm, info.image_seq_length, info.chat_template)
+    return info

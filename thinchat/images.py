@@ -1,0 +1,61 @@
+"""Safe image loading shared by the data tools, training, the chat engine and the server.
+
+Slides come from many labs and many scanners: files are missing, truncated, mislabelled or gigantic.
+Loading goes through one function so every entry point rejects the same inputs with the same message,
+and a decompression bomb is refused before its pixels are decoded.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from thinchat.errors import ImageError
+
+#: Default pixel cap: a 8192 x 8192 slide scan. Larger images are refused (decompression-bomb guard).
+DEFAULT_MAX_PIXELS = 8192 * 8192
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+
+
+def load_image(
+    source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None
+) -> Image.Image:
+    """Open an image file (or raw bytes) fully decoded as RGB, or raise ``ImageError`` saying why.
+
+    ``name`` is used in messages when ``source`` is bytes (an upload, a data URI).
+    """
+    label = name or (str(source) if not isinstance(source, bytes) else "<image bytes>")
+    if isinstance(source, bytes):
+        if not source:
+            raise ImageError(f"{label}: empty image data (0 bytes)")
+        stream: io.BytesIO | Path = io.BytesIO(source)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise ImageError(f"{label}: file not found; check the path and the --images directory")
+        if path.is_dir():
+            raise ImageError(f"{label}: is a directory, expected an image file")
+        if path.stat().st_size == 0:
+            raise ImageError(f"{label}: zero-byte file, expected an image (JPEG, PNG, TIFF...)")
+        stream = path
+    try:
+        with Image.open(stream) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"{label}: {width}x{height} = {width * height} pixels exceeds the limit of "
+                    f"{max_pixels}; downscale the image or raise the pixel limit"
+                )
+            img.load()
+            return img.convert("RGB")
+    except ImageError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{label}: not a readable image file (format not recognised)") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{label}: refused as a decompression bomb ({exc})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{label}: corrupt or truncated image ({exc})") from exc
