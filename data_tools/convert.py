@@ -1,0 +1,242 @@
+"""``thinchat data convert``: image-caption pairs in any supported shape -> LLaVA conversation JSON.
+
+One entry per caption (an image with five captions gives five entries, ids ``{id}_1`` ... ``{id}_5``,
+all in the same split). Splits are drawn by image, so no image leaks between train and test. Every input
+row ends up either in the output or in the skip report, with file, line and reason, and the converter
+asserts rows in = rows out + rows skipped. ``strict`` turns any skip into an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import statistics
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from data_tools.imagecheck import VIEWS, ImageIndex
+from data_tools.lexicon import is_chinese, load_lexicon
+from data_tools.sources import FORMATS, READERS, Row, Skip, sniff_format
+from data_tools.turns import build_conversation, load_questions
+from thinchat.errors import DataFormatError, ImageError
+from thinchat.images import DEFAULT_MAX_PIXELS
+
+log = logging.getLogger(__name__)
+SPLIT_NAMES = {1: ("train",), 2: ("train", "val"), 3: ("train", "val", "test")}
+
+
+def parse_split(text: str | None) -> tuple[float, ...] | None:
+    """``"0.8,0.1,0.1"`` -> ratios summing to 1 (normalised), or ``None`` for a single output file."""
+    if not text:
+        return None
+    try:
+        ratios = tuple(float(x) for x in text.split(","))
+    except ValueError as exc:
+        raise DataFormatError(f"--split {text!r}: expected comma-separated numbers like 0.8,0.1,0.1") from exc
+    if not 1 <= len(ratios) <= 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
+        raise DataFormatError(f"--split {text!r}: expected 1 to 3 non-negative ratios (train,val,test)")
+    total = sum(ratios)
+    return tuple(r / total for r in ratios)
+
+
+def _assign_splits(keys: list[tuple[str, ...]], ratios: tuple[float, ...] | None, seed: int) -> dict:
+    if ratios is None:
+        return dict.fromkeys(keys, "all")
+    order = sorted(keys)
+    random.Random(seed).shuffle(order)
+    names = SPLIT_NAMES[len(ratios)]
+    bounds, acc = [], 0.0
+    for r in ratios:
+        acc += r
+        bounds.append(round(acc * len(order)))
+    out, start = {}, 0
+    for name, end in zip(names, bounds, strict=True):
+        for key in order[start:end]:
+            out[key] = name
+        start = end
+    return out
+
+
+def _detect_lang(caption: str, forced: str, row_lang: str | None) -> str:
+    if forced in ("zh", "en"):
+        return forced
+    if row_lang in ("zh", "en"):
+        return row_lang
+    return "zh" if is_chinese(caption) else "en"
+
+
+def convert(
+    captions: str | Path | None,
+    images: str | Path,
+    out: str | Path,
+    fmt: str = "auto",
+    lang: str = "auto",
+    multi_turn: bool = False,
+    split: str | tuple[float, ...] | None = None,
+    seed: int = 0,
+    strict: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    encoding: str = "utf-8",
+) -> dict[str, Any]:
+    """Convert captions + images to LLaVA JSON at ``out`` (or ``out``'s ``_train/_val/_test`` files).
+
+    Returns the summary (also written to ``<out stem>.summary.json``): outputs, counts per split and
+    language, turn counts, caption lengths, and the skip report.
+    """
+    if fmt not in FORMATS:
+        raise DataFormatError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if lang not in ("auto", "zh", "en"):
+        raise DataFormatError(f"--lang {lang!r}: expected auto, zh or en")
+    images_dir = Path(images)
+    source = Path(captions) if captions is not None else images_dir
+    fmt = sniff_format(source) if fmt == "auto" else fmt
+    if fmt == "folder" and not source.is_dir():
+        raise DataFormatError(f"{source}: --format folder expects a directory of .txt captions")
+    if fmt != "folder" and not source.is_file():
+        raise DataFormatError(f"{source}: captions file not found; check --captions")
+    ratios = parse_split(split) if isinstance(split, str) or split is None else tuple(split)
+    index = ImageIndex(images_dir, max_pixels)
+    out_path = Path(out)
+    out_dir = out_path.parent.resolve()
+    lexicon = load_lexicon()
+    pools = load_questions()
+
+    skips: list[dict[str, Any]] = []
+    accepted: list[tuple[Row, tuple[Path, ...]]] = []
+    seen: dict[tuple[tuple[Path, ...], str], int | None] = {}
+    rows_in = 0
+
+    def skip(file: str, line: int | None, reason: str) -> None:
+        skips.append({"file": file, "line": line, "reason": reason})
+
+    for item in tqdm(READERS[fmt](source, encoding), desc="convert", unit="row"):
+        rows_in += 1
+        if isinstance(item, Skip):
+            skip(item.file, item.line, item.reason)
+            continue
+        if not item.caption:
+            skip(item.file, item.line, "empty caption")
+            continue
+        try:
+            paths = tuple(p for ref in item.refs for p in index.resolve(ref))
+        except ImageError as exc:
+            skip(item.file, item.line, str(exc))
+            continue
+        index.used.update(paths)
+        reasons = [r for r in (index.check(p) for p in paths) if r]
+        if reasons:
+            skip(item.file, item.line, reasons[0])
+            continue
+        key = (paths, item.caption)
+        if key in seen:
+            where = f"line {seen[key]}" if seen[key] is not None else "an earlier row"
+            skip(item.file, item.line, f"duplicate: same image and caption as {where}")
+            continue
+        seen[key] = item.line
+        accepted.append((item, paths))
+
+    if fmt == "folder":  # images nobody described are rows too: report them
+        described = {p.stem for p in source.iterdir() if p.suffix.lower() == ".txt"}
+        for orphan in sorted(index.files() - index.used):
+            field = orphan.stem.rsplit("_", 1)[0] if orphan.stem.rsplit("_", 1)[-1] in VIEWS else orphan.stem
+            if orphan.stem not in described and field not in described:
+                rows_in += 1
+                skip(str(orphan), None, f"no caption file {orphan.stem}.txt for this image")
+
+    per_image: dict[tuple[Path, ...], list[Row]] = defaultdict(list)
+    for row, paths in accepted:
+        per_image[paths].append(row)
+    split_of = _assign_splits(list(per_image), ratios, seed)
+    entries: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    lengths: dict[str, list[int]] = defaultdict(list)
+    turns_count: Counter[int] = Counter()
+    lang_count: Counter[str] = Counter()
+    used_ids: set[str] = set()
+    for paths, rows in per_image.items():
+        base = rows[0].refs[0] if fmt in ("tsv", "folder") else Path(rows[0].refs[0]).stem
+        base = base.replace("/", "_")
+        for k, row in enumerate(rows, start=1):
+            entry_id = base if len(rows) == 1 else f"{base}_{k}"
+            if entry_id in used_ids:  # same stem in two sub-folders
+                entry_id = f"{entry_id}~{len(used_ids)}"
+            used_ids.add(entry_id)
+            code = _detect_lang(row.caption, lang, row.lang)
+            rng = random.Random(f"{seed}\0{entry_id}")
+            conv = build_conversation(row.caption, code, len(paths), rng, multi_turn, pools, lexicon)
+            rel = [Path(os.path.relpath(p.resolve(), out_dir)).as_posix() for p in paths]
+            entries[split_of[paths]].append(
+                {"id": entry_id, "image": rel, "conversations": conv, "lang": code}
+            )
+            lengths[code].append(len(row.caption))
+            turns_count[len(conv) // 2] += 1
+            lang_count[code] += 1
+
+    rows_out = sum(len(v) for v in entries.values())
+    assert rows_in == rows_out + len(skips), (rows_in, rows_out, len(skips))
+    summary: dict[str, Any] = {
+        "format": fmt,
+        "captions": str(source),
+        "images": str(images_dir),
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "rows_skipped": len(skips),
+        "splits": {name: len(v) for name, v in sorted(entries.items())},
+        "images_per_split": {
+            name: len({tuple(e["image"]) for e in v}) for name, v in sorted(entries.items())
+        },
+        "languages": dict(lang_count),
+        "turns": {str(k): v for k, v in sorted(turns_count.items())},
+        "caption_chars": {
+            code: {"min": min(v), "mean": round(statistics.fmean(v), 1), "max": max(v)}
+            for code, v in lengths.items()
+        },
+        "skipped": skips,
+        "outputs": {},
+    }
+    summary_path = out_path.with_name(out_path.stem + ".summary.json")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if not (strict and skips) and rows_out:
+        for name, rows in sorted(entries.items()):
+            target = (
+                out_path if name == "all" else out_path.with_name(f"{out_path.stem}_{name}{out_path.suffix}")
+            )
+            target.write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
+            summary["outputs"][name] = str(target)
+    summary_path.write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
+    summary["summary_file"] = str(summary_path)
+    if strict and skips:
+        first = skips[0]
+        raise DataFormatError(
+            f"--strict: {len(skips)} of {rows_in} rows skipped, nothing written; first: "
+            f"{first['file']}:{first['line'] or '-'}: {first['reason']} (full report: {summary_path})"
+        )
+    if not rows_out:
+        raise DataFormatError(f"no rows converted out of {rows_in}; see the skip report in {summary_path}")
+    return summary
+
+
+def format_summary(summary: dict[str, Any], max_skips: int = 20) -> str:
+    """Human-readable summary and skip report for the CLI."""
+    lines = [
+        f"rows in {summary['rows_in']} = out {summary['rows_out']} + skipped {summary['rows_skipped']}",
+        f"splits: {summary['splits']}  images: {summary['images_per_split']}",
+        f"languages: {summary['languages']}  turns: {summary['turns']}",
+        f"caption length (chars): {summary['caption_chars']}",
+    ]
+    for name, path in summary["outputs"].items():
+        lines.append(f"wrote {name}: {path}")
+    if summary["skipped"]:
+        lines.append(f"skip report ({summary['rows_skipped']} rows):")
+        for item in summary["skipped"][:max_skips]:
+            lines.append(
+                f"  {item['file']}:{item['line'] if item['line'] is not None else '-'}: {item['reason']}"
+            )
+        if len(summary["skipped"]) > max_skips:
+            lines.append(f"  ... {len(summary['skipped']) - max_skips} more in {summary['summary_file']}")
+    lines.append(f"summary: {summary['summary_file']}")
+    return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""Find the image files a caption row refers to, and check them fast without a full decode.
+
+Converting tens of thousands of rows must not decode every slide at full size, yet a truncated JPEG has to
+be caught before training trips on it. So JPEGs are decoded at 1/8 scale (DCT scaling: the whole entropy
+stream is still read, so truncation raises), PNGs are verified (every chunk CRC), other formats go
+through ``thinchat.images.load_image``; the pixel cap is checked from the header before any decoding.
+Results are cached per file, since several captions often share one image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from thinchat.errors import ImageError
+from thinchat.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_image
+
+VIEWS = ("ppl", "xpl")  # view suffixes of a two-image field: {id}_ppl.png, {id}_xpl.png (PPL first)
+
+
+def check_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Raise ``ImageError`` (with the reason) unless ``path`` is a readable image within the pixel cap."""
+    label = str(path)
+    if not path.is_file():
+        raise ImageError(f"{label}: file not found; check the path and the --images directory")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{label}: zero-byte file, expected an image (JPEG, PNG, TIFF...)")
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"{label}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
+                    f"(decompression-bomb guard); downscale the image or raise --max-pixels"
+                )
+            if img.format == "JPEG":
+                img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+                img.load()
+                return
+            if img.format == "PNG":
+                img.verify()
+                return
+    except ImageError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{label}: not a readable image file (format not recognised)") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{label}: refused as a decompression bomb ({exc})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{label}: corrupt or truncated image ({exc})") from exc
+    load_image(path, max_pixels=max_pixels)
+
+
+class ImageIndex:
+    """Resolves image references (an id like ``0001`` or a relative path) inside one images directory."""
+
+    def __init__(self, root: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        if not root.is_dir():
+            raise ImageError(f"{root}: images directory not found; check --images")
+        self.root = root
+        self.max_pixels = max_pixels
+        self._by_name: dict[str, Path] = {}
+        for entry in sorted(root.iterdir()):
+            if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES:
+                self._by_name.setdefault(entry.stem, entry)
+                self._by_name.setdefault(entry.name, entry)
+        self._checked: dict[Path, str] = {}
+        self.used: set[Path] = set()
+
+    def files(self) -> set[Path]:
+        return set(self._by_name.values())
+
+    def resolve(self, ref: str) -> list[Path]:
+        """Paths for ``ref``: an existing relative path, ``{ref}.<image suffix>``, or its PPL/XPL views."""
+        if ref in self._by_name:
+            return [self._by_name[ref]]
+        direct = self.root / ref
+        if direct.is_file():
+            return [direct]
+        views = [self._by_name[f"{ref}_{view}"] for view in VIEWS if f"{ref}_{view}" in self._by_name]
+        if views:
+            return views
+        raise ImageError(
+            f"image not found for {ref!r}: looked for {self.root / ref}.jpg (or .png, .tif, ...) "
+            f"and the views {ref}_ppl / {ref}_xpl"
+        )
+
+    def check(self, path: Path) -> str:
+        """Empty string if ``path`` is a good image, else the reason (cached)."""
+        if path not in self._checked:
+            try:
+                check_image(path, self.max_pixels)
+                self._checked[path] = ""
+            except ImageError as exc:
+                self._checked[path] = str(exc)
+        return self._checked[path]

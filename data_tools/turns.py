@@ -1,0 +1,133 @@
+"""Captions -> LLaVA conversation turns: question pools, and facet follow-ups for ``--multi-turn``.
+
+A structured report (泥质..., 方解石..., 长石具粘土化, 少见锆石...) answers several questions at once. With
+``--multi-turn`` it is split into sentences/clauses, each clause is assigned the facet of the terms it
+names (lexicon data), and every facet becomes a follow-up turn after the full description, asked with a
+facet-specific question in the caption's language. Questions are drawn from pools kept as data
+(``questions.yaml``), deterministically per (seed, entry id).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from data_tools.lexicon import Lexicon, load_lexicon
+from thinchat.errors import DataFormatError
+
+DEFAULT_QUESTIONS = Path(__file__).with_name("questions.yaml")
+#: Facets in report order; terms of facet "view" (PPL/XPL) do not decide a clause's facet.
+FACETS = (
+    "composition",
+    "matrix",
+    "carbonate",
+    "silica",
+    "feldspar_alteration",
+    "accessory",
+    "grain_size",
+    "fabric",
+    "pores",
+)
+_SPLIT = re.compile(r"(?<=[。！？；;!?])|(?<=\.)(?=\s)")
+
+
+@dataclass(frozen=True)
+class QuestionPools:
+    describe: dict[str, list[str]]  # lang -> questions asking for the whole description
+    facets: dict[str, dict[str, list[str]]]  # facet -> lang -> follow-up questions
+
+
+@lru_cache(maxsize=4)
+def load_questions(path: str | None = None) -> QuestionPools:
+    """Load (and cache) question pools; ``None`` means the bundled ``questions.yaml``."""
+    source = Path(path) if path else DEFAULT_QUESTIONS
+    data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    try:
+        describe = {lang: [str(q) for q in data["describe"][lang]] for lang in ("zh", "en")}
+        facets = {
+            facet: {lang: [str(q) for q in pools[lang]] for lang in ("zh", "en")}
+            for facet, pools in data["facets"].items()
+        }
+    except (KeyError, TypeError) as exc:
+        raise DataFormatError(
+            f"{source}: expected describe.zh/en and facets.<facet>.zh/en lists ({exc})"
+        ) from exc
+    for lang, questions in describe.items():
+        if not questions:
+            raise DataFormatError(f"{source}: describe.{lang} is empty")
+    return QuestionPools(describe, facets)
+
+
+def split_clauses(text: str) -> list[str]:
+    """Sentences/clauses of a report: split after 。！？；; and after '.' followed by a space (not 0.25)."""
+    return [part.strip() for part in _SPLIT.split(text) if part.strip()]
+
+
+def classify(clause: str, lexicon: Lexicon) -> str | None:
+    """The facet of one clause: that of its first term, refined when the subject is a framework mineral.
+
+    "长石具粘土化" starts with a framework mineral but is about alteration; "石英具波状消光" is about the
+    fabric. Clauses naming no term get ``None`` (the caller attaches them to the previous clause).
+    """
+    spans = [s for s in lexicon.find_spans(clause) if lexicon.facet(s.term_id) != "view"]
+    if not spans:
+        return None
+    first = lexicon.facet(spans[0].term_id)
+    if first != "composition":
+        return first
+    terms = [lexicon.by_id[s.term_id] for s in spans]
+    for term in terms:
+        if term.kind == "alteration":
+            return term.facet
+    for facet in ("fabric", "grain_size"):
+        if any(t.facet == facet for t in terms):
+            return facet
+    return first
+
+
+def facet_answers(caption: str, lexicon: Lexicon, lang: str) -> dict[str, str]:
+    """Facet -> the clauses of ``caption`` on that facet, joined, in report order of first mention."""
+    grouped: dict[str, list[str]] = {}
+    current: str | None = None
+    for clause in split_clauses(caption):
+        facet = classify(clause, lexicon) or current
+        if facet is None:
+            continue
+        grouped.setdefault(facet, []).append(clause)
+        current = facet
+    sep = "" if lang == "zh" else " "
+    return {facet: sep.join(clauses) for facet, clauses in grouped.items()}
+
+
+def build_conversation(
+    caption: str,
+    lang: str,
+    n_images: int,
+    rng: random.Random,
+    multi_turn: bool = False,
+    pools: QuestionPools | None = None,
+    lexicon: Lexicon | None = None,
+) -> list[dict[str, str]]:
+    """LLaVA ``conversations`` for one caption: the description turn, then facet follow-ups if asked."""
+    pools = pools or load_questions()
+    question = rng.choice(pools.describe[lang])
+    turns = [
+        {"from": "human", "value": "<image>\n" * n_images + question},
+        {"from": "gpt", "value": caption},
+    ]
+    if not multi_turn:
+        return turns
+    answers = facet_answers(caption, lexicon or load_lexicon(), lang)
+    if len(answers) < 2:
+        return turns  # a single-facet caption: a follow-up would repeat the description
+    for facet, answer in answers.items():
+        questions = pools.facets.get(facet, {}).get(lang)
+        if questions:
+            turns.append({"from": "human", "value": rng.choice(questions)})
+            turns.append({"from": "gpt", "value": answer})
+    return turns
