@@ -1,10 +1,132 @@
-"""`thinchat data ...` (placeholder until the data-tools issue lands)."""
+"""``thinchat data ...``: convert, synth, import-clipcap, pseudo-label (docs/data.md has the details).
+
+Work modules are imported inside each handler so ``thinchat --help`` stays instant.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+
+from thinchat.images import DEFAULT_MAX_PIXELS
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from data_tools.convert import convert, format_summary
+
+    summary = convert(
+        args.captions,
+        args.images,
+        args.out,
+        fmt=args.format,
+        lang=args.lang,
+        multi_turn=args.multi_turn,
+        split=args.split,
+        seed=args.seed,
+        strict=args.strict,
+        max_pixels=args.max_pixels,
+        encoding=args.encoding,
+    )
+    print(format_summary(summary))
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from data_tools.synth import generate
+
+    summary = generate(args.out, args.n, seed=args.seed, lang=args.lang, size=args.size, workers=args.workers)
+    print(json.dumps(summary, ensure_ascii=False, indent=1))
+    return 0
+
+
+def _import_clipcap(args: argparse.Namespace) -> int:
+    from data_tools.clipcap import import_clipcap
+
+    summary = import_clipcap(args.file, args.out, seed=args.seed, lang=args.lang)
+    print(json.dumps(summary, ensure_ascii=False, indent=1))
+    return 0
+
+
+def _pseudo_label(args: argparse.Namespace) -> int:
+    from data_tools.pseudo_label import pseudo_label
+
+    summary = pseudo_label(
+        args.teacher,
+        args.out,
+        images=args.images,
+        task=args.task,
+        lang=args.lang,
+        captions=args.captions,
+        prompt_file=args.prompt_file,
+        rate=args.rate,
+        retries=args.retries,
+        model=args.model,
+        api_key=args.api_key,
+    )
+    print(json.dumps(summary, ensure_ascii=False, indent=1))
+    return 1 if summary["failed"] else 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="(not available yet)")
-    parser.set_defaults(func=lambda args: parser.error("not implemented yet"))
+    parser = subparsers.add_parser(
+        "data", help="prepare training data: convert captions, synthesise slides, import ThinGPT features"
+    )
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    conv = sub.add_parser(
+        "convert", help="image-caption pairs -> LLaVA conversation JSON (with a skip report)"
+    )
+    conv.add_argument(
+        "--captions", help="captions file (TSV/CSV/JSONL/COCO) or folder of .txt (default: --images)"
+    )
+    conv.add_argument("--images", required=True, help="directory holding the images")
+    conv.add_argument(
+        "--out", required=True, help="output JSON; with --split, OUT_train.json, OUT_val.json, ..."
+    )
+    conv.add_argument("--format", default="auto", choices=["auto", "tsv", "csv", "jsonl", "coco", "folder"])
+    conv.add_argument(
+        "--lang", default="auto", choices=["auto", "zh", "en"], help="caption language (auto: per caption)"
+    )
+    conv.add_argument("--multi-turn", action="store_true", help="add follow-up turns per report facet")
+    conv.add_argument("--split", default=None, help="train,val,test ratios by image, e.g. 0.8,0.1,0.1")
+    conv.add_argument("--seed", type=int, default=0, help="seed for questions and splits")
+    conv.add_argument("--strict", action="store_true", help="fail (write nothing) if any row is skipped")
+    conv.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
+    conv.add_argument("--encoding", default="utf-8", help="captions file encoding (e.g. gb18030)")
+    conv.set_defaults(func=_convert)
+
+    syn = sub.add_parser(
+        "synth", help="procedural PPL/XPL thin sections with ground-truth labels and captions"
+    )
+    syn.add_argument("--out", required=True, help="output directory")
+    syn.add_argument("--n", type=int, default=100, help="number of slides (each: a PPL and an XPL image)")
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--lang", default="both", choices=["zh", "en", "both"])
+    syn.add_argument("--size", type=int, default=224, help="image side in pixels")
+    syn.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
+    syn.set_defaults(func=_synth)
+
+    clip = sub.add_parser(
+        "import-clipcap", help="ThinGPT/ClipCap feature pickle -> JSON + safetensors (safely)"
+    )
+    clip.add_argument("file", help="pickle written by ThinGPT's process_flickr.py")
+    clip.add_argument("--out", required=True, help="output directory")
+    clip.add_argument("--seed", type=int, default=0)
+    clip.add_argument("--lang", default="auto", choices=["auto", "zh", "en"])
+    clip.set_defaults(func=_import_clipcap)
+
+    pl = sub.add_parser("pseudo-label", help="describe/translate/expand captions with a teacher model")
+    pl.add_argument("--images", help="directory of slides ({id}.jpg or {id}_ppl/_xpl views)")
+    pl.add_argument(
+        "--teacher", required=True, help="OpenAI-compatible base URL or local checkpoint directory"
+    )
+    pl.add_argument("--out", required=True, help="captions TSV to append to (resumable)")
+    pl.add_argument("--task", default="describe", choices=["describe", "translate", "expand"])
+    pl.add_argument("--captions", help="existing captions TSV (translate, expand)")
+    pl.add_argument("--prompt-file", help="prompt template file ({caption} is replaced)")
+    pl.add_argument("--lang", default="zh", choices=["zh", "en"], help="language of the output captions")
+    pl.add_argument("--rate", type=float, default=1.0, help="max requests per second (0 = unlimited)")
+    pl.add_argument("--retries", type=int, default=2)
+    pl.add_argument("--model", default="default", help="model name sent to the endpoint")
+    pl.add_argument("--api-key", default=None, help="API key (default: $OPENAI_API_KEY, else none)")
+    pl.set_defaults(func=_pseudo_label)
