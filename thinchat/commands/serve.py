@@ -1,10 +1,135 @@
-"""`thinchat serve` (placeholder until its issue lands)."""
+"""`thinchat serve`: an OpenAI-compatible HTTP server for one checkpoint (see docs/serving.md).
+
+Heavy imports (torch, transformers, fastapi, uvicorn) happen inside ``run`` so ``thinchat --help`` is instant.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+from pathlib import Path
+
+from thinchat.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("serve", help="(not available yet)")
-    parser.set_defaults(func=lambda args: parser.error("not implemented yet"))
+    parser = subparsers.add_parser(
+        "serve",
+        help="OpenAI-compatible chat server (POST /v1/chat/completions, GET /v1/models, GET /health)",
+        description="Serve a base, LoRA or merged checkpoint over the OpenAI chat-completions API. Images come "
+        "as data URIs, or as paths inside --allow-dir directories; URLs are never fetched.",
+    )
+    parser.add_argument(
+        "--from_pretrained",
+        "--from-pretrained",
+        dest="from_pretrained",
+        required=True,
+        metavar="DIR",
+        help="checkpoint directory (base, stage-1, LoRA or merged)",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)"
+    )
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on /v1/* (default: no auth; always set one "
+        "when binding beyond 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--allow-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="directory whose images requests may name by path or file:// URL (repeatable)",
+    )
+    parser.add_argument(
+        "--max-concurrency",
+        type=_positive,
+        default=1,
+        help="requests generating at once (default 1: the model runs one at a time)",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=16,
+        help="requests waiting for the model beyond --max-concurrency; more get HTTP 429 (default 16)",
+    )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=_positive,
+        default=4096 * 4096,
+        help="largest image accepted, in pixels (default 4096x4096)",
+    )
+    parser.add_argument("--max-images", type=_positive, default=4, help="images per request (default 4)")
+    parser.add_argument(
+        "--max-request-bytes",
+        type=_positive,
+        default=20 * 1024 * 1024,
+        help="largest request body in bytes (default 20 MiB)",
+    )
+    parser.add_argument(
+        "--served-model-name",
+        default=None,
+        help="model id clients send (default: the checkpoint directory's name)",
+    )
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", default=None, help="float32 (default on CPU), bfloat16 or float16")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=_positive,
+        default=None,
+        help="default answer length when a request sets no max_tokens",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the checkpoint once, then serve until Ctrl-C."""
+    from thinchat.engine import ChatEngine
+    from thinchat.generation import GenerationSettings
+    from thinchat.server import ServerSettings, serve
+
+    allow_dirs = []
+    for d in args.allow_dir:
+        path = Path(d).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"--allow-dir {d}: not a directory; give an existing directory of images")
+        allow_dirs.append(path.resolve())
+    if args.max_queue < 0:
+        raise ConfigError(f"--max-queue {args.max_queue}: expected an integer >= 0")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        log.warning(
+            "serving on %s without --api-key: anyone who can reach this port can use the model", args.host
+        )
+    settings = GenerationSettings()
+    if args.max_new_tokens is not None:
+        settings = settings.with_overrides(max_new_tokens=args.max_new_tokens)
+    engine = ChatEngine.from_pretrained(
+        args.from_pretrained, device=args.device, dtype=args.dtype, settings=settings
+    )
+    server_settings = ServerSettings(
+        api_key=args.api_key,
+        allow_dirs=tuple(allow_dirs),
+        max_concurrency=args.max_concurrency,
+        max_queue=args.max_queue,
+        max_image_pixels=args.max_image_pixels,
+        max_images=args.max_images,
+        max_request_bytes=args.max_request_bytes,
+        served_model_name=args.served_model_name,
+    )
+    log.info(
+        "serving model '%s' on http://%s:%d/v1", args.served_model_name or engine.name, args.host, args.port
+    )
+    serve(engine, server_settings, host=args.host, port=args.port)
+    return 0
