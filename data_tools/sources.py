@@ -117,7 +117,7 @@ def read_csv(path: Path, encoding: str) -> Iterator[Item]:
     """CSV with a header naming an image column and a caption column (optional ``lang``)."""
     decoded = list(_lines(path, encoding))
     bad = {number: error for number, text, error in decoded if text is None}
-    texts = [text if text is not None else "" for _, text, _ in decoded]
+    texts = [(text if text is not None else "") + "\n" for _, text, _ in decoded]
     reader = csv.reader(texts)
     try:
         header = next(reader)
