@@ -1,0 +1,258 @@
+"""A disk cache of frozen vision-tower features, so each image goes through the tower once, ever.
+
+Why: with the tower frozen (stage 1, and stage 2 without tower LoRA), the tower's output for an image
+is a constant, yet a naive trainer recomputes it every step of every epoch. On the 2-core CPU the
+DINOv2-small tower costs about as much as the LM step itself. The cache stores the projector *input*
+(the hidden state Llava selects, CLS dropped for the "default" strategy) so the projector stays
+trainable; ``thinchat.train.embeds.merge_image_features`` finishes the job exactly as Llava would.
+
+Keys. One safetensors file per image under ``ROOT/<tower key>/<aa>/<image sha256>.safetensors``:
+- the image key is sha256 of the file bytes (paths) or of mode + size + pixels (PIL images);
+- the tower key hashes the tower config, a sha256 fingerprint of every tower weight, the feature
+  layer / select strategy, the image processor settings (size, crop, normalisation...) and the storage
+  dtype. Change any of them and the lookup lands in a fresh directory: stale features are never used.
+
+Storage dtype: bfloat16 by default. Training runs under bf16 autocast, where the projector's first
+linear layer rounds its input to bf16 anyway, so bf16 storage loses nothing there and halves the disk
+(DINOv2-small at 112 px: 64 x 384 x 2 = 48 KiB per image). Pass ``dtype="float32"`` for bit-exact
+fp32 training; see docs/performance.md for measured sizes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from thinchat.errors import ConfigError
+from thinchat.train.embeds import tower_features, tower_settings, vision_tower
+
+if TYPE_CHECKING:
+    import torch
+    from PIL.Image import Image
+
+log = logging.getLogger(__name__)
+
+FEATURE_KEY = "features"
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+@dataclass
+class CacheStats:
+    """Counters since the cache was created: lookups served from disk vs computed by the tower."""
+
+    hits: int = 0
+    misses: int = 0
+    bytes_written: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def weight_fingerprint(module) -> str:
+    """sha256 over every parameter and buffer (names, shapes, dtypes, bytes): changes when any weight does."""
+    import torch
+
+    digest = hashlib.sha256()
+    state = module.state_dict()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _image_processor(processor):
+    return getattr(processor, "image_processor", processor)
+
+
+def _processor_settings(image_processor) -> dict[str, Any]:
+    settings = image_processor.to_dict()
+    # Bookkeeping keys that do not change the pixels.
+    for key in ("processor_class", "_processor_class", "image_processor_type", "_auto_class"):
+        settings.pop(key, None)
+    return settings
+
+
+class FeatureCache:
+    """Tower features keyed by image content + tower identity + preprocessing, stored as safetensors.
+
+    ``FeatureCache(root, model, processor)``: ``model`` is the Llava model being trained (bare or
+    peft-wrapped), ``processor`` its ``LlavaProcessor`` (or just the image processor). Using the cache
+    while any tower parameter requires grad raises ``ConfigError``: cached features of a tower that is
+    being trained would be silently stale.
+    """
+
+    def __init__(
+        self, root: str | Path, model: Any, processor: Any, *, dtype: str = "bfloat16", batch_size: int = 16
+    ):
+        if dtype not in DTYPES:
+            raise ConfigError(f"feature cache dtype '{dtype}' is not one of {', '.join(DTYPES)}")
+        self.model = model
+        self.image_processor = _image_processor(processor)
+        self.dtype_name = dtype
+        self.batch_size = batch_size
+        self.stats = CacheStats()
+        self._path_keys: dict[tuple[str, int, int], str] = {}
+        layer, strategy = tower_settings(model)
+        tower = vision_tower(model)
+        tower_config = json.loads(tower.config.to_json_string(use_diff=False))
+        for key in ("_name_or_path", "transformers_version"):  # where it was loaded from is not what it is
+            tower_config.pop(key, None)
+        identity = {
+            "tower_config": tower_config,
+            "tower_weights": weight_fingerprint(tower),
+            "vision_feature_layer": layer,
+            "vision_feature_select_strategy": strategy,
+            "image_processor": _processor_settings(self.image_processor),
+            "dtype": dtype,
+        }
+        blob = json.dumps(identity, sort_keys=True, default=str).encode()
+        self.tower_key = hashlib.sha256(blob).hexdigest()[:24]
+        self.dir = Path(root).expanduser() / self.tower_key
+        self.dir.mkdir(parents=True, exist_ok=True)
+        info = self.dir / "cache_info.json"
+        if not info.is_file():
+            summary = {k: v for k, v in identity.items() if k != "tower_config"}
+            summary["tower_model_type"] = tower.config.model_type
+            _atomic_write_bytes(info, json.dumps(summary, indent=1, default=str).encode())
+
+    # ----------------------------------------------------------------- keys
+    def image_key(self, image: Image | str | Path) -> str:
+        """sha256 of a file's bytes (memoised by path, size and mtime) or of a PIL image's pixels."""
+        if isinstance(image, (str, Path)):
+            path = Path(image)
+            try:
+                stat = path.stat()
+            except OSError as exc:
+                from thinchat.errors import ImageError
+
+                raise ImageError(
+                    f"{path}: image not found ({exc.strerror}); check the dataset's image paths"
+                ) from exc
+            memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+            if memo not in self._path_keys:
+                self._path_keys[memo] = hashlib.sha256(path.read_bytes()).hexdigest()
+            return self._path_keys[memo]
+        digest = hashlib.sha256(f"{image.mode}:{image.size};".encode())
+        digest.update(image.tobytes())
+        return digest.hexdigest()
+
+    def path_for(self, key: str) -> Path:
+        return self.dir / key[:2] / f"{key}.safetensors"
+
+    # ------------------------------------------------------------- compute
+    def check_frozen(self) -> None:
+        """Refuse when the tower (or a LoRA on it) is trainable: its cached features would go stale."""
+        trainable = [name for name, p in vision_tower(self.model).named_parameters() if p.requires_grad]
+        if trainable:
+            raise ConfigError(
+                f"the vision feature cache needs a frozen vision tower, but {len(trainable)} tower parameters "
+                f"are trainable (e.g. {trainable[0]}); set feature_cache: false when training the tower "
+                "(tower LoRA or unfreezing), or freeze it"
+            )
+
+    def _compute(self, images: list[Image | str | Path]) -> list[torch.Tensor]:
+        import torch
+
+        from thinchat.images import load_image
+
+        pils = [load_image(im) if isinstance(im, (str, Path)) else im.convert("RGB") for im in images]
+        pixel_values = self.image_processor(images=pils, return_tensors="pt")["pixel_values"]
+        tower = vision_tower(self.model)
+        weight = next(tower.parameters())
+        with torch.no_grad():
+            features = tower_features(self.model, pixel_values.to(weight.device, weight.dtype))
+        return list(features.to("cpu", getattr(torch, self.dtype_name)))
+
+    def _store(self, key: str, features: torch.Tensor) -> None:
+        from safetensors.torch import save
+
+        path = self.path_for(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = save({FEATURE_KEY: features.contiguous()}, metadata={"tower_key": self.tower_key})
+        _atomic_write_bytes(path, data)
+        self.stats.bytes_written += len(data)
+
+    def _load(self, key: str) -> torch.Tensor | None:
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+
+        path = self.path_for(key)
+        try:
+            return load(path.read_bytes())[FEATURE_KEY]
+        except FileNotFoundError:
+            return None
+        except (SafetensorError, KeyError) as exc:  # a torn or foreign file: recompute rather than fail
+            log.warning("feature cache: %s is unreadable (%s); recomputing", path, exc)
+            return None
+
+    def features_for(self, images: Sequence[Image | str | Path]) -> torch.Tensor:
+        """Tower features for ``images`` in order, shape (n_images, n_tokens, vision_hidden), stored dtype.
+
+        Hits are read from disk; misses go through the tower in batches of ``batch_size`` and are saved.
+        Feed the result to ``merge_image_features`` (it casts to the projector's dtype).
+        """
+        import torch
+
+        self.check_frozen()
+        keys = [self.image_key(im) for im in images]
+        found: dict[str, torch.Tensor] = {}
+        todo: dict[str, Image | str | Path] = {}
+        for key, image in zip(keys, images, strict=True):
+            if key in found or key in todo:
+                continue
+            cached = self._load(key)
+            if cached is None:
+                todo[key] = image
+            else:
+                found[key] = cached
+        self.stats.hits += len(found)
+        self.stats.misses += len(todo)
+        pending = list(todo.items())
+        for start in range(0, len(pending), self.batch_size):
+            chunk = pending[start : start + self.batch_size]
+            for (key, _), features in zip(chunk, self._compute([image for _, image in chunk]), strict=True):
+                self._store(key, features)
+                found[key] = features
+        if not keys:
+            raise ValueError("features_for() needs at least one image")
+        return torch.stack([found[key] for key in keys])
+
+    def precompute(self, images: Sequence[str | Path], batch_size: int | None = None) -> CacheStats:
+        """Fill the cache for ``images`` (skipping those already there) with a progress bar."""
+        from tqdm import tqdm
+
+        self.check_frozen()
+        size = batch_size or self.batch_size
+        unique = list(dict.fromkeys(images))
+        missing = [im for im in unique if not self.path_for(self.image_key(im)).is_file()]
+        self.stats.hits += len(unique) - len(missing)
+        with tqdm(total=len(missing), desc="caching tower features", unit="img", disable=not missing) as bar:
+            for start in range(0, len(missing), size):
+                chunk = missing[start : start + size]
+                for image, features in zip(chunk, self._compute(list(chunk)), strict=True):
+                    self._store(self.image_key(image), features)
+                self.stats.misses += len(chunk)
+                bar.update(len(chunk))
+        return self.stats
+
+    def disk_bytes(self) -> int:
+        """Bytes of feature files for this tower key."""
+        return sum(p.stat().st_size for p in self.dir.glob("*/*.safetensors"))
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary sibling then rename: a crash or full disk never leaves a torn cache file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
