@@ -1,0 +1,60 @@
+"""Tiny datasets and base checkpoints for the training tests (random images, short captions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+MINERALS = [("quartz", "石英"), ("calcite", "方解石"), ("zircon", "锆石"), ("biotite", "黑云母")]
+COLORS = [(220, 220, 210), (240, 200, 120), (90, 60, 160), (60, 130, 70)]
+
+
+def write_dataset(root: Path, n: int = 8, two_images: bool = False, text_only: int = 0, name: str = "train.json",
+                  seed: int = 0) -> Path:
+    """``n`` entries: a plain-colour slide per mineral with a caption naming it (learnable), plus text-only ones."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i in range(n):
+        k = i % len(MINERALS)
+        paths = []
+        for view in ("ppl", "xpl") if two_images else ("ppl",):
+            pixels = np.clip(np.array(COLORS[k]) + rng.integers(-20, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+            rel = f"images/{name[:-5]}_{i:03d}_{view}.png"
+            Image.fromarray(pixels).save(root / rel)
+            paths.append(rel)
+        prompt = "<image>\n" * len(paths) + "Describe this thin section."
+        answer = f"Mainly {MINERALS[k][0]}. 主要为{MINERALS[k][1]}。"
+        entries.append({"id": f"s{i:03d}", "image": paths if two_images else paths[0],
+                        "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": answer}]})
+    for j in range(text_only):
+        entries.append({"id": f"t{j:03d}", "conversations": [
+            {"from": "human", "value": "What is undulose extinction?"},
+            {"from": "gpt", "value": "Quartz grains with wavy extinction."}]})
+    path = root / name
+    path.write_text(json.dumps(entries, ensure_ascii=False, indent=1), encoding="utf-8")
+    return path
+
+
+def save_tiny(path: Path, lm: str = "llama", tower: str = "dinov2", seed: int = 0) -> Path:
+    from thinchat.testing import tiny_llava
+
+    model, processor = tiny_llava(lm, tower, image_size=28, seed=seed)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def tiny_overrides(base: Path, data: Path, out: Path, **extra) -> list[str]:
+    """Overrides that make any stage config fast on a tiny model."""
+    values = {
+        "model": base, "data": data, "output_dir": out, "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 1, "max_steps": 6, "save_steps": 3, "logging_steps": 1,
+        "report_to": "none", "bf16": False, "cpu": True, "lora_r": 8, "lora_alpha": 16, "group_by_length": True,
+        "feature_cache": False,
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]

@@ -1,0 +1,189 @@
+"""Typed training configs: one dataclass per stage, loaded from ``configs/*.yaml`` plus ``key=value`` overrides.
+
+Why one class per stage: each stage has its own known-good defaults (LLaVA-1.5: projector 1e-3, LoRA r 128 /
+alpha 256 / 2e-4, full 2e-5; warmup 3 %, cosine) and its own keys; a LoRA key in a full fine-tuning config is
+a mistake the user should hear about before any model is loaded. ``stage`` in the YAML picks the class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from thinchat.config import apply_overrides, field, from_dict
+from thinchat.errors import ConfigError
+
+Stage = Literal["projector", "lora", "qlora", "full"]
+
+
+def _check_range(name: str, value: float, low: float, high: float, hint: str = "") -> None:
+    if not (low <= value <= high):
+        raise ConfigError(f"{name}={value!r} is out of range [{low}, {high}]{'; ' + hint if hint else ''}")
+
+
+@dataclass
+class TrainConfig:
+    """Keys shared by every stage."""
+
+    stage: Stage = field("lora", help="projector (stage 1), lora / qlora (stage 2) or full")
+    model: str = field("checkpoints/base", help="base Llava directory (thinchat build, or a stage-1 output)")
+    data: str = field("data/train.json", help="training set: LLaVA conversation JSON")
+    val_data: str | None = field(None, help="validation JSON for the evaluation loss (optional)")
+    text_data: str | None = field(None, help="extra text-only instruction JSON mixed into training (optional)")
+    text_only_ratio: float | None = field(
+        None, help="fraction of each epoch drawn from text-only entries (None: use every entry once)"
+    )
+    output_dir: str = field("checkpoints/run", help="where checkpoints and the final model are written")
+    max_length: int = field(2048, help="token limit per sample (capped at the LM's positions)")
+    too_long: Literal["truncate", "skip"] = field(
+        "truncate", help="samples over max_length: cut text after the last image, or skip them (counted)"
+    )
+    max_images: int = field(4, help="most images per sample (PPL + XPL = 2)")
+    num_train_epochs: float = field(1.0, help="passes over the training set")
+    max_steps: int = field(-1, help="stop after this many optimizer steps (-1: use num_train_epochs)")
+    per_device_train_batch_size: int = field(4, help="samples per device per forward pass")
+    per_device_eval_batch_size: int = field(4, help="samples per device per evaluation pass")
+    gradient_accumulation_steps: int = field(4, help="forward passes per optimizer step")
+    learning_rate: float = field(2e-4, help="peak learning rate of the trained weights")
+    projector_lr: float | None = field(None, help="learning rate of the projector (None: learning_rate)")
+    weight_decay: float = field(0.0, help="AdamW weight decay (not applied to biases and norms)")
+    warmup_ratio: float = field(0.03, help="fraction of steps with linear warm-up")
+    lr_scheduler_type: str = field("cosine", help="transformers scheduler name")
+    max_grad_norm: float = field(1.0, help="gradient clipping norm")
+    bf16: bool = field(True, help="bf16 autocast (CPU with avx512_bf16, or Ampere+ GPUs)")
+    fp16: bool = field(False, help="fp16 mixed precision (older GPUs)")
+    gradient_checkpointing: bool = field(False, help="recompute activations to save memory")
+    group_by_length: bool = field(True, help="batch samples of similar length (less padding)")
+    feature_cache: bool = field(False, help="cache frozen vision-tower features on disk and reuse them")
+    feature_cache_dir: str | None = field(None, help="feature cache folder (default: <data dir>/.feature_cache)")
+    save_steps: int = field(200, help="write a checkpoint every N optimizer steps")
+    save_total_limit: int = field(2, help="complete checkpoints to keep (the newest complete one is never deleted)")
+    eval_steps: int | None = field(None, help="evaluate every N steps (None: save_steps); needs val_data")
+    logging_steps: int = field(10, help="log loss / tokens/s every N steps")
+    report_to: list[str] = field(["tensorboard"], help="loggers: tensorboard, none, wandb...")
+    seed: int = field(42, help="seed for initialisation, data order and dropout")
+    dataloader_num_workers: int = field(0, help="data loading worker processes")
+    deepspeed: str | None = field(None, help="DeepSpeed JSON (configs/zero2.json, zero3.json, zero3_offload.json)")
+    cpu: bool = field(False, help="train on CPU even when a GPU is present")
+    num_threads: int | None = field(None, help="CPU threads for torch (None: torch's default)")
+
+    def validate(self) -> None:
+        _check_range("learning_rate", self.learning_rate, 1e-8, 1.0, "typical values are 2e-5 .. 1e-3")
+        if self.projector_lr is not None:
+            _check_range("projector_lr", self.projector_lr, 1e-8, 1.0, "typical value 1e-3")
+        _check_range("per_device_train_batch_size", self.per_device_train_batch_size, 1, 4096)
+        _check_range("per_device_eval_batch_size", self.per_device_eval_batch_size, 1, 4096)
+        _check_range("gradient_accumulation_steps", self.gradient_accumulation_steps, 1, 100000)
+        _check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        _check_range("max_length", self.max_length, 16, 1 << 20)
+        _check_range("max_images", self.max_images, 1, 64)
+        _check_range("save_steps", self.save_steps, 1, 1 << 30)
+        _check_range("save_total_limit", self.save_total_limit, 1, 1000)
+        _check_range("logging_steps", self.logging_steps, 1, 1 << 30)
+        if self.text_only_ratio is not None:
+            _check_range("text_only_ratio", self.text_only_ratio, 0.0, 0.95)
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"max_steps={self.max_steps}: use a positive number, or -1 to train num_train_epochs")
+        if self.max_steps == -1 and self.num_train_epochs <= 0:
+            raise ConfigError(f"num_train_epochs={self.num_train_epochs} must be > 0")
+        if self.bf16 and self.fp16:
+            raise ConfigError("bf16 and fp16 are both true: pick one")
+
+
+@dataclass
+class ProjectorConfig(TrainConfig):
+    """Stage 1: align the projector on captions; the tower and the LM stay frozen."""
+
+    stage: Stage = field("projector", help="projector (stage 1)")
+    learning_rate: float = field(1e-3, help="projector learning rate (LLaVA-1.5: 1e-3)")
+    feature_cache: bool = field(True, help="the tower is frozen, so its features can be cached")
+
+
+@dataclass
+class LoraStageConfig(TrainConfig):
+    """Stage 2: LoRA on the language model (peft), projector trained in full with its own learning rate."""
+
+    stage: Stage = field("lora", help="lora (stage 2)")
+    learning_rate: float = field(2e-4, help="LoRA learning rate (LLaVA-1.5: 2e-4)")
+    projector_lr: float | None = field(2e-5, help="projector learning rate (LLaVA-1.5 LoRA: 2e-5)")
+    lora_r: int = field(128, help="LoRA rank")
+    lora_alpha: int = field(256, help="LoRA scaling alpha")
+    lora_dropout: float = field(0.05, help="dropout on the LoRA input")
+    lora_target: list[str] = field(
+        ["all-linear"], help="LM module names to adapt (e.g. q_proj, v_proj) or all-linear; only in the LM"
+    )
+    train_projector: bool = field(True, help="train the projector (saved in the adapter via modules_to_save)")
+    tower_lora: bool = field(False, help="also put LoRA on the vision tower's linear layers")
+    unfreeze_tower: bool = field(False, help="train the whole vision tower (saved with the adapter)")
+    feature_cache: bool = field(True, help="cache tower features (ignored when the tower is trained)")
+
+    def validate(self) -> None:
+        super().validate()
+        _check_range("lora_r", self.lora_r, 1, 4096)
+        _check_range("lora_alpha", self.lora_alpha, 1, 1 << 16)
+        _check_range("lora_dropout", self.lora_dropout, 0.0, 0.9)
+        if not self.lora_target:
+            raise ConfigError("lora_target is empty: name LM modules (q_proj, v_proj, ...) or use all-linear")
+        if self.tower_lora and self.unfreeze_tower:
+            raise ConfigError("tower_lora and unfreeze_tower are both true: pick one way to train the tower")
+
+
+@dataclass
+class QLoraConfig(LoraStageConfig):
+    """Stage 2 with the LM quantised to 4 bit by bitsandbytes (CUDA only)."""
+
+    stage: Stage = field("qlora", help="qlora (stage 2, CUDA)")
+    quant_type: Literal["nf4", "fp4"] = field("nf4", help="4-bit data type")
+    double_quant: bool = field(True, help="quantise the quantisation constants too")
+
+
+@dataclass
+class FullConfig(TrainConfig):
+    """Full fine-tuning of the LM and the projector (tower optional)."""
+
+    stage: Stage = field("full", help="full")
+    learning_rate: float = field(2e-5, help="learning rate (LLaVA-1.5 full: 2e-5)")
+    unfreeze_tower: bool = field(False, help="train the vision tower too")
+    gradient_checkpointing: bool = field(True, help="recompute activations to save memory")
+    feature_cache: bool = field(True, help="cache tower features (ignored when the tower is trained)")
+
+
+STAGE_CLASSES: dict[str, type[TrainConfig]] = {
+    "projector": ProjectorConfig,
+    "lora": LoraStageConfig,
+    "qlora": QLoraConfig,
+    "full": FullConfig,
+}
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read the YAML, pick the stage's class from its ``stage`` key (or an override), and build it."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path} (see configs/ for examples)")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+        data = loaded or {}
+    data = apply_overrides(data, overrides or [])
+    stage = data.get("stage", "lora")
+    if stage not in STAGE_CLASSES:
+        raise ConfigError(f"{path or 'config'}: stage {stage!r} is not one of {list(STAGE_CLASSES)}")
+    try:
+        return from_dict(STAGE_CLASSES[stage], data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path or 'config'}: {exc}") from exc
+
+
+def config_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)

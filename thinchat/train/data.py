@@ -1,0 +1,110 @@
+"""Read and check a LLaVA conversation JSON before training, and mix in text-only entries.
+
+Why check everything up front: a malformed turn or an ``<image>`` count that does not match the images
+used to surface hours into a run (or, worse, silently shifted image features onto the wrong tokens).
+Here every entry is parsed into chat messages once, with errors naming the file, the entry index and id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from thinchat.conversation import count_images, llava_to_messages
+from thinchat.errors import DataFormatError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sample:
+    """One training entry: chat messages whose image parts match ``images`` (absolute paths) in order."""
+
+    id: str
+    messages: list[dict[str, Any]]
+    images: list[Path] = field(default_factory=list)
+    where: str = ""
+
+
+def _entry_images(entry: dict[str, Any], base: Path, where: str) -> list[Path]:
+    image = entry.get("image")
+    if image is None:
+        return []
+    names = [image] if isinstance(image, str) else image
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise DataFormatError(f"{where}: 'image' must be a path or a list of paths, got {image!r}")
+    return [base / name for name in names]
+
+
+def load_samples(path: str | Path, max_images: int = 4, check_files: bool = True) -> list[Sample]:
+    """Parse ``path`` into samples; raises ``DataFormatError`` naming file and entry on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"dataset not found: {path} (make one with `thinchat data synth` / `data convert`)")
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(f"{path}: not UTF-8 text ({exc})") from exc
+    if not isinstance(entries, list):
+        raise DataFormatError(f"{path}: expected a JSON list of entries with 'conversations' (LLaVA format)")
+    samples = []
+    for index, entry in enumerate(entries):
+        entry_id = str(entry.get("id", index)) if isinstance(entry, dict) else str(index)
+        where = f"{path}: entry {index} (id {entry_id})"
+        if not isinstance(entry, dict) or "conversations" not in entry:
+            raise DataFormatError(f"{where}: expected an object with 'conversations' (and 'image' for image entries)")
+        messages = llava_to_messages(entry["conversations"], where=where)
+        if not any(m["role"] == "assistant" for m in messages):
+            raise DataFormatError(f"{where}: has no 'gpt' turn, so there is nothing to learn from it")
+        images = _entry_images(entry, path.parent, where)
+        placeholders = count_images(messages)
+        if placeholders != len(images):
+            raise DataFormatError(
+                f"{where}: {placeholders} <image> placeholder(s) but {len(images)} image(s); "
+                "put one <image> in the human turns per listed image"
+            )
+        if len(images) > max_images:
+            raise DataFormatError(f"{where}: {len(images)} images, more than max_images={max_images}")
+        if check_files:
+            for image in images:
+                if not image.is_file():
+                    raise DataFormatError(f"{where}: image file not found: {image}")
+        samples.append(Sample(entry_id, messages, images, where))
+    if not samples:
+        raise DataFormatError(f"{path}: the dataset is empty")
+    return samples
+
+
+def mix_text_only(
+    samples: list[Sample], extra_text: list[Sample], ratio: float | None, seed: int
+) -> list[Sample]:
+    """Return the epoch's sample list with text-only entries making up ``ratio`` of it.
+
+    Why a ratio: a small domain set would otherwise drown (or be drowned by) general language data;
+    Multimodal-GPT mixes the two at a fixed proportion so the LM keeps its language ability.
+    With ``ratio=None`` every entry (image or text-only, from both files) is used once.
+    """
+    with_images = [s for s in samples if s.images]
+    text_pool = [s for s in samples if not s.images] + extra_text
+    if ratio is None:
+        return with_images + text_pool
+    if not text_pool:
+        if ratio > 0:
+            raise DataFormatError(f"text_only_ratio={ratio} but no text-only entries exist (set text_data)")
+        return with_images
+    if not with_images:
+        return text_pool
+    wanted = round(ratio / (1.0 - ratio) * len(with_images))
+    rng = random.Random(seed)
+    if wanted <= len(text_pool):
+        chosen = rng.sample(text_pool, wanted)
+    else:
+        chosen = [text_pool[rng.randrange(len(text_pool))] for _ in range(wanted)]
+    log.info("mixing %d text-only entries with %d image entries (ratio %.2f)", len(chosen), len(with_images), ratio)
+    return with_images + chosen

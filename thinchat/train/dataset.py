@@ -1,0 +1,183 @@
+"""Tokenised training samples with labels taken from the chat template's ``{% generation %}`` blocks.
+
+Why the template decides: LLaVA-style trainers that rebuild the prompt by hand and mask by counting
+tokens break on every template change ("tokenization mismatch", loss 0). Here the processor renders the
+same template used at inference, ``return_assistant_tokens_mask=True`` marks each assistant turn
+including its end-of-turn token, and labels are ``input_ids`` there and ``-100`` elsewhere.
+Samples are tokenised once up front (with blank stand-in images of the right size, so image tokens are
+expanded exactly as at training time); each ``__getitem__`` only loads and preprocesses the real images.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from thinchat.errors import DataFormatError
+from thinchat.train.data import Sample
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+def with_images(messages: list[dict[str, Any]], images: list[Any]) -> list[dict[str, Any]]:
+    """Copy ``messages`` with the i-th ``{"type": "image"}`` part carrying ``images[i]`` (transformers 5 style)."""
+    queue = iter(images)
+    out = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, list):
+            content = [{**part, "image": next(queue)} if part["type"] == "image" else part for part in content]
+        out.append({**message, "content": content})
+    return out
+
+
+def tokenize_messages(processor, messages: list[dict[str, Any]], images: list[Any]) -> dict[str, Any]:
+    """``input_ids``, ``labels`` (lists) and ``pixel_values`` for one conversation, via the chat template."""
+    out = processor.apply_chat_template(
+        with_images(messages, images),
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+        return_tensors="pt",
+    )
+    input_ids = out["input_ids"][0].tolist()
+    mask = out["assistant_masks"][0].tolist()
+    labels = [token if keep else IGNORE_INDEX for token, keep in zip(input_ids, mask, strict=True)]
+    return {"input_ids": input_ids, "labels": labels, "pixel_values": out.get("pixel_values")}
+
+
+def blank_images(processor, count: int) -> list[Any]:
+    """Stand-in images at the processor's input size: they expand to the same number of image tokens."""
+    from PIL import Image
+
+    image_processor = processor.image_processor
+    size = image_processor.crop_size if getattr(image_processor, "do_center_crop", False) else image_processor.size
+    height = size.get("height") or size.get("shortest_edge")
+    width = size.get("width") or size.get("shortest_edge")
+    return [Image.new("RGB", (width, height)) for _ in range(count)]
+
+
+@dataclass
+class Encoded:
+    sample: Sample
+    input_ids: list[int]
+    labels: list[int]
+
+
+@dataclass
+class SkipCounts:
+    too_long: int = 0
+    images_do_not_fit: int = 0
+    no_answer_left: int = 0
+
+    def total(self) -> int:
+        return self.too_long + self.images_do_not_fit + self.no_answer_left
+
+
+def fit_length(input_ids: list[int], labels: list[int], limit: int, image_token_id: int, policy: str):
+    """Cut a too-long sample after its last image token, or return the reason it must be skipped."""
+    if len(input_ids) <= limit:
+        return input_ids, labels, None
+    if policy == "skip":
+        return None, None, "too_long"
+    last_image = max((i for i, t in enumerate(input_ids) if t == image_token_id), default=-1)
+    if last_image + 1 >= limit:
+        return None, None, "images_do_not_fit"
+    input_ids, labels = input_ids[:limit], labels[:limit]
+    if all(label == IGNORE_INDEX for label in labels):
+        return None, None, "no_answer_left"
+    return input_ids, labels, None
+
+
+class SupervisedDataset:
+    """A map-style dataset of tokenised samples; images are loaded when an item is requested."""
+
+    def __init__(self, samples: list[Sample], processor, max_length: int, too_long: str = "truncate",
+                 name: str = "train") -> None:
+        from tqdm.auto import tqdm
+
+        self.processor = processor
+        self.image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+        self.skipped = SkipCounts()
+        self.items: list[Encoded] = []
+        cache: dict[tuple, Encoded] = {}
+        for sample in tqdm(samples, desc=f"tokenising {name}", unit="sample", disable=len(samples) < 500):
+            key = (id(sample),)
+            if key in cache:  # text-only entries drawn twice by the ratio mix
+                self.items.append(cache[key])
+                continue
+            encoded = tokenize_messages(processor, sample.messages, blank_images(processor, len(sample.images)))
+            n_image_tokens = sum(1 for t in encoded["input_ids"] if t == self.image_token_id)
+            if sample.images and n_image_tokens % len(sample.images):
+                raise DataFormatError(f"{sample.where}: image tokens do not split evenly over its images")
+            if any(label == self.image_token_id for label in encoded["labels"]):
+                raise DataFormatError(f"{sample.where}: an assistant turn contains <image>; images go in human turns")
+            ids, labels, reason = fit_length(
+                encoded["input_ids"], encoded["labels"], max_length, self.image_token_id, too_long
+            )
+            if reason is not None:
+                setattr(self.skipped, reason, getattr(self.skipped, reason) + 1)
+                continue
+            item = Encoded(sample, ids, labels)
+            cache[key] = item
+            self.items.append(item)
+        if self.skipped.total():
+            log.warning(
+                "%s: skipped %d of %d samples longer than max_length=%d (too long: %d, images alone too long: %d, "
+                "no answer left after truncation: %d)", name, self.skipped.total(), len(samples), max_length,
+                self.skipped.too_long, self.skipped.images_do_not_fit, self.skipped.no_answer_left,
+            )
+        if not self.items:
+            raise DataFormatError(f"{name}: every sample is longer than max_length={max_length}; raise max_length")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(item.input_ids) for item in self.items]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        import torch
+
+        from thinchat.images import load_image
+
+        item = self.items[index]
+        out: dict[str, Any] = {
+            "input_ids": torch.tensor(item.input_ids, dtype=torch.long),
+            "labels": torch.tensor(item.labels, dtype=torch.long),
+            "image_paths": [str(p) for p in item.sample.images],
+        }
+        if item.sample.images:
+            images = [load_image(path, name=f"{item.sample.where}: {path.name}") for path in item.sample.images]
+            out["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        return out
+
+
+class Collator:
+    """Right-pads a batch; stacks every sample's images in order (text-only samples add none)."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(features), width), dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            input_ids[row, :n] = f["input_ids"]
+            labels[row, :n] = f["labels"]
+            attention_mask[row, :n] = 1
+        batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        pixels = [f["pixel_values"] for f in features if f.get("pixel_values") is not None]
+        if pixels:
+            batch["pixel_values"] = torch.cat(pixels, dim=0)
+        batch["image_paths"] = [p for f in features for p in f.get("image_paths", [])]
+        return batch

@@ -1,0 +1,183 @@
+"""``train(config)``: check everything, build the stage's model and data, run the Trainer, write the outputs.
+
+Why this order: every mistake a user can make (bad config, bad dataset, QLoRA without CUDA, a resume
+directory from another model) is found before the model is loaded, so nothing is lost and no time wasted.
+Outputs: stage 1 and full fine-tuning write a standard Llava directory; LoRA writes a peft adapter
+(projector in ``modules_to_save``), the processor and ``thinchat_checkpoint.json`` naming the base model,
+which ``thinchat.loading.load_pretrained`` reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from thinchat.errors import ConfigError
+from thinchat.train import checkpoints
+from thinchat.train.config import LoraStageConfig, QLoraConfig, TrainConfig, config_dict
+from thinchat.train.data import Sample, load_samples, mix_text_only
+
+log = logging.getLogger(__name__)
+
+
+def load_data(config: TrainConfig) -> tuple[list[Sample], list[Sample] | None]:
+    """Parse the training (with text-only mix) and validation sets; errors before any model loads."""
+    samples = load_samples(config.data, max_images=config.max_images)
+    extra = load_samples(config.text_data, max_images=config.max_images) if config.text_data else []
+    bad = [s for s in extra if s.images]
+    if bad:
+        raise ConfigError(f"text_data={config.text_data}: {bad[0].where} has images; text_data is for text-only entries")
+    train = mix_text_only(samples, extra, config.text_only_ratio, config.seed)
+    val = load_samples(config.val_data, max_images=config.max_images) if config.val_data else None
+    return train, val
+
+
+def training_arguments(config: TrainConfig, output_dir: Path, has_eval: bool):
+    from transformers import TrainingArguments
+
+    eval_steps = config.eval_steps or config.save_steps
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_eval_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type=config.lr_scheduler_type,
+        max_grad_norm=config.max_grad_norm,
+        bf16=config.bf16,
+        fp16=config.fp16,
+        use_cpu=config.cpu,
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_steps if has_eval else None,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        report_to=[r for r in config.report_to if r != "none"] or "none",
+        seed=config.seed,
+        data_seed=config.seed,
+        dataloader_num_workers=config.dataloader_num_workers,
+        deepspeed=config.deepspeed,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        prediction_loss_only=True,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=False,
+    )
+
+
+def feature_function(config: TrainConfig, processor, model_dir: Path):
+    """The cached-feature forward (thinchat.train.feature_cache + embeds), or None for the pixel path."""
+    import importlib.util
+
+    from thinchat.train.model_setup import tower_trainable
+
+    if not config.feature_cache or tower_trainable(config):
+        return None
+    if importlib.util.find_spec("thinchat.train.feature_cache") is None or (
+        importlib.util.find_spec("thinchat.train.embeds") is None
+    ):
+        log.warning("feature_cache: true, but thinchat.train.feature_cache is not available; using the pixel path")
+        return None
+    from thinchat.train.feature_cache import make_feature_fn
+
+    cache_dir = Path(config.feature_cache_dir) if config.feature_cache_dir else Path(config.data).parent / ".feature_cache"
+    return make_feature_fn(cache_dir)
+
+
+def save_final(trainer, model, processor, config: TrainConfig, output_dir: Path) -> None:
+    """Write the final model into ``output_dir`` (adapter + meta for LoRA, a Llava directory otherwise)."""
+    if not trainer.args.should_save:
+        return
+    trainer.save_model(str(output_dir))
+    processor.save_pretrained(str(output_dir))
+    if isinstance(config, LoraStageConfig):
+        base = Path(config.model).resolve()
+        try:
+            base_ref = os.path.relpath(base, output_dir.resolve())
+        except ValueError:  # another drive on Windows
+            base_ref = str(base)
+        checkpoints.write_json_atomic(
+            output_dir / "thinchat_checkpoint.json",
+            {"base_model": base_ref, "stage": config.stage, "config": config_dict(config)},
+        )
+    log.info("wrote %s", output_dir)
+
+
+def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequence[Any] = ()) -> Path:
+    """Run one stage; returns the output directory (the final model is written there)."""
+    if isinstance(config, QLoraConfig):
+        from thinchat.train.model_setup import check_qlora_possible
+
+        check_qlora_possible()
+    output_dir = Path(config.output_dir)
+    if isinstance(resume, str) and resume:
+        resumed = Path(resume)
+        output_dir = resumed.parent if resumed.name.startswith("checkpoint-") else resumed
+    base = Path(config.model)
+    if not (base / "config.json").is_file():
+        from thinchat.errors import ModelSpecError
+
+        raise ModelSpecError(f"model={base}: not a Llava checkpoint directory (no config.json); run `thinchat build` "
+                             "first, or point model at a stage-1 output")
+    current = checkpoints.fingerprint(base, config.stage)
+    resume_from = checkpoints.resolve_resume(output_dir, resume, current)
+    if resume_from is None and checkpoints.newest_complete(output_dir) is not None:
+        raise ConfigError(f"{output_dir} already holds checkpoints of a run: add --resume to continue it, "
+                          "or choose another output_dir")
+    train_samples, val_samples = load_data(config)
+
+    import torch
+
+    torch.set_flush_denormal(True)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    from transformers import ProgressCallback
+
+    from thinchat.compose import max_positions
+    from thinchat.train.dataset import Collator, SupervisedDataset
+    from thinchat.train.model_setup import count_trainable, load_base, prepare_model
+    from thinchat.train.trainer import ThinchatTrainer, TokensPerSecond
+
+    model, processor = load_base(config)
+    limit = max_positions(model.config.text_config)
+    max_length = min(config.max_length, limit) if limit else config.max_length
+    train_set = SupervisedDataset(train_samples, processor, max_length, config.too_long, "train")
+    val_set = SupervisedDataset(val_samples, processor, max_length, config.too_long, "val") if val_samples else None
+    model = prepare_model(model, config)
+    trainable, total = count_trainable(model)
+    log.info("stage %s: training %d of %d parameters (%.2f%%)", config.stage, trainable, total, 100 * trainable / total)
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if resume_from is None:
+        checkpoints.write_json_atomic(output_dir / checkpoints.RUN_META, {**current, "config": config_dict(config)})
+    args = training_arguments(config, output_dir, val_set is not None)
+    trainer = ThinchatTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        data_collator=Collator(processor.tokenizer.pad_token_id),
+        processing_class=processor.tokenizer,
+        projector_lr=getattr(config, "projector_lr", None),
+        keep_checkpoints=config.save_total_limit,
+        lengths=train_set.lengths,
+        group_by_length=config.group_by_length,
+        feature_fn=feature_function(config, processor, base),
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(TokensPerSecond())
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    trainer.train(resume_from_checkpoint=resume_from)
+    save_final(trainer, trainer.model, processor, config, output_dir)
+    return output_dir

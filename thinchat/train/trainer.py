@@ -1,0 +1,159 @@
+"""The ``transformers.Trainer`` subclass: projector learning rate, feature-cache forward, safe checkpoints.
+
+Why a subclass and not a training loop: Trainer already does DeepSpeed, gradient accumulation,
+checkpoints with optimizer / scheduler / RNG state, resume, tensorboard, bf16 and evaluation. We only
+change what Trainer cannot know: the projector's own learning rate, the forward pass from cached tower
+features, a seeded length-grouped sampler (same data order after resume), and checkpoint completion.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from thinchat.errors import ThinchatError
+from thinchat.train import checkpoints
+
+log = logging.getLogger(__name__)
+
+EXTRA_KEYS = ("image_paths",)
+
+
+class SeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped order drawn from ``seed + epoch``: the same order again when a run resumes."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
+class ThinchatTrainer(Trainer):
+    """Trainer with a projector param group, cached-feature forward and crash-safe checkpoints."""
+
+    def __init__(self, *args: Any, projector_lr: float | None = None, keep_checkpoints: int = 2,
+                 lengths: list[int] | None = None, group_by_length: bool = False,
+                 feature_fn: Callable | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.projector_lr = projector_lr
+        self.keep_checkpoints = keep_checkpoints
+        self.lengths = lengths
+        self.group_by_length = group_by_length
+        self.feature_fn = feature_fn
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.group_by_length and self.lengths is not None:
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return SeededLengthGroupedSampler(batch, self.lengths, self.args.data_seed or self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
+    def create_optimizer(self, model=None):
+        """Trainer's AdamW groups, with projector parameters split into their own learning rate."""
+        if self.optimizer is not None or self.projector_lr is None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, param in opt_model.named_parameters():
+            if param.requires_grad:
+                groups.setdefault(("multi_modal_projector" in name, name in decay), []).append(param)
+        param_groups = []
+        for (is_projector, decays), params in sorted(groups.items()):
+            group = {"params": params, "weight_decay": self.args.weight_decay if decays else 0.0}
+            if is_projector:
+                group["lr"] = self.projector_lr
+            param_groups.append(group)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        extra = {key: inputs.pop(key) for key in EXTRA_KEYS if key in inputs}
+        if self.feature_fn is not None and "pixel_values" in inputs:
+            pixel_values = inputs.pop("pixel_values")
+            inputs["inputs_embeds"] = self.feature_fn(model, inputs.pop("input_ids"), pixel_values,
+                                                      extra.get("image_paths", []))
+        return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Save, then mark complete, then rotate; a failed save names the last good checkpoint."""
+        run_dir = Path(self._get_output_dir(trial=trial))
+        step = self.state.global_step
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        except OSError as exc:
+            last = checkpoints.newest_complete(run_dir)
+            what = "the disk is full" if exc.errno == errno.ENOSPC else str(exc)
+            raise ThinchatError(
+                f"saving checkpoint-{step} in {run_dir} failed: {what}. The last complete checkpoint is "
+                f"{last or 'none'}; free some space and run again with --resume"
+            ) from exc
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.should_save:
+            checkpoints.mark_complete(run_dir / f"checkpoint-{step}", step)
+            checkpoints.rotate(run_dir, self.keep_checkpoints)
+
+
+class TokensPerSecond(TrainerCallback):
+    """Adds training tokens/s (non-padding LM tokens, images included) to the logs and the progress bar."""
+
+    def __init__(self) -> None:
+        self.start_time: float | None = None
+        self.start_tokens = 0
+        self.bar = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from tqdm.auto import tqdm
+
+        self.start_time = time.perf_counter()
+        self.start_tokens = state.num_input_tokens_seen
+        if state.is_world_process_zero:
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step",
+                            dynamic_ncols=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+            self.bar.set_postfix(self._postfix(state), refresh=False)
+
+    def _rate(self, state) -> float:
+        elapsed = time.perf_counter() - (self.start_time or time.perf_counter())
+        return (state.num_input_tokens_seen - self.start_tokens) / elapsed if elapsed > 0 else 0.0
+
+    def _postfix(self, state) -> dict[str, str]:
+        postfix = {"tok/s": f"{self._rate(state):.0f}"}
+        losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+        if losses:
+            postfix["loss"] = f"{losses[-1]:.4f}"
+        return postfix
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and "loss" in logs:
+            logs["tokens_per_second"] = round(self._rate(state), 1)
+        if self.bar is not None and logs:
+            self.bar.set_postfix(self._postfix(state))
+            shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in logs.items()}
+            self.bar.write(f"step {state.global_step}: {shown}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
