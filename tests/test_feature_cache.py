@@ -145,3 +145,34 @@ def test_bad_dtype_and_missing_image(tmp_path):
         FeatureCache(tmp_path, model, processor, dtype="int8")
     with pytest.raises(ImageError, match=r"nope\.png"):
         FeatureCache(tmp_path, model, processor).features_for([tmp_path / "nope.png"])
+
+
+def test_trainer_feature_fn_keys_by_pixels_and_ignores_autocast(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from thinchat.train.feature_cache import make_feature_fn
+
+    model, processor = _frozen("clip")
+    batch = processor(
+        images=[tiny_image(0), tiny_image(1)],
+        text=["<image>\nDescribe this thin section.", "<image>\nWhat accessory minerals are present?"],
+        return_tensors="pt",
+        padding=True,
+    )
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=r".*language_model.*\.(q_proj|v_proj)"))
+    fn = make_feature_fn(tmp_path / "cache", dtype="float32")
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as inside Trainer.training_step with bf16
+        embeds = fn(peft_model, batch["input_ids"], batch["pixel_values"], ["a.png", "b.png"])
+    assert fn.cache.stats.misses == 2
+    with torch.no_grad():
+        direct = tower_features(model, batch["pixel_values"])
+    assert torch.equal(fn.cache.features_for_pixels(batch["pixel_values"]), direct)  # fp32 despite autocast
+    assert fn.cache.stats.hits == 2
+    reference = peft_model(**batch, labels=batch["input_ids"]).loss
+    loss = peft_model(
+        inputs_embeds=embeds.float(), attention_mask=batch["attention_mask"], labels=batch["input_ids"]
+    ).loss
+    torch.testing.assert_close(loss, reference, rtol=1e-2, atol=1e-2)  # embeds were made under bf16 autocast
+    # Different preprocessing (pixels) is a different entry, never a stale hit.
+    fn(peft_model, batch["input_ids"], batch["pixel_values"] * 0.5)
+    assert fn.cache.stats.misses == 4

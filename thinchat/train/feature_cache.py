@@ -59,7 +59,14 @@ def weight_fingerprint(module) -> str:
     import torch
 
     digest = hashlib.sha256()
-    state = module.state_dict()
+    params = [p for p in module.parameters() if hasattr(p, "ds_id")]
+    if params:  # DeepSpeed ZeRO-3 partitions weights: gather them, or every tower would hash alike
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            state = {k: v.clone() for k, v in module.state_dict().items()}
+    else:
+        state = module.state_dict()
     for name in sorted(state):
         tensor = state[name].detach().to("cpu").contiguous()
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
@@ -94,7 +101,7 @@ class FeatureCache:
         if dtype not in DTYPES:
             raise ConfigError(f"feature cache dtype '{dtype}' is not one of {', '.join(DTYPES)}")
         self.model = model
-        self.image_processor = _image_processor(processor)
+        self.image_processor = _image_processor(processor) if processor is not None else None
         self.dtype_name = dtype
         self.batch_size = batch_size
         self.stats = CacheStats()
@@ -109,7 +116,7 @@ class FeatureCache:
             "tower_weights": weight_fingerprint(tower),
             "vision_feature_layer": layer,
             "vision_feature_select_strategy": strategy,
-            "image_processor": _processor_settings(self.image_processor),
+            "image_processor": _processor_settings(self.image_processor) if self.image_processor else None,
             "dtype": dtype,
         }
         blob = json.dumps(identity, sort_keys=True, default=str).encode()
@@ -158,15 +165,28 @@ class FeatureCache:
             )
 
     def _compute(self, images: list[Image | str | Path]) -> list[torch.Tensor]:
-        import torch
 
         from thinchat.images import load_image
 
+        if self.image_processor is None:
+            raise ValueError(
+                "FeatureCache was made without a processor: use features_for_pixels(pixel_values)"
+            )
         pils = [load_image(im) if isinstance(im, (str, Path)) else im.convert("RGB") for im in images]
         pixel_values = self.image_processor(images=pils, return_tensors="pt")["pixel_values"]
+        return self._tower(pixel_values)
+
+    def _tower(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """Tower features in full precision, whatever autocast the caller runs under.
+
+        Why autocast is off: the stored features must not depend on whether an entry was filled by
+        ``precompute`` or inside a bf16 training step; fp32 is also the more accurate of the two.
+        """
+        import torch
+
         tower = vision_tower(self.model)
         weight = next(tower.parameters())
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(weight.device.type, enabled=False):
             features = tower_features(self.model, pixel_values.to(weight.device, weight.dtype))
         return list(features.to("cpu", getattr(torch, self.dtype_name)))
 
@@ -224,6 +244,44 @@ class FeatureCache:
             raise ValueError("features_for() needs at least one image")
         return torch.stack([found[key] for key in keys])
 
+    def pixel_key(self, pixel_values: torch.Tensor) -> str:
+        """sha256 of one preprocessed image tensor: the exact tower input, so size and processor are in it."""
+        import torch
+
+        tensor = pixel_values.detach().to("cpu", torch.float32).contiguous()
+        digest = hashlib.sha256(f"pixels:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    def features_for_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Like ``features_for`` for already-preprocessed ``pixel_values`` (n_images, 3, H, W).
+
+        Keyed by the pixel tensor itself, so it needs no processor and a different image size or
+        normalisation can never hit a stale entry. Misses run the tower on these very pixels.
+        """
+        import torch
+
+        self.check_frozen()
+        keys = [self.pixel_key(row) for row in pixel_values]
+        found: dict[str, torch.Tensor] = {}
+        todo: dict[str, int] = {}
+        for index, key in enumerate(keys):
+            if key in found or key in todo:
+                continue
+            cached = self._load(key)
+            if cached is None:
+                todo[key] = index
+            else:
+                found[key] = cached
+        self.stats.hits += len(found)
+        self.stats.misses += len(todo)
+        if todo:
+            rows = torch.stack([pixel_values[i] for i in todo.values()])
+            for key, features in zip(todo, self._tower(rows), strict=True):
+                self._store(key, features)
+                found[key] = features
+        return torch.stack([found[key] for key in keys])
+
     def precompute(self, images: Sequence[str | Path], batch_size: int | None = None) -> CacheStats:
         """Fill the cache for ``images`` (skipping those already there) with a progress bar."""
         from tqdm import tqdm
@@ -256,3 +314,37 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+class CachedFeatureForward:
+    """The trainer's ``feature_fn``: ``(model, input_ids, pixel_values, image_paths) -> inputs_embeds``.
+
+    Built before the model is known (``make_feature_fn(cache_dir)``); the ``FeatureCache`` is created
+    on the first call from the model the Trainer passes (peft / DeepSpeed wrappers are looked through).
+    With ``pixel_values`` the lookup is keyed by the pixels; with ``pixel_values=None`` and a processor,
+    by the image files (then the dataset need not decode images at all).
+    """
+
+    def __init__(self, root: str | Path, processor: Any = None, dtype: str = "bfloat16") -> None:
+        self.root = Path(root)
+        self.processor = processor
+        self.dtype = dtype
+        self.cache: FeatureCache | None = None
+
+    def __call__(self, model: Any, input_ids, pixel_values=None, image_paths: Sequence[str | Path] = ()):
+        from thinchat.train.embeds import merge_image_features
+
+        if self.cache is None:
+            self.cache = FeatureCache(self.root, model, self.processor, dtype=self.dtype)
+        if pixel_values is not None:
+            features = self.cache.features_for_pixels(pixel_values)
+        elif image_paths:
+            features = self.cache.features_for(list(image_paths))
+        else:
+            features = None
+        return merge_image_features(model, input_ids, features)
+
+
+def make_feature_fn(root: str | Path, processor: Any = None, dtype: str = "bfloat16") -> CachedFeatureForward:
+    """What ``thinchat.train.run`` hands the trainer when ``feature_cache: true`` and the tower is frozen."""
+    return CachedFeatureForward(root, processor, dtype)
