@@ -79,3 +79,22 @@ def test_real_lexicon_bilingual_and_longest_match():
     assert "sericitization" in sample["answer_terms"] and "sericite" not in sample["answer_terms"]
     assert {"zircon", "tourmaline", "feldspar"} <= set(sample["reference_terms"])
     assert out["micro"]["precision"] > 50
+
+
+def test_synthetic_captions_proportions_parse_back_to_labels():
+    """The synthetic set states proportions; parsing them back must agree with the labels (to rounding)."""
+    from data_tools.report import caption
+    from data_tools.synth import make_slide
+
+    lex = load_lexicon()
+    checked = 0
+    for index in range(6):
+        *_, labels = make_slide(0, index, 64)
+        truth = {k: v for k, v in labels["proportions"].items() if k != "pore"}
+        for lang in ("zh", "en"):
+            stated = stated_proportions(caption(labels, lang), lex)
+            assert set(stated) <= set(truth), (lang, stated, truth)
+            for term, value in stated.items():
+                assert abs(value - truth[term]) <= 1.0, (lang, term, value, truth[term])
+                checked += 1
+    assert checked >= 12
