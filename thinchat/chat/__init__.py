@@ -1,0 +1,1 @@
+"""Chat helpers behind :mod:`thinchat.engine`: history truncation, the terminal chat loop."""

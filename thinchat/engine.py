@@ -1,0 +1,287 @@
+"""The one chat engine behind the CLI demo, the web demo, the OpenAI-compatible server and pseudo-labelling.
+
+Why one engine: the projects thinchat learns from each had a loader and a prompt builder per front end,
+and they drifted (fine-tuned weights that did not load in the web demo, images re-encoded every turn).
+Here every front end calls :class:`ChatEngine`, which
+
+* loads any checkpoint through :func:`thinchat.loading.load_pretrained` (LoRA adapters are merged in
+  memory, so decoding pays no adapter overhead);
+* renders prompts with the processor's chat template (the one training used) and expands each
+  ``<image>`` into the model's image tokens;
+* encodes each image once: projected image features are cached by a hash of the pixels and handed to
+  ``generate`` as ``mm_encoder_outputs`` (transformers' own hook for pre-computed encoder outputs), so a
+  follow-up question, or an OpenAI client re-sending the same image with every request, does not run
+  the vision tower again, and the token ids are exactly those of the plain processor path;
+* serialises generation with a lock (the server shares one engine across requests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from thinchat.chat.history import Turn, fit
+from thinchat.chat.session import ChatSession
+from thinchat.compose import max_positions
+from thinchat.errors import ConfigError, ImageError, PromptTooLongError, ThinchatError
+from thinchat.generation import GenerationSettings, stop_token_ids, stream_in_thread
+
+__all__ = ["ChatEngine", "ChatSession", "GenerationSettings", "image_key", "resolve_dtype"]
+
+#: Context assumed for language models that do not declare a position limit.
+DEFAULT_CONTEXT = 4096
+#: How many images' projected features the engine keeps (LRU); one slide pair costs ~100 KB-1 MB.
+FEATURE_CACHE_SIZE = 64
+
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
+
+
+def resolve_dtype(dtype: Any):
+    """``None``/"auto" -> float32 (CPU-safe); names like "bf16" -> torch dtypes; torch dtypes pass through."""
+    import torch
+
+    if dtype is None or dtype == "auto":
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = _DTYPES.get(str(dtype).lower())
+    if name is None:
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of float32, bfloat16, float16")
+    return getattr(torch, name)
+
+
+def image_key(image) -> str:
+    """Content hash of an image's decoded pixels: the same slide hashes the same whatever its file name."""
+    digest = hashlib.sha256(f"{image.mode}:{image.size[0]}x{image.size[1]}:".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+class ChatEngine:
+    """A loaded Llava checkpoint plus everything needed to chat with it (see module docstring)."""
+
+    def __init__(
+        self, model, processor, *, name: str = "thinchat", settings: GenerationSettings | None = None
+    ):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.name = name
+        self.settings = settings or GenerationSettings()
+        config = model.config
+        self.context_limit: int = max_positions(config.text_config) or DEFAULT_CONTEXT
+        self.image_token: str = processor.image_token
+        self.image_token_id: int = config.image_token_id
+        self.image_seq_length: int = int(config.image_seq_length)
+        self.stop_token_ids: list[int] = stop_token_ids(model, self.tokenizer)
+        self._special_tokens = [t for t in self.tokenizer.all_special_tokens if t]
+        self._lock = threading.Lock()
+        self._features: OrderedDict[str, Any] = OrderedDict()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        device: str | None = None,
+        dtype: Any = None,
+        settings: GenerationSettings | None = None,
+    ) -> ChatEngine:
+        """Load a base, stage-1, LoRA or merged checkpoint directory (LoRA is merged in memory)."""
+        from thinchat.loading import load_pretrained
+
+        model, processor = load_pretrained(path, device=device, dtype=resolve_dtype(dtype), merge=True)
+        return cls(model, processor, name=Path(path).expanduser().resolve().name, settings=settings)
+
+    # ----- sessions and one-shot calls -------------------------------------------------------------
+    def new_session(self, system: str | None = None) -> ChatSession:
+        """A multi-turn conversation (CLI, web demo). ``system`` is an optional system prompt."""
+        return ChatSession(self, system=system)
+
+    def describe(self, images: list[Any], prompt: str, **overrides: Any) -> str:
+        """One question about ``images`` (pseudo-labelling, captioning): the whole answer, stripped."""
+        turn = Turn(question=prompt, images=list(images))
+        messages, shown, _ = self.fit_turns([turn], None, self.resolve(**overrides))
+        return self.generate_text(messages, shown, **overrides).strip()
+
+    def stream_messages(
+        self, messages: list[dict[str, Any]], images: list[Any], **overrides: Any
+    ) -> Iterator[str]:
+        """Stateless streaming for the OpenAI server: yields text pieces of the answer to ``messages``.
+
+        ``messages`` are transformers chat messages whose ``{"type": "image"}`` parts match ``images`` in
+        order. Nothing is truncated: a conversation longer than the context raises
+        ``PromptTooLongError`` (the server answers 400), as OpenAI's API does. Bad input raises when this
+        is called, before the first piece; the lock is taken when iteration starts and released when
+        the iterator finishes or is closed (closing it early cancels the generation).
+        """
+        settings = self.resolve(**overrides)
+        inputs = self._inputs(messages, images, settings)  # bad input fails here, before any streaming
+        return self._stream(inputs, settings)
+
+    def _stream(self, inputs: dict[str, Any], settings: GenerationSettings) -> Iterator[str]:
+        with self._lock:
+            yield from stream_in_thread(
+                self.model.generate, self._generate_kwargs(inputs, settings), self.tokenizer
+            )
+
+    def generate_text(self, messages: list[dict[str, Any]], images: list[Any], **overrides: Any) -> str:
+        """Like :meth:`stream_messages` but returns the whole answer at once (no thread, no streamer)."""
+        settings = self.resolve(**overrides)
+        inputs = self._inputs(messages, images, settings)
+        with self._lock:
+            output = self.model.generate(**self._generate_kwargs(inputs, settings))
+        new_tokens = output[0, inputs["input_ids"].shape[1] :]
+        return self.tokenizer.decode(new_tokens, skip_special_tokens=True)
+
+    def resolve(self, **overrides: Any) -> GenerationSettings:
+        """The engine's settings with per-call overrides (``None`` keeps the default)."""
+        return self.settings.with_overrides(**overrides)
+
+    # ----- prompt building ---------------------------------------------------------------------------
+    def prompt_budget(self, settings: GenerationSettings) -> int:
+        """Prompt tokens that fit: the LM's positions minus room for the answer."""
+        budget = self.context_limit - settings.max_new_tokens
+        if budget <= 0:
+            raise ConfigError(
+                f"max_new_tokens={settings.max_new_tokens} leaves no room for a prompt in the model's "
+                f"{self.context_limit} positions; lower it"
+            )
+        return budget
+
+    def fit_turns(
+        self, turns: list[Turn], system: str | None, settings: GenerationSettings
+    ) -> tuple[list[dict[str, Any]], list[Any], int]:
+        """Messages and images for ``turns``, dropping the oldest whole turns to fit the budget."""
+        return fit(turns, system, self.count_tokens, self.prompt_budget(settings))
+
+    def render(self, messages: list[dict[str, Any]], images: list[Any] | int) -> str:
+        """The prompt text with each ``<image>`` expanded to the model's image tokens."""
+        self._check_messages(messages)
+        n_images = images if isinstance(images, int) else len(images)
+        n_parts = sum(
+            1
+            for m in messages
+            if not isinstance(m["content"], str)
+            for p in m["content"]
+            if p.get("type") == "image"
+        )
+        if n_parts != n_images:
+            raise ThinchatError(
+                f"the messages have {n_parts} image part(s) but {n_images} image(s) were given"
+            )
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        return text.replace(self.image_token, self.image_token * self.image_seq_length)
+
+    def _tokenize(self, text: str) -> Any:
+        # Mirror the processor's apply_chat_template(tokenize=True): no second BOS when the template has one.
+        bos = self.tokenizer.bos_token
+        add_special = not (bos is not None and text.startswith(bos))
+        return self.tokenizer(text, add_special_tokens=add_special, return_tensors="pt")
+
+    def count_tokens(self, messages: list[dict[str, Any]], images: list[Any] | int) -> int:
+        """Prompt length in tokens, image tokens included (no image is encoded to count)."""
+        return int(self._tokenize(self.render(messages, images))["input_ids"].shape[1])
+
+    def _check_messages(self, messages: list[dict[str, Any]]) -> None:
+        if not messages:
+            raise ThinchatError("no messages: send at least one user message")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant"):
+                raise ThinchatError(f"message {i}: expected a dict with role system, user or assistant")
+            content = message.get("content")
+            parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+            if not isinstance(parts, list):
+                raise ThinchatError(f"message {i}: content must be a string or a list of parts")
+            for part in parts:
+                if not isinstance(part, dict) or part.get("type") not in ("text", "image"):
+                    raise ThinchatError(f"message {i}: content parts must be {{'type': 'text'|'image'}}")
+                if part["type"] == "text":
+                    text = part.get("text")
+                    if not isinstance(text, str):
+                        raise ThinchatError(f"message {i}: a text part needs a string 'text'")
+                    bad = next((t for t in self._special_tokens if t in text), None)
+                    if bad is not None:
+                        raise ThinchatError(
+                            f"message {i}: text contains the model's control token {bad!r}; remove it "
+                            "(images go in image parts, not as text)"
+                        )
+
+    # ----- images -----------------------------------------------------------------------------------
+    def image_features(self, images: list[Any]) -> list[Any]:
+        """Projected features (``[image_tokens, hidden]`` each) for ``images``, from the cache when seen before."""
+        import torch
+
+        keys = [image_key(image) for image in images]
+        missing = {key: image for key, image in zip(keys, images, strict=True) if key not in self._features}
+        if missing:
+            try:
+                pixels = self.processor.image_processor(images=list(missing.values()), return_tensors="pt")
+            except (OSError, ValueError, TypeError) as exc:
+                raise ImageError(f"could not preprocess the image(s): {exc}") from exc
+            pixel_values = pixels["pixel_values"].to(self.model.device, self.model.dtype)
+            with torch.inference_mode():
+                output = self.model.get_image_features(pixel_values=pixel_values, return_dict=True)
+            for key, feature in zip(missing, output.pooler_output, strict=True):
+                if feature.shape[0] != self.image_seq_length:
+                    raise ThinchatError(
+                        f"the vision tower gave {feature.shape[0]} image tokens, the config expects "
+                        f"{self.image_seq_length}; the checkpoint's processor and model disagree"
+                    )
+                self._features[key] = feature.detach()
+        for key in keys:
+            self._features.move_to_end(key)
+        while len(self._features) > FEATURE_CACHE_SIZE:
+            self._features.popitem(last=False)
+        return [self._features[key] for key in keys]
+
+    # ----- generation --------------------------------------------------------------------------------
+    def _inputs(
+        self, messages: list[dict[str, Any]], images: list[Any], settings: GenerationSettings
+    ) -> dict:
+        if messages and isinstance(messages[-1], dict) and messages[-1].get("role") != "user":
+            raise ThinchatError("the last message must be from the user (it is the question to answer)")
+        text = self.render(messages, images)
+        encoded = self._tokenize(text)
+        length = int(encoded["input_ids"].shape[1])
+        budget = self.prompt_budget(settings)
+        if length > budget:
+            raise PromptTooLongError(
+                f"the conversation needs {length} prompt tokens ({len(images)} image(s) x {self.image_seq_length} "
+                f"tokens included) but only {budget} fit ({self.context_limit} positions minus max_new_tokens="
+                f"{settings.max_new_tokens}); drop earlier turns or images, or lower max_new_tokens"
+            )
+        inputs: dict[str, Any] = {
+            "input_ids": encoded["input_ids"].to(self.model.device),
+            "attention_mask": encoded["attention_mask"].to(self.model.device),
+        }
+        if images:
+            inputs["images"] = list(images)
+        return inputs
+
+    def _generate_kwargs(self, inputs: dict[str, Any], settings: GenerationSettings) -> dict[str, Any]:
+        """Called with the lock held: encodes (or fetches) image features and assembles generate() args."""
+        import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        kwargs = {k: v for k, v in inputs.items() if k != "images"}
+        if inputs.get("images"):
+            features = self.image_features(inputs["images"])
+            kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
+        if settings.seed is not None:
+            torch.manual_seed(settings.seed)
+        kwargs.update(settings.generate_kwargs())
+        kwargs["eos_token_id"] = self.stop_token_ids
+        kwargs["pad_token_id"] = self.tokenizer.pad_token_id
+        return kwargs
