@@ -48,7 +48,14 @@ class ForbiddenPickleError(DataFormatError):
 def _load_storage_bytes(data: bytes) -> Any:
     import torch
 
-    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        detail = [line for line in str(exc).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+        raise ForbiddenPickleError(
+            "refusing to load: a tensor's storage bytes hold more than tensor data "
+            f"({detail[0].strip() if detail else 'rejected by torch.load(weights_only=True)'})"
+        ) from exc
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -81,8 +88,10 @@ def load_clipcap_pickle(path: str | Path) -> tuple[list[tuple[str, str]], dict[s
     try:
         with source.open("rb") as handle:
             data = RestrictedUnpickler(handle, str(source)).load()
-    except ForbiddenPickleError:
-        raise
+    except ForbiddenPickleError as exc:
+        if str(exc).startswith(str(source)):
+            raise
+        raise ForbiddenPickleError(f"{source}: {exc}") from exc
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, RuntimeError) as exc:
         raise DataFormatError(f"{source}: not a readable ClipCap feature pickle ({exc})") from exc
     if not (isinstance(data, (list, tuple)) and len(data) == 2 and isinstance(data[1], dict)):
