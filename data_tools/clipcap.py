@@ -123,7 +123,7 @@ def import_clipcap(
             raise DataFormatError(
                 f"{path}: embedding of {key!r} is {type(value).__name__}, expected a tensor"
             )
-        tensors[key] = value.detach().to(torch.float32).contiguous()
+        tensors[key] = value.detach().to(torch.float32).clone().contiguous()  # no shared storage
     pools = load_questions()
     entries, skipped = [], []
     counts: dict[str, int] = {}
