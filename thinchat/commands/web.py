@@ -1,10 +1,91 @@
-"""`thinchat web` (placeholder until its issue lands)."""
+"""`thinchat web` (and ``python web_demo.py``): the gradio web demo for one checkpoint.
+
+Heavy imports (torch, transformers, gradio) happen inside ``run`` so ``thinchat --help`` is instant.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from thinchat.errors import ThinchatError
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``thinchat web`` and ``web_demo.py``."""
+    parser.add_argument(
+        "--from_pretrained",
+        "--from-pretrained",
+        dest="from_pretrained",
+        required=True,
+        metavar="DIR",
+        help="checkpoint directory (base, stage-1, LoRA or merged)",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)"
+    )
+    parser.add_argument("--port", type=int, default=7860, help="TCP port (default 7860)")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    parser.add_argument("--lang", choices=("zh", "en"), default="zh", help="interface language (default zh)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", default=None, help="float32 (default on CPU), bfloat16 or float16")
+    parser.add_argument("--temperature", type=float, default=None, help="initial temperature slider value")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help="initial max-new-tokens slider value"
+    )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=None,
+        help="largest upload accepted, in pixels (default 8192x8192)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("web", help="(not available yet)")
-    parser.set_defaults(func=lambda args: parser.error("not implemented yet"))
+    parser = subparsers.add_parser(
+        "web",
+        help="gradio web demo: upload PPL/XPL views and chat (same as python web_demo.py)",
+        description="Gradio web demo: upload one or two views of a slide and chat about it with streaming.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the checkpoint once and serve the demo until Ctrl-C."""
+    from thinchat.engine import ChatEngine
+    from thinchat.generation import GenerationSettings
+    from thinchat.images import DEFAULT_MAX_PIXELS
+    from thinchat.web.app import build_demo, launch
+
+    overrides = {"temperature": args.temperature, "max_new_tokens": args.max_new_tokens}
+    settings = GenerationSettings().with_overrides(**overrides)
+    engine = ChatEngine.from_pretrained(
+        args.from_pretrained, device=args.device, dtype=args.dtype, settings=settings
+    )
+    demo = build_demo(engine, lang=args.lang, max_image_pixels=args.max_image_pixels or DEFAULT_MAX_PIXELS)
+    if args.host not in ("127.0.0.1", "localhost", "::1") or args.share:
+        log.warning("the demo is reachable beyond this machine: anyone with the link can use the model")
+    launch(demo, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``web_demo.py``: same options as ``thinchat web``, same error handling."""
+    parser = argparse.ArgumentParser(prog="web_demo.py", description="thinchat gradio web demo")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    try:
+        return run(args)
+    except ThinchatError as exc:
+        print(f"web_demo.py: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
