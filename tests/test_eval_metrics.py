@@ -109,6 +109,7 @@ def test_meteor_nltk_fallback_is_labelled():
     assert each[1] == 0.0 and each[0] > 0.9
 
 
+@pytest.mark.slow  # starts a JVM: ~10 CPU-seconds loading METEOR's paraphrase tables
 @pytest.mark.skipif(shutil.which("java") is None, reason="METEOR 1.5 needs java")
 def test_meteor_15_hand_computed():
     # 石 英 约 占 vs 长 石 多 见: one exact match of 4 tokens: P = R = 1/4, Fmean = 1/4;
