@@ -43,7 +43,11 @@ def max_positions(text_config) -> int | None:
 
 
 def image_seq_length(vision_config, image_processor) -> int:
-    size = image_processor.crop_size if getattr(image_processor, "do_center_crop", False) else image_processor.size
+    size = (
+        image_processor.crop_size
+        if getattr(image_processor, "do_center_crop", False)
+        else image_processor.size
+    )
     height = size.get("height") or size.get("shortest_edge")
     width = size.get("width") or size.get("shortest_edge")
     _, strategy, extra = TOWER_FEATURES[vision_config.model_type]
@@ -139,7 +143,9 @@ def compose_llava(vision_model, image_processor, lm, tokenizer, template: str | 
     return model.eval(), processor, info
 
 
-def build(vision: str, llm: str, out: str | Path, image_size: int | None = None, template: str | None = None) -> BuildInfo:
+def build(
+    vision: str, llm: str, out: str | Path, image_size: int | None = None, template: str | None = None
+) -> BuildInfo:
     """Resolve both specs, compose, and save a standard Llava checkpoint to ``out``."""
     from thinchat.resolve import classify, load_language_model, load_vision_tower
 
@@ -152,5 +158,12 @@ def build(vision: str, llm: str, out: str | Path, image_size: int | None = None,
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    log.info("wrote %s: %s + %s, %d image tokens, template %s", out, vision, llm, info.image_seq_length, info.chat_template)
+    log.info(
+        "wrote %s: %s + %s, %d image tokens, template %s",
+        out,
+        vision,
+        llm,
+        info.image_seq_length,
+        info.chat_template,
+    )
     return info

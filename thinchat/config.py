@@ -26,7 +26,9 @@ def field(default: Any = dataclasses.MISSING, *, help: str, **kwargs: Any) -> An
     """A dataclass field with help text; mutable defaults go through ``default_factory``."""
     if isinstance(default, (list, dict)):
         value = default
-        return dataclasses.field(default_factory=lambda: type(value)(value), metadata={"help": help}, **kwargs)
+        return dataclasses.field(
+            default_factory=lambda: type(value)(value), metadata={"help": help}, **kwargs
+        )
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
 
 
@@ -161,8 +163,10 @@ def describe(cls: type) -> str:
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)"
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
         )
         type_name = getattr(hints[f.name], "__name__", str(hints[f.name]))
         lines.append(f"{f.name} ({type_name}, default {default!r}): {f.metadata.get('help', '')}")

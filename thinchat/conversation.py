@@ -8,7 +8,6 @@ chat engine render identical prompts.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from thinchat.errors import DataFormatError
@@ -23,8 +22,6 @@ def text_to_content(value: str) -> list[dict[str, str]]:
     for i, chunk in enumerate(value.split(IMAGE_PLACEHOLDER)):
         if i > 0:
             parts.append({"type": "image"})
-        chunk = chunk.strip("\n") if i > 0 or len(parts) else chunk
-        chunk = re.sub(r"^\n+", "", chunk) if i > 0 else chunk
         if chunk.strip():
             parts.append({"type": "text", "text": chunk.strip()})
     return parts
@@ -40,20 +37,21 @@ def llava_to_messages(conversations: list[dict[str, Any]], where: str = "") -> l
             raise DataFormatError(f"{where}: turn {i} must be an object with 'from' and 'value'")
         role = ROLES.get(turn["from"])
         if role is None:
-            raise DataFormatError(f"{where}: turn {i} has unknown speaker '{turn['from']}' (expected human or gpt)")
+            raise DataFormatError(
+                f"{where}: turn {i} has unknown speaker '{turn['from']}' (expected human or gpt)"
+            )
         value = turn["value"]
         if not isinstance(value, str):
             raise DataFormatError(f"{where}: turn {i} 'value' must be a string")
-        if role == "user":
-            content = text_to_content(value)
-        else:
-            content = [{"type": "text", "text": value.strip()}]
+        content = text_to_content(value) if role == "user" else [{"type": "text", "text": value.strip()}]
         messages.append({"role": role, "content": content})
     return messages
 
 
 def count_images(messages: list[dict[str, Any]]) -> int:
-    return sum(1 for m in messages if not isinstance(m["content"], str) for p in m["content"] if p["type"] == "image")
+    return sum(
+        1 for m in messages if not isinstance(m["content"], str) for p in m["content"] if p["type"] == "image"
+    )
 
 
 def messages_to_llava(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -65,5 +63,10 @@ def messages_to_llava(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
             text = content
         else:
             text = "".join(IMAGE_PLACEHOLDER + "\n" if p["type"] == "image" else p["text"] for p in content)
-        out.append({"from": {"user": "human", "assistant": "gpt"}.get(message["role"], message["role"]), "value": text})
+        out.append(
+            {
+                "from": {"user": "human", "assistant": "gpt"}.get(message["role"], message["role"]),
+                "value": text,
+            }
+        )
     return out

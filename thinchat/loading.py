@@ -33,7 +33,9 @@ def base_model_path(adapter_dir: Path) -> Path:
             "base_model_name_or_path"
         )
     if not base:
-        raise ModelSpecError(f"{adapter_dir}: LoRA checkpoint does not say which base model it was trained on")
+        raise ModelSpecError(
+            f"{adapter_dir}: LoRA checkpoint does not say which base model it was trained on"
+        )
     base_path = Path(base)
     if not base_path.is_absolute():
         base_path = (adapter_dir / base_path).resolve()
@@ -52,12 +54,18 @@ def load_pretrained(path: str | Path, device: str | None = None, dtype=None, mer
 
     path = Path(path).expanduser()
     if not path.is_dir():
-        raise ModelSpecError(f"{path}: checkpoint directory not found (expected the output of thinchat build/train/export)")
+        raise ModelSpecError(
+            f"{path}: checkpoint directory not found (expected the output of thinchat build/train/export)"
+        )
     adapter = is_adapter_dir(path)
     base = base_model_path(path) if adapter else path
     if not (base / "config.json").is_file():
         raise ModelSpecError(f"{path}: no config.json; not a Llava checkpoint directory")
-    processor_dir = path if (path / "processor_config.json").is_file() or (path / "tokenizer_config.json").is_file() else base
+    processor_dir = (
+        path
+        if (path / "processor_config.json").is_file() or (path / "tokenizer_config.json").is_file()
+        else base
+    )
     try:
         processor = AutoProcessor.from_pretrained(processor_dir)
         model = LlavaForConditionalGeneration.from_pretrained(base, dtype=dtype or torch.float32)

@@ -58,7 +58,9 @@ def _save_gguf_as_safetensors(gguf_path: Path, out_dir: Path) -> None:
     check_gguf_architecture(gguf_path)
     log.info("dequantising %s once (20-60 s); later loads use the safetensors cache", gguf_path.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+    )
     # A model loaded from GGUF is flagged as quantised and refuses save_pretrained, although its weights are
     # already dequantised fp32: copy them into a plain model of the same config.
     config = loaded.config

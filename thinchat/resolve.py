@@ -63,7 +63,9 @@ def classify(spec: str, want: Literal["vision", "lm"]) -> ModelSource:
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelSpecError(f"{path}: directory has no config.json; expected a Hugging Face model directory")
+            raise ModelSpecError(
+                f"{path}: directory has no config.json; expected a Hugging Face model directory"
+            )
         return ModelSource(spec, "dir", str(path))
     if spec.endswith(".gguf"):
         if not path.is_file():
@@ -140,8 +142,13 @@ def load_vision_tower(spec: str, image_size: int | None = None, dtype=None):
         if source.kind == "hub":
             raise _hub_failure(source, exc, "vision") from exc
         raise ModelSpecError(f"{location}: could not load a vision model config ({exc})") from exc
-    classes = {"clip": CLIPVisionModel, "clip_vision_model": CLIPVisionModel, "siglip": SiglipVisionModel,
-               "siglip_vision_model": SiglipVisionModel, "dinov2": Dinov2Model}
+    classes = {
+        "clip": CLIPVisionModel,
+        "clip_vision_model": CLIPVisionModel,
+        "siglip": SiglipVisionModel,
+        "siglip_vision_model": SiglipVisionModel,
+        "dinov2": Dinov2Model,
+    }
     if config.model_type not in classes:
         raise ModelSpecError(
             f"'{spec}' is a {config.model_type} model; supported vision towers: CLIP, SigLIP, DINOv2"

@@ -76,16 +76,37 @@ def tiny_lm(family: str, vocab_size: int, bos_token_id: int | None = None, eos_t
 
     common = {"vocab_size": vocab_size, "hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 64}
     if family == "llama":
-        config = LlamaConfig(**common, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                             tie_word_embeddings=True)
+        config = LlamaConfig(
+            **common,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+        )
     elif family == "qwen2":
-        config = Qwen2Config(**common, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+        config = Qwen2Config(
+            **common, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512
+        )
     elif family == "gemma3":
-        config = Gemma3TextConfig(**common, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                                  max_position_embeddings=512, sliding_window=64)
+        config = Gemma3TextConfig(
+            **common,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            max_position_embeddings=512,
+            sliding_window=64,
+        )
     elif family in ("gpt2", "gpt2-chinese"):
-        config = GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=256,
-                            tie_word_embeddings=True, bos_token_id=bos_token_id, eos_token_id=eos_token_id)
+        config = GPT2Config(
+            vocab_size=vocab_size,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=256,
+            tie_word_embeddings=True,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+        )
     else:
         raise ValueError(f"unknown LM family {family!r}; choose from {LM_FAMILIES}")
     return AutoModelForCausalLM.from_config(config)
@@ -106,11 +127,18 @@ def tiny_tower(tower: str, image_size: int = 28):
 
     from thinchat.dinov2_onnx import dinov2_image_processor
 
-    common = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
-              "patch_size": 14, "image_size": image_size}
+    common = {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "patch_size": 14,
+        "image_size": image_size,
+    }
     if tower == "clip":
-        processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                                          crop_size={"height": image_size, "width": image_size})
+        processor = CLIPImageProcessorPil(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+        )
         return CLIPVisionModel(CLIPVisionConfig(**common)), processor
     if tower == "siglip":
         processor = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})

@@ -14,10 +14,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--vision", default="dinov2-small", help="vision tower spec (default: dinov2-small)")
     parser.add_argument("--llm", default="smollm2-135m-instruct", help="language model spec")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="input resolution; DINOv2 patch 14: 112 px = 64 image tokens, 224 px = 256")
-    parser.add_argument("--chat-template", choices=["chatml", "gemma", "plain"], default=None,
-                        help="turn format (default: chosen from the LM's special tokens)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="input resolution; DINOv2 patch 14: 112 px = 64 image tokens, 224 px = 256",
+    )
+    parser.add_argument(
+        "--chat-template",
+        choices=["chatml", "gemma", "plain"],
+        default=None,
+        help="turn format (default: chosen from the LM's special tokens)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -25,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from thinchat.compose import build
 
     info = build(args.vision, args.llm, args.out, image_size=args.image_size, template=args.chat_template)
-    print(f"wrote {args.out}: {info.vision_model_type} + {info.lm_model_type}, "
-          f"{info.image_seq_length} image tokens per image, chat template '{info.chat_template}'")
+    print(
+        f"wrote {args.out}: {info.vision_model_type} + {info.lm_model_type}, "
+        f"{info.image_seq_length} image tokens per image, chat template '{info.chat_template}'"
+    )
     return 0

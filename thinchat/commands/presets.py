@@ -7,7 +7,9 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("presets", help="list offline model presets (and prepare their caches)")
-    parser.add_argument("--prepare", nargs="*", metavar="NAME", help="convert these presets now (all if none given)")
+    parser.add_argument(
+        "--prepare", nargs="*", metavar="NAME", help="convert these presets now (all if none given)"
+    )
     parser.set_defaults(func=run)
 
 
