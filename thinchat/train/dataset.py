@@ -100,12 +100,14 @@ class SupervisedDataset:
         from tqdm.auto import tqdm
 
         self.processor = processor
+        #: False when a feature cache supplies the tower features: images are then never decoded.
+        self.load_pixels = True
         self.image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
         self.skipped = SkipCounts()
         self.items: list[Encoded] = []
-        cache: dict[tuple, Encoded] = {}
+        cache: dict[int, Encoded] = {}
         for sample in tqdm(samples, desc=f"tokenising {name}", unit="sample", disable=len(samples) < 500):
-            key = (id(sample),)
+            key = id(sample)
             if key in cache:  # text-only entries drawn twice by the ratio mix
                 self.items.append(cache[key])
                 continue
@@ -151,7 +153,7 @@ class SupervisedDataset:
             "labels": torch.tensor(item.labels, dtype=torch.long),
             "image_paths": [str(p) for p in item.sample.images],
         }
-        if item.sample.images:
+        if item.sample.images and self.load_pixels:
             images = [load_image(path, name=f"{item.sample.where}: {path.name}") for path in item.sample.images]
             out["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         return out

@@ -54,8 +54,8 @@ def training_arguments(config: TrainConfig, output_dir: Path, has_eval: bool):
         bf16=config.bf16,
         fp16=config.fp16,
         use_cpu=config.cpu,
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         save_strategy="steps",
         save_steps=config.save_steps,
         eval_strategy="steps" if has_eval else "no",
@@ -75,23 +75,23 @@ def training_arguments(config: TrainConfig, output_dir: Path, has_eval: bool):
     )
 
 
-def feature_function(config: TrainConfig, processor, model_dir: Path):
-    """The cached-feature forward (thinchat.train.feature_cache + embeds), or None for the pixel path."""
-    import importlib.util
-
+def attach_feature_cache(config: TrainConfig, model, processor, datasets: list[Any]):
+    """A ``FeatureCache`` filled for every image of ``datasets`` (which then skip pixels), or None."""
     from thinchat.train.model_setup import tower_trainable
 
     if not config.feature_cache or tower_trainable(config):
         return None
-    if importlib.util.find_spec("thinchat.train.feature_cache") is None or (
-        importlib.util.find_spec("thinchat.train.embeds") is None
-    ):
-        log.warning("feature_cache: true, but thinchat.train.feature_cache is not available; using the pixel path")
-        return None
-    from thinchat.train.feature_cache import make_feature_fn
+    from thinchat.train.feature_cache import FeatureCache
 
-    cache_dir = Path(config.feature_cache_dir) if config.feature_cache_dir else Path(config.data).parent / ".feature_cache"
-    return make_feature_fn(cache_dir)
+    root = Path(config.feature_cache_dir) if config.feature_cache_dir else Path(config.data).parent / ".feature_cache"
+    cache = FeatureCache(root, model, processor)
+    paths = [p for ds in datasets if ds is not None for item in ds.items for p in item.sample.images]
+    cache.precompute(paths)
+    for ds in datasets:
+        if ds is not None:
+            ds.load_pixels = False
+    log.info("feature cache %s: %d images ready", cache.dir, len(set(paths)))
+    return cache
 
 
 def save_final(trainer, model, processor, config: TrainConfig, output_dir: Path) -> None:
@@ -172,7 +172,7 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
         keep_checkpoints=config.save_total_limit,
         lengths=train_set.lengths,
         group_by_length=config.group_by_length,
-        feature_fn=feature_function(config, processor, base),
+        feature_cache=attach_feature_cache(config, model, processor, [train_set, val_set]),
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(TokensPerSecond())

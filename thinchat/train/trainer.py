@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +43,22 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
 
 
 class ThinchatTrainer(Trainer):
-    """Trainer with a projector param group, cached-feature forward and crash-safe checkpoints."""
+    """Trainer with a projector param group, cached-feature forward and crash-safe checkpoints.
+
+    With ``feature_cache`` (a ``thinchat.train.feature_cache.FeatureCache``) batches carry no pixels:
+    the tower features of ``image_paths`` come from the cache and ``merge_image_features`` runs the
+    model's own projector, so the projector and the LM train exactly as on the pixel path.
+    """
 
     def __init__(self, *args: Any, projector_lr: float | None = None, keep_checkpoints: int = 2,
                  lengths: list[int] | None = None, group_by_length: bool = False,
-                 feature_fn: Callable | None = None, **kwargs: Any) -> None:
+                 feature_cache: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.projector_lr = projector_lr
         self.keep_checkpoints = keep_checkpoints
         self.lengths = lengths
         self.group_by_length = group_by_length
-        self.feature_fn = feature_fn
+        self.feature_cache = feature_cache
 
     def _get_train_sampler(self, train_dataset=None):
         if self.group_by_length and self.lengths is not None:
@@ -83,11 +87,14 @@ class ThinchatTrainer(Trainer):
         return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
         extra = {key: inputs.pop(key) for key in EXTRA_KEYS if key in inputs}
-        if self.feature_fn is not None and "pixel_values" in inputs:
-            pixel_values = inputs.pop("pixel_values")
-            inputs["inputs_embeds"] = self.feature_fn(model, inputs.pop("input_ids"), pixel_values,
-                                                      extra.get("image_paths", []))
+        if self.feature_cache is not None and "pixel_values" not in inputs:
+            from thinchat.train.embeds import merge_image_features
+
+            paths = extra.get("image_paths") or []
+            features = self.feature_cache.features_for(paths) if paths else None
+            inputs["inputs_embeds"] = merge_image_features(model, inputs.pop("input_ids"), features)
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
 
