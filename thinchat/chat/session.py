@@ -43,6 +43,13 @@ class ChatSession:
         """The slide under discussion: images waiting for the next question, else the latest shown."""
         return list(self._pending) if self._pending else list(current_images(self.turns)[1])
 
+    @property
+    def image_sources(self) -> list[str | None]:
+        """Labels of :attr:`images` (file names given to :meth:`set_images`; None when unknown)."""
+        if self._pending:
+            return list(self._pending_sources)
+        return next((list(t.sources) for t in reversed(self.turns) if t.images), [])
+
     def set_images(self, images: list[Any], sources: list[str | None] | None = None) -> None:
         """Switch slide: the next question is asked about ``images`` (``[]`` withdraws pending images).
 
