@@ -96,10 +96,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint once, then serve until Ctrl-C."""
-    from thinchat.engine import ChatEngine
-    from thinchat.generation import GenerationSettings
-    from thinchat.server import ServerSettings, serve
-
     allow_dirs = []
     for d in args.allow_dir:
         path = Path(d).expanduser()
@@ -112,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
         log.warning(
             "serving on %s without --api-key: anyone who can reach this port can use the model", args.host
         )
+    from thinchat.engine import ChatEngine
+    from thinchat.generation import GenerationSettings
+    from thinchat.server import ServerSettings, serve
+
     settings = GenerationSettings()
     if args.max_new_tokens is not None:
         settings = settings.with_overrides(max_new_tokens=args.max_new_tokens)

@@ -70,3 +70,75 @@ class BackgroundServer:
     def __exit__(self, *exc: object) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=15)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (for a child process that cannot report its own)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class ServeProcess:
+    """``with ServeProcess(["--from_pretrained", d]) as proc: proc.url``: ``thinchat serve`` as a child process.
+
+    Why: the benchmark and the CLI test exercise the real command (argument parsing, model loading,
+    uvicorn signal handling), not just the app object. Waits for ``/health``; on exit sends SIGTERM and
+    waits for a clean shutdown (kills after ``stop_timeout`` seconds).
+    """
+
+    def __init__(
+        self,
+        args: list[str],
+        host: str = "127.0.0.1",
+        start_timeout: float = 180.0,
+        stop_timeout: float = 20.0,
+    ) -> None:
+        self.host = host
+        self.port = free_port(host)
+        self.args = ["serve", *args, "--host", host, "--port", str(self.port)]
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.process = None
+        self.returncode: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def __enter__(self) -> ServeProcess:
+        import subprocess
+        import sys
+        import urllib.error
+        import urllib.request
+
+        self.process = subprocess.Popen([sys.executable, "-m", "thinchat", *self.args])
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"thinchat serve exited with status {self.process.returncode} during start-up"
+                )
+            try:
+                with urllib.request.urlopen(f"http://{self.host}:{self.port}/health", timeout=2):
+                    return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError(f"thinchat serve did not answer /health within {self.start_timeout} s")
+            time.sleep(0.25)
+
+    def __exit__(self, *exc: object) -> None:
+        import subprocess
+
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.returncode = self.process.wait(timeout=self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.returncode = self.process.wait()
