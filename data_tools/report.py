@@ -3,8 +3,8 @@
 Synthetic captions are a deterministic function of the labels, one sentence per facet in a fixed order
 (composition, matrix, carbonate, silica, feldspar alteration, micas and accessories, optics, grain size,
 fabric, pores), so a model can learn the mapping and the evaluation can read the numbers back. Every
-proportion is written as ``名称约占N%`` (Chinese) or ``name (about N%)`` (English); phases under 0.5%
-are called 少量 / trace without a number. :func:`parse_proportions` reads them back from any caption.
+proportion is written as ``名称约占N%`` (Chinese) or ``name (about N%)`` (English); phases of 0.3-0.5%
+are called 少量 / trace without a number, smaller ones are not mentioned (too small to see). :func:`parse_proportions` reads them back from any caption.
 """
 
 from __future__ import annotations
@@ -60,8 +60,12 @@ def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+#: Phases covering less of the field than this (in percent) are not mentioned: too small to see.
+MENTION_MIN = 0.3
+
+
 def _present(props: dict[str, float], names: tuple[str, ...]) -> list[str]:
-    return sorted((n for n in names if props.get(n, 0.0) > 0), key=lambda n: -props[n])
+    return sorted((n for n in names if props.get(n, 0.0) >= MENTION_MIN), key=lambda n: -props[n])
 
 
 def caption(labels: dict[str, Any], lang: str) -> str:
@@ -96,7 +100,7 @@ def caption(labels: dict[str, Any], lang: str) -> str:
     elif framework:
         items = join.join(_item(n, props[n], lang) for n in framework)
         out.append(f"碎屑成分：{items}。" if zh else f"Framework grains: {items}.")
-    if props.get("argillaceous_matrix", 0) > 0:
+    if props.get("argillaceous_matrix", 0) >= MENTION_MIN:
         even = props["argillaceous_matrix"] >= 20
         m = _item("argillaceous_matrix", props["argillaceous_matrix"], lang)
         out.append(
@@ -105,7 +109,7 @@ def caption(labels: dict[str, Any], lang: str) -> str:
             else f"{_cap(m)} is cryptocrystalline and {'evenly' if even else 'unevenly'} distributed."
         )
     for carb in ("calcite", "dolomite"):
-        if props.get(carb, 0) > 0 and not (
+        if props.get(carb, 0) >= MENTION_MIN and not (
             carbonate_rock and carb == ("calcite" if rock == "limestone" else "dolomite")
         ):
             it = _item(carb, props[carb], lang)
@@ -117,7 +121,7 @@ def caption(labels: dict[str, Any], lang: str) -> str:
                     if zh
                     else f"{_cap(it)} is fine crystalline with cloudy cores and clear rims."
                 )
-    if props.get("siliceous_cement", 0) > 0:
+    if props.get("siliceous_cement", 0) >= MENTION_MIN:
         it = _item("siliceous_cement", props["siliceous_cement"], lang)
         out.append(
             f"{it}，呈石英次生加大边围绕颗粒分布。"
@@ -168,7 +172,7 @@ def caption(labels: dict[str, Any], lang: str) -> str:
             if zh
             else f"Grains are {_EN[rnd]}, {'with long axes showing a preferred orientation' if oriented else 'randomly arranged'}."
         )
-    if props.get("pore", 0) > 0:
+    if props.get("pore", 0) >= MENTION_MIN:
         kind_zh, kind_en = (
             ("溶孔", "dissolution pores") if carbonate_rock else ("粒间孔", "intergranular pores")
         )

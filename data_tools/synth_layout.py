@@ -50,10 +50,10 @@ def sample_recipe(rng: np.random.Generator) -> Recipe:
     acc: dict[str, int] = {}
     for name, prob in (("muscovite", 0.35), ("biotite", 0.3), ("chlorite", 0.2)):
         if rng.random() < prob:
-            flakes[name] = int(rng.integers(2, 9))
+            flakes[name] = int(rng.integers(3, 9))
     for name, prob in (("zircon", 0.35), ("tourmaline", 0.2), ("pyrite", 0.3)):
         if rng.random() < prob:
-            acc[name] = int(rng.integers(1, 6))
+            acc[name] = int(rng.integers(2, 7))
     interstitial: dict[str, float] = {}
     silica = False
     if rock in ("sandstone", "siltstone"):
@@ -173,7 +173,7 @@ def build_field(recipe: Recipe, size: int, rng: np.random.Generator) -> Field:
     core = (d1 / np.maximum(d1 + d2, 1e-6)).astype(np.float32)
     between = ~grain
     if recipe.silica:
-        over = between & (phase == P["quartz"]) & (score > cut - max(1.0, 0.12 * grain_px))
+        over = between & (phase == P["quartz"]) & (score > cut - max(1.0, 0.07 * grain_px))
         phase[over] = P["siliceous_cement"]
         between &= ~over
     n_inst = n_seeds + 1
@@ -216,8 +216,8 @@ def _stamp(size: int, cx: float, cy: float, half_len: float, half_wid: float, an
 def _draw_flakes(recipe, size, rng, phase, inst, n_inst, grain_px, alpha):
     for name, count in recipe.flakes.items():
         for _ in range(count):
-            length = float(rng.uniform(0.8, 1.6)) * max(grain_px, size / 14)
-            width = length * float(rng.uniform(0.18, 0.3))
+            length = float(rng.uniform(1.0, 1.8)) * max(grain_px, size / 10)
+            width = length * float(rng.uniform(0.2, 0.32))
             ang = recipe.angle if recipe.aspect >= 1.5 else float(rng.uniform(0, np.pi))
             ang += float(rng.normal(0, 0.15))
             hit = _stamp(size, *rng.uniform(0, size, 2), length / 2, width / 2, ang, "rect")
@@ -233,9 +233,9 @@ def _draw_flakes(recipe, size, rng, phase, inst, n_inst, grain_px, alpha):
 
 def _draw_accessories(recipe, size, rng, phase, inst, n_inst, px_per_mm, alpha):
     dims = {
-        "zircon": (0.05, 0.03, "ellipse"),
-        "tourmaline": (0.09, 0.04, "rect"),
-        "pyrite": (0.06, 0.06, "rect"),
+        "zircon": (0.07, 0.045, "ellipse"),
+        "tourmaline": (0.12, 0.05, "rect"),
+        "pyrite": (0.07, 0.07, "rect"),
     }
     for name, count in recipe.accessories.items():
         half_len, half_wid, shape = dims[name]
