@@ -48,13 +48,14 @@ def save_tiny(path: Path, lm: str = "llama", tower: str = "dinov2", seed: int = 
     return path
 
 
-def tiny_overrides(base: Path, data: Path, out: Path, **extra) -> list[str]:
-    """Overrides that make any stage config fast on a tiny model."""
+def tiny_overrides(stage: str, base: Path, data: Path, out: Path, **extra) -> list[str]:
+    """Overrides that make a ``stage`` config fast on a tiny model."""
     values = {
-        "model": base, "data": data, "output_dir": out, "per_device_train_batch_size": 4,
+        "stage": stage, "model": base, "data": data, "output_dir": out, "per_device_train_batch_size": 4,
         "gradient_accumulation_steps": 1, "max_steps": 6, "save_steps": 3, "logging_steps": 1,
-        "report_to": "none", "bf16": False, "cpu": True, "lora_r": 8, "lora_alpha": 16, "group_by_length": True,
-        "feature_cache": False,
+        "report_to": "none", "bf16": False, "cpu": True, "group_by_length": True, "feature_cache": False,
     }
+    if stage in ("lora", "qlora"):
+        values.update({"lora_r": 8, "lora_alpha": 16})
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]

@@ -24,12 +24,14 @@ IGNORE_INDEX = -100
 
 def with_images(messages: list[dict[str, Any]], images: list[Any]) -> list[dict[str, Any]]:
     """Copy ``messages`` with the i-th ``{"type": "image"}`` part carrying ``images[i]`` (transformers 5 style)."""
-    queue = iter(images)
+    queue = list(reversed(images))
     out = []
     for message in messages:
         content = message["content"]
         if isinstance(content, list):
-            content = [{**part, "image": next(queue)} if part["type"] == "image" else part for part in content]
+            if sum(1 for part in content if part["type"] == "image") > len(queue):
+                raise DataFormatError("more <image> parts in the messages than images given")
+            content = [{**part, "image": queue.pop()} if part["type"] == "image" else part for part in content]
         out.append({**message, "content": content})
     return out
 

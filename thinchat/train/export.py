@@ -1,0 +1,55 @@
+"""Merge a LoRA checkpoint into a standalone standard Llava directory.
+
+Why: a merged checkpoint loads with plain transformers (and vLLM, llama.cpp converters...) with no peft
+and no base model beside it, and runs as fast as the base. peft's ``merge_and_unload`` folds every
+LoRA delta into its linear layer and puts the trained ``modules_to_save`` copy (the projector) in place.
+The output is written to a temporary sibling directory and renamed at the end, so a failed export
+never leaves a half-written checkpoint under the requested name.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from thinchat.errors import ConfigError, ModelSpecError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}
+
+
+def export(checkpoint: str | Path, out: str | Path, merge: bool = True, dtype: str = "float32",
+           overwrite: bool = False) -> Path:
+    """Write ``checkpoint`` (LoRA or standard) to ``out`` as a standard Llava directory."""
+    import torch
+
+    from thinchat.loading import is_adapter_dir, load_pretrained
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    if not checkpoint.is_dir():
+        raise ModelSpecError(f"{checkpoint}: checkpoint directory not found")
+    if is_adapter_dir(checkpoint) and not merge:
+        raise ConfigError(f"{checkpoint} is a LoRA checkpoint: add --merge to fold the adapter into the weights")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{out} exists and is not empty; choose another --out or add --overwrite")
+    if out.resolve() == checkpoint.resolve():
+        raise ConfigError("--out must differ from --from_pretrained")
+    model, processor = load_pretrained(checkpoint, merge=True)
+    model = model.to(getattr(torch, DTYPES[dtype]))
+    model.config.use_cache = True
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    log.info("wrote merged Llava checkpoint %s (%s)", out, DTYPES[dtype])
+    return out
