@@ -140,7 +140,7 @@ class WebChat:
             for piece in start():
                 answer += piece
                 history[-1] = {"role": "assistant", "content": answer}
-                yield history, state, gr.skip()
+                yield list(history), state, gr.skip()
         except ThinchatError as exc:
             log.info("web demo refused a request: %s", exc)
             raise gr.Error(strings(lang)["error"].format(error=exc), print_exception=False) from exc

@@ -1,0 +1,140 @@
+"""Web demo handlers on a real engine (tiny random checkpoint), without a browser: streaming into the
+chat history, slide switching, regenerate, clear, bad input as toasts; UI strings and bundled examples."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import gradio as gr
+import pytest
+
+from thinchat.testing import tiny_image
+from thinchat.web.app import EXAMPLES_DIR, build_demo, example_rows
+from thinchat.web.chat import WebChat
+from thinchat.web.strings import all_strings, strings
+
+SAMPLING = {"temperature": 1.0, "top_p": 1.0, "max_tokens": 16}
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llava_dir):
+    from thinchat.engine import ChatEngine
+
+    return ChatEngine.from_pretrained(tiny_llava_dir)
+
+
+@pytest.fixture
+def views(tmp_path):
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"view{i}.png"
+        tiny_image(i).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def submit(chat, text, ppl, xpl, history, state, lang="en"):
+    # Copy each update as it comes, as gradio serialises it: later updates must not rewrite earlier ones.
+    return [copy.deepcopy(o) for o in chat.submit(text, ppl, xpl, history, state, *SAMPLING.values(), lang)]
+
+
+def test_strings_complete_in_every_language():
+    table = all_strings()
+    assert set(table) == {"zh", "en"}
+    assert set(table["zh"]) == set(table["en"])
+    assert all(isinstance(v, str) and v.strip() for lang in table.values() for v in lang.values())
+    assert strings("zh")["send"] == "发送"
+
+
+def test_submit_streams_and_switches_slides(engine, views):
+    chat = WebChat(engine)
+    outputs = submit(chat, "Describe this thin section.", views[0], None, [], None)
+    history, state, textbox = outputs[-1]
+    assert len(outputs) > 2  # several partial updates before the final one
+    partial = [o[0][-1]["content"] for o in outputs[:-1]]
+    assert all(len(a) <= len(b) for a, b in itertools.pairwise(partial))
+    assert len(set(partial)) > 2  # the answer grew piece by piece
+    assert textbox == ""
+    assert history[0] == {"role": "user", "content": "[new slide: PPL]\nDescribe this thin section."}
+    session = chat._sessions[state["id"]]
+    assert history[1]["content"].strip() == session.turns[0].answer
+    assert len(session.turns[0].images) == 1
+
+    # Same views again: no new slide, the question refers to the current one.
+    history, state, _ = submit(chat, "What accessory minerals?", views[0], None, history, state)[-1]
+    assert history[2]["content"] == "What accessory minerals?"
+    assert session.turns[1].images == []
+    # Both views of a new field: switched, PPL first.
+    history, state, _ = submit(chat, "Now both views.", views[1], views[2], history, state)[-1]
+    assert history[4]["content"].startswith("[new slide: PPL + XPL]")
+    assert len(session.turns[2].images) == 2
+    assert session.turns[2].images[0].tobytes() == tiny_image(1).convert("RGB").tobytes()
+
+
+def test_regenerate_and_clear(engine, views):
+    chat = WebChat(engine)
+    history, state, _ = submit(chat, "Describe this thin section.", views[0], None, [], None)[-1]
+    session = chat._sessions[state["id"]]
+    outputs = list(chat.regenerate(history, state, *SAMPLING.values(), "en"))
+    new_history = outputs[-1][0]
+    assert len(new_history) == 2 and len(session.turns) == 1
+    assert new_history[1]["content"].strip() == session.turns[0].answer
+    cleared, state, _ = chat.clear(state)
+    assert cleared == [] and session.turns == [] and state["shown"] is None
+    # After clearing, the uploaded view is sent again with the next question.
+    history, state, _ = submit(chat, "Again.", views[0], None, cleared, state)[-1]
+    assert history[0]["content"].startswith("[new slide: PPL]")
+
+
+def test_bad_input_is_a_toast_and_the_chat_goes_on(engine, views, tmp_path):
+    chat = WebChat(engine)
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("this is not an image")
+    with pytest.raises(gr.Error) as err:
+        submit(chat, "Describe.", str(not_image), None, [], None)
+    assert "not a readable image" in err.value.message and "PPL" in err.value.message
+    big = WebChat(engine, max_image_pixels=16)
+    with pytest.raises(gr.Error) as err:
+        submit(big, "Describe.", views[0], None, [], None)
+    assert "exceeds the limit" in err.value.message
+    # Empty question: warning, nothing changes, the typed text is kept.
+    with pytest.warns(UserWarning, match="Type a question first"):
+        outputs = submit(chat, "   ", views[0], None, [], None)
+    assert outputs[-1][0] == [] and outputs[-1][2] == "   "
+    # Too long for the tiny model's 512 positions: an error toast in the interface language.
+    with pytest.raises(gr.Error) as err:
+        submit(chat, "石英 长石 方解石 " * 300, views[0], None, [], None, lang="zh")
+    assert err.value.message.startswith("无法回答")
+    with pytest.warns(UserWarning, match="Nothing to regenerate"):  # gr.Warning outside a request
+        outputs = list(chat.regenerate([], None, *SAMPLING.values(), "en"))
+    assert outputs[-1][0] == []
+    # And the next good question works.
+    history, _, _ = submit(chat, "Describe this thin section.", views[0], None, [], None)[-1]
+    assert len(history) == 2
+
+
+def test_bundled_examples_and_layout(engine):
+    rows = example_rows("en")
+    assert len(rows) == 3
+    for ppl, xpl, question in rows:
+        for path in (ppl, xpl):
+            assert path.startswith(str(EXAMPLES_DIR))
+            size = (EXAMPLES_DIR / path.rsplit("/", 1)[1]).stat().st_size
+            assert 0 < size < 60_000
+        assert question == "Describe this thin section."
+    demo = build_demo(engine, lang="zh")
+    ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
+    assert {
+        "ppl-image",
+        "xpl-image",
+        "chatbot",
+        "question",
+        "send",
+        "regenerate",
+        "clear",
+        "temperature",
+        "top-p",
+        "max-tokens",
+        "language",
+    } <= ids
