@@ -77,13 +77,14 @@ class OpenAITeacher:
 class EngineTeacher:
     """A local thinchat checkpoint, through the shared chat engine."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, **overrides: Any) -> None:
         from thinchat.engine import ChatEngine
 
         self.engine = ChatEngine.from_pretrained(path)
+        self.overrides = overrides  # generation settings, e.g. max_new_tokens
 
     def generate(self, images: list[Any], prompt: str) -> str:
-        return self.engine.describe(images, prompt)
+        return self.engine.describe(images, prompt, **self.overrides)
 
 
 def make_teacher(

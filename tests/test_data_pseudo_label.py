@@ -141,3 +141,20 @@ def test_rate_limit_and_bad_teacher(tmp_path: Path) -> None:
         make_teacher(str(tmp_path / "nope"))
     with pytest.raises(DataFormatError, match="needs --captions"):
         pseudo_label("http://127.0.0.1:9/v1", tmp_path / "o.tsv", task="translate")
+
+
+def test_local_checkpoint_teacher(tmp_path: Path, tiny_llava_dir: Path) -> None:
+    """A checkpoint directory runs through thinchat.engine.ChatEngine (tiny random model: any text)."""
+    from data_tools.pseudo_label import EngineTeacher
+
+    teacher = make_teacher(str(tiny_llava_dir))
+    assert isinstance(teacher, EngineTeacher)
+    teacher.overrides["max_new_tokens"] = 8
+    slides = tmp_path / "s"
+    slides.mkdir()
+    Image.new("RGB", (32, 32), "white").save(slides / "x_ppl.png")
+    Image.new("RGB", (32, 32), "black").save(slides / "x_xpl.png")
+    stats = pseudo_label(teacher, tmp_path / "o.tsv", images=slides, rate=0, retries=0)
+    assert stats["jobs"] == 1 and stats["written"] + stats["failed"] == 1
+    lines = (tmp_path / "o.tsv").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == stats["written"] and all(line.startswith("x\t") for line in lines)
