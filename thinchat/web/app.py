@@ -64,20 +64,21 @@ def build_demo(
         title = gr.Markdown(header(s), elem_id="thinchat-title")
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=260):
-                ppl = gr.Image(
-                    type="filepath",
-                    label=s["ppl"],
-                    sources=["upload", "clipboard"],
-                    height=220,
-                    elem_id="ppl-image",
-                )
-                xpl = gr.Image(
-                    type="filepath",
-                    label=s["xpl"],
-                    sources=["upload", "clipboard"],
-                    height=220,
-                    elem_id="xpl-image",
-                )
+                with gr.Row():
+                    ppl = gr.Image(
+                        type="filepath",
+                        label=s["ppl"],
+                        sources=["upload", "clipboard"],
+                        height=200,
+                        elem_id="ppl-image",
+                    )
+                    xpl = gr.Image(
+                        type="filepath",
+                        label=s["xpl"],
+                        sources=["upload", "clipboard"],
+                        height=200,
+                        elem_id="xpl-image",
+                    )
                 with gr.Accordion(s["settings"], open=True) as settings_box:
                     temperature = gr.Slider(
                         0.0,
@@ -98,7 +99,12 @@ def build_demo(
                         label=s["max_tokens"],
                         elem_id="max-tokens",
                     )
-                language = gr.Radio(list(languages()), value=lang, label=s["language"], elem_id="language")
+                language = gr.Radio(
+                    [(strings(code)["lang_name"], code) for code in languages()],
+                    value=lang,
+                    label=s["language"],
+                    elem_id="language",
+                )
                 info = gr.Markdown(
                     s["model_info"].format(name=engine.name, context=engine.context_limit),
                     elem_id="thinchat-info",
@@ -148,7 +154,9 @@ def build_demo(
             show_progress="minimal",
         )
         clear.click(chat.clear, [state], [chatbot, state, textbox], queue=False)
-        chatbot.clear(chat.clear, [state], [chatbot, state, textbox], queue=False)  # the chatbot's own trash icon
+        chatbot.clear(
+            chat.clear, [state], [chatbot, state, textbox], queue=False
+        )  # the chatbot's own trash icon
 
         def relabel(new_lang: str):
             t = strings(new_lang)
