@@ -46,7 +46,11 @@ def test_stage_defaults_follow_known_recipes():
     lora = load_train_config(None, ["stage=lora"])
     full = load_train_config(None, ["stage=full"])
     assert isinstance(projector, ProjectorConfig) and projector.learning_rate == 1e-3
-    assert isinstance(lora, LoraStageConfig) and (lora.lora_r, lora.lora_alpha, lora.learning_rate) == (128, 256, 2e-4)
+    assert isinstance(lora, LoraStageConfig) and (lora.lora_r, lora.lora_alpha, lora.learning_rate) == (
+        128,
+        256,
+        2e-4,
+    )
     assert isinstance(full, FullConfig) and full.learning_rate == 2e-5
     assert isinstance(load_train_config(None, ["stage=qlora"]), QLoraConfig)
     assert lora.warmup_ratio == 0.03 and lora.lr_scheduler_type == "cosine"

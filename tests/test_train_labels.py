@@ -80,7 +80,9 @@ def test_item_matches_tokenising_with_the_real_images(lm, tmp_path):
     _, processor = tiny_llava(lm, "dinov2")
     sample = two_turn_sample(tmp_path)
     item = SupervisedDataset([sample], processor, max_length=512)[0]
-    real = tokenize_messages(processor, sample.messages, [Image.open(p).convert("RGB") for p in sample.images])
+    real = tokenize_messages(
+        processor, sample.messages, [Image.open(p).convert("RGB") for p in sample.images]
+    )
     assert item["input_ids"].tolist() == real["input_ids"]
     assert item["labels"].tolist() == real["labels"]
     assert item["pixel_values"].shape == real["pixel_values"].shape
@@ -105,7 +107,9 @@ def test_too_long_samples_are_truncated_after_the_last_image_or_skipped(tmp_path
     assert skip.skipped.too_long == 1 and len(skip) == 1 and skip.items[0].sample is short
     with pytest.raises(DataFormatError, match="every sample is longer than max_length"):
         SupervisedDataset([sample], processor, max_length=last_image + 1)
-    text_only = Sample("t", llava_to_messages([{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "x"}]))
+    text_only = Sample(
+        "t", llava_to_messages([{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "x"}])
+    )
     no_answer = SupervisedDataset([sample, text_only], processor, max_length=first_answer)
     assert no_answer.skipped.no_answer_left + no_answer.skipped.images_do_not_fit == 1 and len(no_answer) == 1
 
@@ -114,7 +118,9 @@ def test_mixed_batch_of_image_and_text_only_samples_trains(tmp_path):
     import torch
 
     model, processor = tiny_llava("qwen2", "siglip")
-    text_only = Sample("t", llava_to_messages([{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Quartz."}]))
+    text_only = Sample(
+        "t", llava_to_messages([{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Quartz."}])
+    )
     dataset = SupervisedDataset([two_turn_sample(tmp_path), text_only], processor, max_length=512)
     batch = Collator(processor.tokenizer.pad_token_id)([dataset[0], dataset[1]])
     assert batch["pixel_values"].shape[0] == 2
@@ -132,9 +138,22 @@ def write_json(path, entries):
 
 def test_image_count_mismatch_names_file_and_entry(tmp_path):
     tiny_image().save(tmp_path / "a.png")
-    path = write_json(tmp_path / "bad.json", [{"id": "x7", "image": ["a.png", "a.png"], "conversations": [
-        {"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "Quartz."}]}])
-    with pytest.raises(DataFormatError, match=r"bad\.json: entry 0 \(id x7\): 1 <image> placeholder\(s\) but 2"):
+    path = write_json(
+        tmp_path / "bad.json",
+        [
+            {
+                "id": "x7",
+                "image": ["a.png", "a.png"],
+                "conversations": [
+                    {"from": "human", "value": "<image>\nDescribe."},
+                    {"from": "gpt", "value": "Quartz."},
+                ],
+            }
+        ],
+    )
+    with pytest.raises(
+        DataFormatError, match=r"bad\.json: entry 0 \(id x7\): 1 <image> placeholder\(s\) but 2"
+    ):
         load_samples(path)
 
 
@@ -144,8 +163,11 @@ def test_image_count_mismatch_names_file_and_entry(tmp_path):
         ('[{"id": 1,\n "conversations": [}]', r"bad\.json:2: not valid JSON"),
         ('{"conversations": []}', "expected a JSON list"),
         ('[{"id": "a"}]', r"entry 0 \(id a\): expected an object with 'conversations'"),
-        ('[{"id": "a", "image": "missing.png", "conversations": [{"from": "human", "value": "<image>"}, '
-         '{"from": "gpt", "value": "x"}]}]', "image file not found"),
+        (
+            '[{"id": "a", "image": "missing.png", "conversations": [{"from": "human", "value": "<image>"}, '
+            '{"from": "gpt", "value": "x"}]}]',
+            "image file not found",
+        ),
         ('[{"conversations": [{"from": "human", "value": "hi"}]}]', "has no 'gpt' turn"),
         ('[{"conversations": [{"from": "robot", "value": "hi"}]}]', "unknown speaker 'robot'"),
     ],

@@ -9,8 +9,14 @@ MINERALS = [("quartz", "石英"), ("calcite", "方解石"), ("zircon", "锆石")
 COLORS = [(220, 220, 210), (240, 200, 120), (90, 60, 160), (60, 130, 70)]
 
 
-def write_dataset(root: Path, n: int = 8, two_images: bool = False, text_only: int = 0, name: str = "train.json",
-                  seed: int = 0) -> Path:
+def write_dataset(
+    root: Path,
+    n: int = 8,
+    two_images: bool = False,
+    text_only: int = 0,
+    name: str = "train.json",
+    seed: int = 0,
+) -> Path:
     """``n`` entries: a plain-colour slide per mineral with a caption naming it (learnable), plus text-only ones."""
     import numpy as np
     from PIL import Image
@@ -22,18 +28,31 @@ def write_dataset(root: Path, n: int = 8, two_images: bool = False, text_only: i
         k = i % len(MINERALS)
         paths = []
         for view in ("ppl", "xpl") if two_images else ("ppl",):
-            pixels = np.clip(np.array(COLORS[k]) + rng.integers(-20, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+            pixels = np.clip(np.array(COLORS[k]) + rng.integers(-20, 20, (32, 32, 3)), 0, 255).astype(
+                np.uint8
+            )
             rel = f"images/{name[:-5]}_{i:03d}_{view}.png"
             Image.fromarray(pixels).save(root / rel)
             paths.append(rel)
         prompt = "<image>\n" * len(paths) + "Describe this thin section."
         answer = f"Mainly {MINERALS[k][0]}. 主要为{MINERALS[k][1]}。"
-        entries.append({"id": f"s{i:03d}", "image": paths if two_images else paths[0],
-                        "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": answer}]})
+        entries.append(
+            {
+                "id": f"s{i:03d}",
+                "image": paths if two_images else paths[0],
+                "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": answer}],
+            }
+        )
     for j in range(text_only):
-        entries.append({"id": f"t{j:03d}", "conversations": [
-            {"from": "human", "value": "What is undulose extinction?"},
-            {"from": "gpt", "value": "Quartz grains with wavy extinction."}]})
+        entries.append(
+            {
+                "id": f"t{j:03d}",
+                "conversations": [
+                    {"from": "human", "value": "What is undulose extinction?"},
+                    {"from": "gpt", "value": "Quartz grains with wavy extinction."},
+                ],
+            }
+        )
     path = root / name
     path.write_text(json.dumps(entries, ensure_ascii=False, indent=1), encoding="utf-8")
     return path
@@ -51,9 +70,20 @@ def save_tiny(path: Path, lm: str = "llama", tower: str = "dinov2", seed: int = 
 def tiny_overrides(stage: str, base: Path, data: Path, out: Path, **extra) -> list[str]:
     """Overrides that make a ``stage`` config fast on a tiny model."""
     values = {
-        "stage": stage, "model": base, "data": data, "output_dir": out, "per_device_train_batch_size": 4,
-        "gradient_accumulation_steps": 1, "max_steps": 6, "save_steps": 3, "logging_steps": 1,
-        "report_to": "none", "bf16": False, "cpu": True, "group_by_length": True, "feature_cache": False,
+        "stage": stage,
+        "model": base,
+        "data": data,
+        "output_dir": out,
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 1,
+        "max_steps": 6,
+        "save_steps": 3,
+        "logging_steps": 1,
+        "report_to": "none",
+        "bf16": False,
+        "cpu": True,
+        "group_by_length": True,
+        "feature_cache": False,
     }
     if stage in ("lora", "qlora"):
         values.update({"lora_r": 8, "lora_alpha": 16})

@@ -15,12 +15,18 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "export", help="merge a LoRA checkpoint into a standalone standard Llava directory",
+        "export",
+        help="merge a LoRA checkpoint into a standalone standard Llava directory",
         description="Fold a LoRA adapter (and its trained projector) into the base weights and save a "
-                    "standard transformers Llava checkpoint that needs neither peft nor the base model.",
+        "standard transformers Llava checkpoint that needs neither peft nor the base model.",
     )
-    parser.add_argument("--from_pretrained", "--from-pretrained", required=True, metavar="CKPT",
-                        help="checkpoint directory written by thinchat train")
+    parser.add_argument(
+        "--from_pretrained",
+        "--from-pretrained",
+        required=True,
+        metavar="CKPT",
+        help="checkpoint directory written by thinchat train",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="where to write the merged checkpoint")
     parser.add_argument("--merge", action="store_true", help="merge the LoRA adapter into the weights")
     parser.add_argument("--dtype", default="float32", help="weights dtype: float32, bfloat16 or float16")

@@ -7,7 +7,6 @@ All settings live in the YAML config (one typed dataclass per stage, see thincha
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -15,8 +14,14 @@ from collections.abc import Sequence
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="stage config YAML (configs/*.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
-    parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="DIR",
-                        help="continue from the newest complete checkpoint of output_dir (or of DIR)")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="DIR",
+        help="continue from the newest complete checkpoint of output_dir (or of DIR)",
+    )
     parser.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
     # Launchers (deepspeed, torch.distributed) pass --local_rank / --local-rank to each process.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -44,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "train", help="train a stage (projector, lora, qlora, full) from a YAML config",
+        "train",
+        help="train a stage (projector, lora, qlora, full) from a YAML config",
         description="Train one stage from a YAML config. Example: thinchat train --config configs/demo_cpu.yaml",
     )
     add_arguments(parser)

@@ -40,7 +40,9 @@ def checkpoint_dirs(output_dir: Path) -> list[tuple[int, Path]]:
     """``(step, path)`` of every ``checkpoint-N`` directory, oldest first."""
     if not output_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
+    found = [
+        (int(m.group(1)), p) for p in output_dir.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))
+    ]
     return sorted(found)
 
 
@@ -106,15 +108,24 @@ def check_resume(output_dir: Path, current: dict[str, Any]) -> None:
         )
     saved = json.loads(meta_file.read_text(encoding="utf-8"))
     keys = [k for k in current if k != "base_model"]
-    diff = [f"{k}: run has {saved.get(k)!r}, config has {current[k]!r}" for k in keys if saved.get(k) != current[k]]
+    diff = [
+        f"{k}: run has {saved.get(k)!r}, config has {current[k]!r}"
+        for k in keys
+        if saved.get(k) != current[k]
+    ]
     if diff:
         raise ConfigError(
             f"{output_dir} was trained from another model or stage and cannot be resumed with this config ("
-            + "; ".join(diff) + "). Use a new output_dir, or the config of that run"
+            + "; ".join(diff)
+            + "). Use a new output_dir, or the config of that run"
         )
     if saved.get("base_model") != current["base_model"]:
-        log.warning("resuming %s: base model moved from %s to %s (same architecture)",
-                    output_dir, saved.get("base_model"), current["base_model"])
+        log.warning(
+            "resuming %s: base model moved from %s to %s (same architecture)",
+            output_dir,
+            saved.get("base_model"),
+            current["base_model"],
+        )
 
 
 def resolve_resume(output_dir: Path, resume: str | bool | None, current: dict[str, Any]) -> str | None:
@@ -124,7 +135,9 @@ def resolve_resume(output_dir: Path, resume: str | bool | None, current: dict[st
     run_dir = output_dir if resume is True else Path(resume)
     if _CHECKPOINT.match(run_dir.name) and run_dir.is_dir():
         if not is_complete(run_dir):
-            raise ConfigError(f"{run_dir}: this checkpoint was not completely written; resume from its run directory")
+            raise ConfigError(
+                f"{run_dir}: this checkpoint was not completely written; resume from its run directory"
+            )
         check_resume(run_dir.parent, current)
         return str(run_dir)
     if not run_dir.is_dir():

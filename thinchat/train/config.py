@@ -29,11 +29,13 @@ def _check_range(name: str, value: float, low: float, high: float, hint: str = "
 class TrainConfig:
     """Keys shared by every stage."""
 
-    stage: Stage = field("lora", help="projector (stage 1), lora / qlora (stage 2) or full")
+    stage: Stage = field("lora", help="projector (stage 1), lora / qlora (stage 2) or full")  # noqa: RUF009 (thinchat.config.field is dataclasses.field)
     model: str = field("checkpoints/base", help="base Llava directory (thinchat build, or a stage-1 output)")
     data: str = field("data/train.json", help="training set: LLaVA conversation JSON")
     val_data: str | None = field(None, help="validation JSON for the evaluation loss (optional)")
-    text_data: str | None = field(None, help="extra text-only instruction JSON mixed into training (optional)")
+    text_data: str | None = field(
+        None, help="extra text-only instruction JSON mixed into training (optional)"
+    )
     text_only_ratio: float | None = field(
         None, help="fraction of each epoch drawn from text-only entries (None: use every entry once)"
     )
@@ -59,15 +61,21 @@ class TrainConfig:
     gradient_checkpointing: bool = field(False, help="recompute activations to save memory")
     group_by_length: bool = field(True, help="batch samples of similar length (less padding)")
     feature_cache: bool = field(False, help="cache frozen vision-tower features on disk and reuse them")
-    feature_cache_dir: str | None = field(None, help="feature cache folder (default: <data dir>/.feature_cache)")
+    feature_cache_dir: str | None = field(
+        None, help="feature cache folder (default: <data dir>/.feature_cache)"
+    )
     save_steps: int = field(200, help="write a checkpoint every N optimizer steps")
-    save_total_limit: int = field(2, help="complete checkpoints to keep (the newest complete one is never deleted)")
+    save_total_limit: int = field(
+        2, help="complete checkpoints to keep (the newest complete one is never deleted)"
+    )
     eval_steps: int | None = field(None, help="evaluate every N steps (None: save_steps); needs val_data")
     logging_steps: int = field(10, help="log loss / tokens/s every N steps")
-    report_to: list[str] = field(["tensorboard"], help="loggers: tensorboard, none, wandb...")
+    report_to: list[str] = field(["tensorboard"], help="loggers: tensorboard, none, wandb...")  # noqa: RUF009 (thinchat.config.field is dataclasses.field)
     seed: int = field(42, help="seed for initialisation, data order and dropout")
     dataloader_num_workers: int = field(0, help="data loading worker processes")
-    deepspeed: str | None = field(None, help="DeepSpeed JSON (configs/zero2.json, zero3.json, zero3_offload.json)")
+    deepspeed: str | None = field(
+        None, help="DeepSpeed JSON (configs/zero2.json, zero3.json, zero3_offload.json)"
+    )
     cpu: bool = field(False, help="train on CPU even when a GPU is present")
     num_threads: int | None = field(None, help="CPU threads for torch (None: torch's default)")
 
@@ -88,7 +96,9 @@ class TrainConfig:
         if self.text_only_ratio is not None:
             _check_range("text_only_ratio", self.text_only_ratio, 0.0, 0.95)
         if self.max_steps == 0 or self.max_steps < -1:
-            raise ConfigError(f"max_steps={self.max_steps}: use a positive number, or -1 to train num_train_epochs")
+            raise ConfigError(
+                f"max_steps={self.max_steps}: use a positive number, or -1 to train num_train_epochs"
+            )
         if self.max_steps == -1 and self.num_train_epochs <= 0:
             raise ConfigError(f"num_train_epochs={self.num_train_epochs} must be > 0")
         if self.bf16 and self.fp16:
@@ -99,7 +109,7 @@ class TrainConfig:
 class ProjectorConfig(TrainConfig):
     """Stage 1: align the projector on captions; the tower and the LM stay frozen."""
 
-    stage: Stage = field("projector", help="projector (stage 1)")
+    stage: Stage = field("projector", help="projector (stage 1)")  # noqa: RUF009 (thinchat.config.field is dataclasses.field)
     learning_rate: float = field(1e-3, help="projector learning rate (LLaVA-1.5: 1e-3)")
     feature_cache: bool = field(True, help="the tower is frozen, so its features can be cached")
 
@@ -108,13 +118,13 @@ class ProjectorConfig(TrainConfig):
 class LoraStageConfig(TrainConfig):
     """Stage 2: LoRA on the language model (peft), projector trained in full with its own learning rate."""
 
-    stage: Stage = field("lora", help="lora (stage 2)")
+    stage: Stage = field("lora", help="lora (stage 2)")  # noqa: RUF009 (thinchat.config.field is dataclasses.field)
     learning_rate: float = field(2e-4, help="LoRA learning rate (LLaVA-1.5: 2e-4)")
     projector_lr: float | None = field(2e-5, help="projector learning rate (LLaVA-1.5 LoRA: 2e-5)")
     lora_r: int = field(128, help="LoRA rank")
     lora_alpha: int = field(256, help="LoRA scaling alpha")
     lora_dropout: float = field(0.05, help="dropout on the LoRA input")
-    lora_target: list[str] = field(
+    lora_target: list[str] = field(  # noqa: RUF009 (thinchat.config.field is dataclasses.field)
         ["all-linear"], help="LM module names to adapt (e.g. q_proj, v_proj) or all-linear; only in the LM"
     )
     train_projector: bool = field(True, help="train the projector (saved in the adapter via modules_to_save)")
@@ -137,7 +147,7 @@ class LoraStageConfig(TrainConfig):
 class QLoraConfig(LoraStageConfig):
     """Stage 2 with the LM quantised to 4 bit by bitsandbytes (CUDA only)."""
 
-    stage: Stage = field("qlora", help="qlora (stage 2, CUDA)")
+    stage: Stage = field("qlora", help="qlora (stage 2, CUDA)")  # noqa: RUF009 (thinchat.config.field is dataclasses.field)
     quant_type: Literal["nf4", "fp4"] = field("nf4", help="4-bit data type")
     double_quant: bool = field(True, help="quantise the quantisation constants too")
 
@@ -146,7 +156,7 @@ class QLoraConfig(LoraStageConfig):
 class FullConfig(TrainConfig):
     """Full fine-tuning of the LM and the projector (tower optional)."""
 
-    stage: Stage = field("full", help="full")
+    stage: Stage = field("full", help="full")  # noqa: RUF009 (thinchat.config.field is dataclasses.field)
     learning_rate: float = field(2e-5, help="learning rate (LLaVA-1.5 full: 2e-5)")
     unfreeze_tower: bool = field(False, help="train the vision tower too")
     gradient_checkpointing: bool = field(True, help="recompute activations to save memory")

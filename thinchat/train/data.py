@@ -44,7 +44,9 @@ def load_samples(path: str | Path, max_images: int = 4, check_files: bool = True
     """Parse ``path`` into samples; raises ``DataFormatError`` naming file and entry on any problem."""
     path = Path(path)
     if not path.is_file():
-        raise DataFormatError(f"dataset not found: {path} (make one with `thinchat data synth` / `data convert`)")
+        raise DataFormatError(
+            f"dataset not found: {path} (make one with `thinchat data synth` / `data convert`)"
+        )
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -58,7 +60,9 @@ def load_samples(path: str | Path, max_images: int = 4, check_files: bool = True
         entry_id = str(entry.get("id", index)) if isinstance(entry, dict) else str(index)
         where = f"{path}: entry {index} (id {entry_id})"
         if not isinstance(entry, dict) or "conversations" not in entry:
-            raise DataFormatError(f"{where}: expected an object with 'conversations' (and 'image' for image entries)")
+            raise DataFormatError(
+                f"{where}: expected an object with 'conversations' (and 'image' for image entries)"
+            )
         messages = llava_to_messages(entry["conversations"], where=where)
         if not any(m["role"] == "assistant" for m in messages):
             raise DataFormatError(f"{where}: has no 'gpt' turn, so there is nothing to learn from it")
@@ -106,5 +110,7 @@ def mix_text_only(
         chosen = rng.sample(text_pool, wanted)
     else:
         chosen = [text_pool[rng.randrange(len(text_pool))] for _ in range(wanted)]
-    log.info("mixing %d text-only entries with %d image entries (ratio %.2f)", len(chosen), len(with_images), ratio)
+    log.info(
+        "mixing %d text-only entries with %d image entries (ratio %.2f)", len(chosen), len(with_images), ratio
+    )
     return with_images + chosen

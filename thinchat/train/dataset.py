@@ -31,7 +31,9 @@ def with_images(messages: list[dict[str, Any]], images: list[Any]) -> list[dict[
         if isinstance(content, list):
             if sum(1 for part in content if part["type"] == "image") > len(queue):
                 raise DataFormatError("more <image> parts in the messages than images given")
-            content = [{**part, "image": queue.pop()} if part["type"] == "image" else part for part in content]
+            content = [
+                {**part, "image": queue.pop()} if part["type"] == "image" else part for part in content
+            ]
         out.append({**message, "content": content})
     return out
 
@@ -56,7 +58,11 @@ def blank_images(processor, count: int) -> list[Any]:
     from PIL import Image
 
     image_processor = processor.image_processor
-    size = image_processor.crop_size if getattr(image_processor, "do_center_crop", False) else image_processor.size
+    size = (
+        image_processor.crop_size
+        if getattr(image_processor, "do_center_crop", False)
+        else image_processor.size
+    )
     height = size.get("height") or size.get("shortest_edge")
     width = size.get("width") or size.get("shortest_edge")
     return [Image.new("RGB", (width, height)) for _ in range(count)]
@@ -97,8 +103,14 @@ def fit_length(input_ids: list[int], labels: list[int], limit: int, image_token_
 class SupervisedDataset:
     """A map-style dataset of tokenised samples; images are loaded when an item is requested."""
 
-    def __init__(self, samples: list[Sample], processor, max_length: int, too_long: str = "truncate",
-                 name: str = "train") -> None:
+    def __init__(
+        self,
+        samples: list[Sample],
+        processor,
+        max_length: int,
+        too_long: str = "truncate",
+        name: str = "train",
+    ) -> None:
         from tqdm.auto import tqdm
 
         self.processor = processor
@@ -113,12 +125,16 @@ class SupervisedDataset:
             if key in cache:  # text-only entries drawn twice by the ratio mix
                 self.items.append(cache[key])
                 continue
-            encoded = tokenize_messages(processor, sample.messages, blank_images(processor, len(sample.images)))
+            encoded = tokenize_messages(
+                processor, sample.messages, blank_images(processor, len(sample.images))
+            )
             n_image_tokens = sum(1 for t in encoded["input_ids"] if t == self.image_token_id)
             if sample.images and n_image_tokens % len(sample.images):
                 raise DataFormatError(f"{sample.where}: image tokens do not split evenly over its images")
             if any(label == self.image_token_id for label in encoded["labels"]):
-                raise DataFormatError(f"{sample.where}: an assistant turn contains <image>; images go in human turns")
+                raise DataFormatError(
+                    f"{sample.where}: an assistant turn contains <image>; images go in human turns"
+                )
             ids, labels, reason = fit_length(
                 encoded["input_ids"], encoded["labels"], max_length, self.image_token_id, too_long
             )
@@ -131,11 +147,19 @@ class SupervisedDataset:
         if self.skipped.total():
             log.warning(
                 "%s: skipped %d of %d samples longer than max_length=%d (too long: %d, images alone too long: %d, "
-                "no answer left after truncation: %d)", name, self.skipped.total(), len(samples), max_length,
-                self.skipped.too_long, self.skipped.images_do_not_fit, self.skipped.no_answer_left,
+                "no answer left after truncation: %d)",
+                name,
+                self.skipped.total(),
+                len(samples),
+                max_length,
+                self.skipped.too_long,
+                self.skipped.images_do_not_fit,
+                self.skipped.no_answer_left,
             )
         if not self.items:
-            raise DataFormatError(f"{name}: every sample is longer than max_length={max_length}; raise max_length")
+            raise DataFormatError(
+                f"{name}: every sample is longer than max_length={max_length}; raise max_length"
+            )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -156,7 +180,9 @@ class SupervisedDataset:
             "image_paths": [str(p) for p in item.sample.images],
         }
         if item.sample.images and self.load_pixels:
-            images = [load_image(path, name=f"{item.sample.where}: {path.name}") for path in item.sample.images]
+            images = [
+                load_image(path, name=f"{item.sample.where}: {path.name}") for path in item.sample.images
+            ]
             out["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         return out
 

@@ -17,12 +17,23 @@ from thinchat.errors import ConfigError, ModelSpecError
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-          "float16": "float16", "fp16": "float16"}
+DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
 
 
-def export(checkpoint: str | Path, out: str | Path, merge: bool = True, dtype: str = "float32",
-           overwrite: bool = False) -> Path:
+def export(
+    checkpoint: str | Path,
+    out: str | Path,
+    merge: bool = True,
+    dtype: str = "float32",
+    overwrite: bool = False,
+) -> Path:
     """Write ``checkpoint`` (LoRA or standard) to ``out`` as a standard Llava directory."""
     import torch
 
@@ -34,7 +45,9 @@ def export(checkpoint: str | Path, out: str | Path, merge: bool = True, dtype: s
     if not checkpoint.is_dir():
         raise ModelSpecError(f"{checkpoint}: checkpoint directory not found")
     if is_adapter_dir(checkpoint) and not merge:
-        raise ConfigError(f"{checkpoint} is a LoRA checkpoint: add --merge to fold the adapter into the weights")
+        raise ConfigError(
+            f"{checkpoint} is a LoRA checkpoint: add --merge to fold the adapter into the weights"
+        )
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} exists and is not empty; choose another --out or add --overwrite")
     if out.resolve() == checkpoint.resolve():

@@ -32,8 +32,13 @@ def _linear_types():
 def linear_leaf_names(model, prefix: str) -> list[str]:
     """Sorted distinct last-name components of the linear layers under ``prefix`` (q_proj, c_attn, ...)."""
     types = _linear_types()
-    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                   if name.startswith(prefix) and isinstance(module, types)})
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if name.startswith(prefix) and isinstance(module, types)
+        }
+    )
 
 
 def target_regex(model, targets: list[str], prefix: str) -> str:
@@ -95,8 +100,10 @@ def load_base(config: TrainConfig, dtype=None):
         kwargs = {
             "dtype": compute,
             "quantization_config": BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type=config.quant_type,
-                bnb_4bit_use_double_quant=config.double_quant, bnb_4bit_compute_dtype=compute,
+                load_in_4bit=True,
+                bnb_4bit_quant_type=config.quant_type,
+                bnb_4bit_use_double_quant=config.double_quant,
+                bnb_4bit_compute_dtype=compute,
                 llm_int8_skip_modules=["vision_tower", PROJECTOR, "lm_head"],
             ),
         }
@@ -131,8 +138,12 @@ def prepare_model(model, config: TrainConfig):
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
         if isinstance(config, QLoraConfig):
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
-        save = ([PROJECTOR] if config.train_projector else []) + (["vision_tower"] if config.unfreeze_tower else [])
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=config.gradient_checkpointing
+            )
+        save = ([PROJECTOR] if config.train_projector else []) + (
+            ["vision_tower"] if config.unfreeze_tower else []
+        )
         lora = LoraConfig(
             r=config.lora_r,
             lora_alpha=config.lora_alpha,

@@ -29,7 +29,9 @@ def load_data(config: TrainConfig) -> tuple[list[Sample], list[Sample] | None]:
     extra = load_samples(config.text_data, max_images=config.max_images) if config.text_data else []
     bad = [s for s in extra if s.images]
     if bad:
-        raise ConfigError(f"text_data={config.text_data}: {bad[0].where} has images; text_data is for text-only entries")
+        raise ConfigError(
+            f"text_data={config.text_data}: {bad[0].where} has images; text_data is for text-only entries"
+        )
     train = mix_text_only(samples, extra, config.text_only_ratio, config.seed)
     val = load_samples(config.val_data, max_images=config.max_images) if config.val_data else None
     return train, val
@@ -83,7 +85,11 @@ def attach_feature_cache(config: TrainConfig, model, processor, datasets: list[A
         return None
     from thinchat.train.feature_cache import FeatureCache
 
-    root = Path(config.feature_cache_dir) if config.feature_cache_dir else Path(config.data).parent / ".feature_cache"
+    root = (
+        Path(config.feature_cache_dir)
+        if config.feature_cache_dir
+        else Path(config.data).parent / ".feature_cache"
+    )
     cache = FeatureCache(root, model, processor)
     paths = [p for ds in datasets if ds is not None for item in ds.items for p in item.sample.images]
     cache.precompute(paths)
@@ -127,13 +133,17 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
     if not (base / "config.json").is_file():
         from thinchat.errors import ModelSpecError
 
-        raise ModelSpecError(f"model={base}: not a Llava checkpoint directory (no config.json); run `thinchat build` "
-                             "first, or point model at a stage-1 output")
+        raise ModelSpecError(
+            f"model={base}: not a Llava checkpoint directory (no config.json); run `thinchat build` "
+            "first, or point model at a stage-1 output"
+        )
     current = checkpoints.fingerprint(base, config.stage)
     resume_from = checkpoints.resolve_resume(output_dir, resume, current)
     if resume_from is None and checkpoints.newest_complete(output_dir) is not None:
-        raise ConfigError(f"{output_dir} already holds checkpoints of a run: add --resume to continue it, "
-                          "or choose another output_dir")
+        raise ConfigError(
+            f"{output_dir} already holds checkpoints of a run: add --resume to continue it, "
+            "or choose another output_dir"
+        )
     train_samples, val_samples = load_data(config)
 
     import torch
@@ -152,14 +162,24 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
     limit = max_positions(model.config.text_config)
     max_length = min(config.max_length, limit) if limit else config.max_length
     train_set = SupervisedDataset(train_samples, processor, max_length, config.too_long, "train")
-    val_set = SupervisedDataset(val_samples, processor, max_length, config.too_long, "val") if val_samples else None
+    val_set = (
+        SupervisedDataset(val_samples, processor, max_length, config.too_long, "val") if val_samples else None
+    )
     model = prepare_model(model, config)
     trainable, total = count_trainable(model)
-    log.info("stage %s: training %d of %d parameters (%.2f%%)", config.stage, trainable, total, 100 * trainable / total)
+    log.info(
+        "stage %s: training %d of %d parameters (%.2f%%)",
+        config.stage,
+        trainable,
+        total,
+        100 * trainable / total,
+    )
 
     output_dir.mkdir(parents=True, exist_ok=True)
     if resume_from is None:
-        checkpoints.write_json_atomic(output_dir / checkpoints.RUN_META, {**current, "config": config_dict(config)})
+        checkpoints.write_json_atomic(
+            output_dir / checkpoints.RUN_META, {**current, "config": config_dict(config)}
+        )
     args = training_arguments(config, output_dir, val_set is not None)
     trainer = ThinchatTrainer(
         model=model,

@@ -50,9 +50,16 @@ class ThinchatTrainer(Trainer):
     model's own projector, so the projector and the LM train exactly as on the pixel path.
     """
 
-    def __init__(self, *args: Any, projector_lr: float | None = None, keep_checkpoints: int = 2,
-                 lengths: list[int] | None = None, group_by_length: bool = False,
-                 feature_cache: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        projector_lr: float | None = None,
+        keep_checkpoints: int = 2,
+        lengths: list[int] | None = None,
+        group_by_length: bool = False,
+        feature_cache: Any = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.projector_lr = projector_lr
         self.keep_checkpoints = keep_checkpoints
@@ -95,8 +102,9 @@ class ThinchatTrainer(Trainer):
             paths = extra.get("image_paths") or []
             features = self.feature_cache.features_for(paths) if paths else None
             inputs["inputs_embeds"] = merge_image_features(model, inputs.pop("input_ids"), features)
-        return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                    num_items_in_batch=num_items_in_batch)
+        return super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
 
     def _save_checkpoint(self, model, trial) -> None:
         """Save, then mark complete, then rotate; a failed save names the last good checkpoint."""
@@ -120,7 +128,11 @@ class ThinchatTrainer(Trainer):
 
 
 class TokensPerSecond(TrainerCallback):
-    """Adds training tokens/s (non-padding LM tokens, images included) to the logs and the progress bar."""
+    """A progress bar with loss, tokens/s (non-padding LM tokens, image tokens included) and ETA.
+
+    Trainer's own ``train_tokens_per_second`` goes to the logs and tensorboard (``include_num_input_tokens_seen``);
+    this bar replaces Trainer's ``ProgressCallback`` so the rate and the last loss stay visible.
+    """
 
     def __init__(self) -> None:
         self.start_time: float | None = None
@@ -133,8 +145,13 @@ class TokensPerSecond(TrainerCallback):
         self.start_time = time.perf_counter()
         self.start_tokens = state.num_input_tokens_seen
         if state.is_world_process_zero:
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step",
-                            dynamic_ncols=True)
+            self.bar = tqdm(
+                total=state.max_steps,
+                initial=state.global_step,
+                desc="training",
+                unit="step",
+                dynamic_ncols=True,
+            )
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
@@ -153,8 +170,6 @@ class TokensPerSecond(TrainerCallback):
         return postfix
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None and "loss" in logs:
-            logs["tokens_per_second"] = round(self._rate(state), 1)
         if self.bar is not None and logs:
             self.bar.set_postfix(self._postfix(state))
             shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in logs.items()}

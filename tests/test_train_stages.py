@@ -1,0 +1,205 @@
+"""Stage 1 then stage 2 on a tiny synthetic set: falling loss, the right outputs, load, export-merge."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from train_helpers import save_tiny, tiny_overrides, write_dataset
+
+from thinchat.errors import ConfigError, ThinchatError
+from thinchat.train.config import load_train_config
+from thinchat.train.run import train
+
+
+def fixed_batch_loss(model, processor, data_path) -> float:
+    """Mean loss of ``model`` over the whole tiny training set (pixel path, eval mode)."""
+    from thinchat.train.data import load_samples
+    from thinchat.train.dataset import Collator, SupervisedDataset
+
+    dataset = SupervisedDataset(load_samples(data_path), processor, max_length=256)
+    batch = Collator(processor.tokenizer.pad_token_id)([dataset[i] for i in range(len(dataset))])
+    batch.pop("image_paths")
+    with torch.no_grad():
+        return model.eval()(**batch).loss.item()
+
+
+def logged_losses(run_dir) -> list[float]:
+    state = json.loads(sorted(run_dir.glob("checkpoint-*/trainer_state.json"))[-1].read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+@pytest.fixture(scope="module")
+def two_stages(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stages")
+    data = write_dataset(root / "data", n=8, text_only=2)
+    val = write_dataset(root / "data", n=4, name="val.json", seed=1)
+    text = root / "data" / "text.json"
+    text.write_text(
+        json.dumps(
+            [
+                {
+                    "conversations": [
+                        {"from": "human", "value": "What is sericite?"},
+                        {"from": "gpt", "value": "Fine white mica."},
+                    ]
+                }
+            ]
+        )
+    )
+    base = save_tiny(root / "base")
+    stage1 = train(
+        load_train_config(
+            None,
+            tiny_overrides(
+                "projector",
+                base,
+                data,
+                root / "projector",
+                learning_rate=0.05,
+                warmup_ratio=0,
+                max_steps=8,
+                save_steps=4,
+            ),
+        )
+    )
+    stage2 = train(
+        load_train_config(
+            None,
+            tiny_overrides(
+                "lora",
+                stage1,
+                data,
+                root / "lora",
+                learning_rate=0.01,
+                projector_lr=0.01,
+                warmup_ratio=0,
+                max_steps=8,
+                save_steps=4,
+                val_data=val,
+                eval_steps=4,
+                text_data=text,
+                text_only_ratio=0.2,
+                report_to="tensorboard",
+            ),
+        )
+    )
+    return {"root": root, "data": data, "base": base, "stage1": stage1, "stage2": stage2}
+
+
+def test_stage1_trains_only_the_projector_and_lowers_the_loss(two_stages):
+    from safetensors.torch import load_file
+
+    from thinchat.loading import load_pretrained
+
+    base = load_file(two_stages["base"] / "model.safetensors")
+    after = load_file(two_stages["stage1"] / "model.safetensors")
+    changed = {k for k in base if not torch.equal(base[k], after[k])}
+    assert changed and all("multi_modal_projector" in k for k in changed)
+    model0, processor = load_pretrained(two_stages["base"])
+    model1, _ = load_pretrained(two_stages["stage1"])  # a standard Llava directory: stage 2's base
+    assert fixed_batch_loss(model1, processor, two_stages["data"]) < fixed_batch_loss(
+        model0, processor, two_stages["data"]
+    )
+
+
+def test_stage2_writes_a_loadable_adapter_with_projector_and_falling_loss(two_stages):
+    from safetensors.torch import load_file
+
+    from thinchat.loading import load_pretrained
+
+    out = two_stages["stage2"]
+    meta = json.loads((out / "thinchat_checkpoint.json").read_text())
+    assert (out / meta["base_model"]).resolve() == two_stages["stage1"].resolve()
+    assert not meta["base_model"].startswith("/")
+    keys = load_file(out / "adapter_model.safetensors").keys()
+    assert any("multi_modal_projector" in k for k in keys) and any("lora_A" in k for k in keys)
+    assert not any("vision_tower" in k for k in keys)
+    assert (out / "processor_config.json").is_file() and (out / "chat_template.jinja").is_file()
+    losses = logged_losses(out)
+    assert len(losses) == 8 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.05, losses
+    state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
+    assert any("eval_loss" in entry for entry in state["log_history"])
+    assert any("train_tokens_per_second" in entry for entry in state["log_history"])
+    assert list(out.glob("runs/*/events.out.tfevents.*")), "tensorboard logs missing"
+
+    model, processor = load_pretrained(out)
+    stage1, _ = load_pretrained(two_stages["stage1"])
+    data_loss = fixed_batch_loss(model, processor, two_stages["data"])
+    assert data_loss < fixed_batch_loss(stage1, processor, two_stages["data"])
+
+
+def test_export_merge_equals_the_unmerged_model(two_stages, tmp_path):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from thinchat.cli import main
+    from thinchat.loading import load_pretrained
+
+    out = tmp_path / "merged"
+    assert main(["export", "--from_pretrained", str(two_stages["stage2"]), "--merge", "--out", str(out)]) == 0
+    assert not (out / "adapter_config.json").exists()
+    merged = LlavaForConditionalGeneration.from_pretrained(out).eval()  # plain transformers, no peft
+    processor = AutoProcessor.from_pretrained(out)
+    unmerged, _ = load_pretrained(two_stages["stage2"])
+    stage1, _ = load_pretrained(two_stages["stage1"])
+    from thinchat.train.data import load_samples
+    from thinchat.train.dataset import Collator, SupervisedDataset
+
+    dataset = SupervisedDataset(load_samples(two_stages["data"]), processor, max_length=256)
+    batch = Collator(processor.tokenizer.pad_token_id)([dataset[0], dataset[1]])
+    kwargs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    with torch.no_grad():
+        a, b, c = merged(**kwargs).logits, unmerged(**kwargs).logits, stage1(**kwargs).logits
+    assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+    assert (a - c).abs().max() > 1e-3, "the adapter changed nothing; the comparison would be vacuous"
+    assert main(["export", "--from_pretrained", str(two_stages["stage2"]), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_projector_gets_its_own_learning_rate(two_stages):
+    from transformers import TrainingArguments
+
+    from thinchat.testing import tiny_llava
+    from thinchat.train.model_setup import prepare_model
+    from thinchat.train.trainer import ThinchatTrainer
+
+    model, _ = tiny_llava("llama", "dinov2")
+    model = prepare_model(model, load_train_config(None, ["stage=lora", "lora_r=4", "lora_alpha=8"]))
+    args = TrainingArguments(
+        output_dir=str(two_stages["root"] / "opt"), learning_rate=2e-4, use_cpu=True, report_to="none"
+    )
+    trainer = ThinchatTrainer(model=model, args=args, projector_lr=1e-3)
+    groups = trainer.create_optimizer().param_groups
+    ids = {id(p): n for n, p in model.named_parameters()}
+    for group in groups:
+        names = [ids[id(p)] for p in group["params"]]
+        expected = 1e-3 if "multi_modal_projector" in names[0] else 2e-4
+        assert group["lr"] == expected and all(
+            ("multi_modal_projector" in n) == (expected == 1e-3) for n in names
+        )
+    assert sum(len(g["params"]) for g in groups) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_qlora_refuses_on_cpu_before_loading_anything(tmp_path):
+    config = load_train_config(
+        None, ["stage=qlora", f"model={tmp_path / 'missing'}", f"output_dir={tmp_path / 'o'}"]
+    )
+    with pytest.raises(ThinchatError, match="needs a CUDA GPU"):
+        train(config)
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_existing_run_needs_resume_and_another_model_is_refused(two_stages, tmp_path):
+    data = two_stages["data"]
+    with pytest.raises(ConfigError, match="already holds checkpoints.*--resume"):
+        train(
+            load_train_config(None, tiny_overrides("lora", two_stages["stage1"], data, two_stages["stage2"]))
+        )
+    other = save_tiny(tmp_path / "gemma", lm="gemma3", tower="siglip")
+    with pytest.raises(ConfigError, match="trained from another model or stage.*text_model_type"):
+        train(load_train_config(None, tiny_overrides("lora", other, data, two_stages["stage2"])), resume=True)
+    with pytest.raises(ConfigError, match="stage: run has 'lora', config has 'full'"):
+        train(
+            load_train_config(None, tiny_overrides("full", two_stages["stage1"], data, two_stages["stage2"])),
+            resume=True,
+        )
