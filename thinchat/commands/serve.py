@@ -108,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
         log.warning(
             "serving on %s without --api-key: anyone who can reach this port can use the model", args.host
         )
+    import torch
+
+    # Flush denormal floats to zero: no effect on a trained model's answers, ~10x speed for random ones.
+    torch.set_flush_denormal(True)
     from thinchat.engine import ChatEngine
     from thinchat.generation import GenerationSettings
     from thinchat.server import ServerSettings, serve

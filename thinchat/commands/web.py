@@ -57,6 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint once and serve the demo until Ctrl-C."""
+    import torch
+
+    # Flush denormal floats to zero: no effect on a trained model's answers, ~10x speed for random ones.
+    torch.set_flush_denormal(True)
     from thinchat.engine import ChatEngine
     from thinchat.generation import GenerationSettings
     from thinchat.images import DEFAULT_MAX_PIXELS
