@@ -129,16 +129,31 @@ def merge_image_features(
         if n_tokens:
             raise ValueError(f"the batch has {n_tokens} <image> tokens but no image features were given")
         return inputs_embeds
-    projected = project_features(model, image_features)
-    projected = projected.reshape(-1, projected.shape[-1]).to(inputs_embeds.device, inputs_embeds.dtype)
-    if n_tokens != projected.shape[0]:
+    return scatter_image_embeds(model, input_ids, project_features(model, image_features), inputs_embeds)
+
+
+def scatter_image_embeds(
+    model: Any, input_ids: torch.Tensor, projected: torch.Tensor, inputs_embeds: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Put already-projected image embeddings (n_images, n_tokens, text_hidden) at the ``<image>`` tokens.
+
+    The second half of ``merge_image_features``; the ClipCap prefix path (``thinchat.train.clipcap``)
+    calls it with its own prefix mapping's output.
+    """
+    llava = unwrap_llava(model)
+    if inputs_embeds is None:
+        inputs_embeds = llava.get_input_embeddings()(input_ids)
+    image_token_id = llava.config.image_token_id
+    n_tokens = int((input_ids == image_token_id).sum())
+    flat = projected.reshape(-1, projected.shape[-1]).to(inputs_embeds.device, inputs_embeds.dtype)
+    if n_tokens != flat.shape[0]:
         raise ValueError(
             f"image features and <image> tokens do not match: {n_tokens} <image> tokens in the batch, "
-            f"{image_features.shape[0]} image(s) x {image_features.shape[1]} features = {projected.shape[0]}; "
+            f"{projected.shape[0]} image(s) x {projected.shape[1]} features = {flat.shape[0]}; "
             "was the text truncated through an image, or are the cached features from another image size?"
         )
     mask = (input_ids == image_token_id).unsqueeze(-1).expand_as(inputs_embeds)
-    return inputs_embeds.masked_scatter(mask, projected)
+    return inputs_embeds.masked_scatter(mask, flat)
 
 
 def forward_with_features(

@@ -1,0 +1,66 @@
+"""Shared helpers for the benchmarks: the machine's measured FLOP rate, peak memory, model builds.
+
+Why measure the FLOP rate instead of quoting a datasheet: on a shared 2-core VM the achievable matmul
+rate (bf16 via AMX/avx512_bf16 or fp32) is what bounds training, and MFU only means something against it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+
+def matmul_flops(dtype_name: str, size: int = 2048, seconds: float = 1.5) -> float:
+    """Sustained FLOP/s of a ``size``-square matmul loop in ``dtype_name`` ("bfloat16" or "float32")."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
+    torch.mm(a, b)  # warm-up: first call picks kernels and allocates
+    count = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        count += 1
+    elapsed = time.perf_counter() - start
+    return 2 * size**3 * count / elapsed
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> dict[str, object]:
+    """CPU model and core count, for the record next to every number."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    import torch
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def default_model_dir(vision: str, llm: str, image_size: int) -> Path:
+    """Build (once) and return the offline default Llava used by the benchmarks, under thinchat's cache."""
+    from thinchat.presets import cache_root
+
+    out = cache_root() / "bench" / f"{vision}_{llm}_{image_size}"
+    if not (out / "config.json").is_file():
+        from thinchat.compose import build
+
+        build(vision, llm, out, image_size=image_size)
+    return out
