@@ -158,6 +158,9 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
     from thinchat.train.model_setup import count_trainable, load_base, prepare_model
     from thinchat.train.trainer import ThinchatTrainer, TokensPerSecond
 
+    from transformers import set_seed
+
+    set_seed(config.seed)  # LoRA / projector initialisation must not depend on what ran before
     model, processor = load_base(config)
     limit = max_positions(model.config.text_config)
     max_length = min(config.max_length, limit) if limit else config.max_length
