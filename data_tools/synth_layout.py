@@ -233,7 +233,7 @@ def _draw_flakes(recipe, size, rng, phase, inst, n_inst, grain_px, alpha):
 
 def _draw_accessories(recipe, size, rng, phase, inst, n_inst, px_per_mm, alpha):
     dims = {
-        "zircon": (0.07, 0.045, "ellipse"),
+        "zircon": (0.08, 0.05, "ellipse"),
         "tourmaline": (0.12, 0.05, "rect"),
         "pyrite": (0.07, 0.07, "rect"),
     }

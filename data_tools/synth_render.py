@@ -3,11 +3,13 @@
 Every phase gets the look a petrographer keys on, exaggerated just enough that a small vision model at
 112 px can tell them apart: quartz clear in PPL and first-order grey-white with undulose extinction in
 XPL; plagioclase with polysynthetic twin stripes; K-feldspar dusty brown (argillised) with cross-hatched
-twinning; calcite and dolomite with rhombic cleavage and pastel high-order colours (dolomite with cloudy
-cores); micas as cleaved flakes (muscovite in vivid second-order colours, biotite brown and pleochroic);
-clay matrix brown with a sericite speckle; pores filled with blue epoxy (black under crossed polars);
-opaque pyrite black in both. XPL intensity follows I = sin^2(2 theta) * sin^2(pi * retardation / lambda),
-averaged over wavelengths per channel, which reproduces the Michel-Levy colour sequence.
+twinning; calcite and dolomite with rhombic cleavage and pastel high-order colours (calcite pink in PPL,
+as in sections stained with alizarin red S; dolomite unstained, with cloudy cores); micas as cleaved
+flakes (muscovite in vivid second-order colours, biotite brown and pleochroic, chlorite pale green);
+tourmaline dark green prisms; clay matrix brown with a sericite speckle; pores filled with blue epoxy
+(black under crossed polars); opaque pyrite black in both. XPL intensity follows
+I = sin^2(2 theta) * sin^2(pi * retardation / lambda), averaged over wavelengths per channel, which
+reproduces the Michel-Levy colour sequence.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ OPTICS: dict[str, Optics] = {
     "quartz": Optics((0.94, 0.94, 0.92), (0.94, 0.94, 0.92), 0.015, 0.15, 270.0, undulose=0.6),
     "plagioclase": Optics((0.90, 0.90, 0.90), (0.90, 0.90, 0.90), 0.03, 0.2, 240.0, twin=1),
     "k_feldspar": Optics((0.80, 0.72, 0.64), (0.80, 0.72, 0.64), 0.10, 0.2, 200.0, twin=2, cloudy=0.25),
-    "calcite": Optics((0.93, 0.90, 0.84), (0.80, 0.74, 0.66), 0.03, 0.35, 5200.0, twin=3, cleavage=2),
+    "calcite": Optics((0.94, 0.74, 0.78), (0.84, 0.60, 0.66), 0.03, 0.35, 5200.0, twin=3, cleavage=2),
     "dolomite": Optics((0.84, 0.76, 0.64), (0.74, 0.65, 0.52), 0.05, 0.35, 5500.0, cleavage=2, cloudy=0.5),
     "muscovite": Optics((0.93, 0.93, 0.88), (0.88, 0.90, 0.82), 0.02, 0.3, 1150.0, cleavage=1),
     "biotite": Optics(
@@ -66,8 +68,8 @@ OPTICS: dict[str, Optics] = {
     "chlorite": Optics(
         (0.72, 0.86, 0.60), (0.55, 0.74, 0.48), 0.04, 0.25, 150.0, tint=(0.45, 0.65, 1.3), cleavage=1
     ),
-    "zircon": Optics((0.90, 0.88, 0.84), (0.90, 0.88, 0.84), 0.02, 0.9, 1700.0),
-    "tourmaline": Optics((0.62, 0.60, 0.30), (0.30, 0.26, 0.12), 0.03, 0.6, 800.0, tint=(0.8, 0.7, 0.4)),
+    "zircon": Optics((0.92, 0.90, 0.86), (0.92, 0.90, 0.86), 0.02, 1.0, 1700.0),
+    "tourmaline": Optics((0.40, 0.55, 0.42), (0.10, 0.20, 0.16), 0.03, 0.6, 800.0, tint=(0.4, 0.7, 0.5)),
     "pyrite": Optics((0.03, 0.03, 0.03), (0.03, 0.03, 0.03), 0.0, 0.0, 0.0),
     "siliceous_cement": Optics((0.94, 0.94, 0.92), (0.94, 0.94, 0.92), 0.015, 0.0, 270.0, undulose=0.6),
 }
