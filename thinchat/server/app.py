@@ -269,7 +269,8 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
 
         async def usage_and_reason(text: str, stopped: bool) -> tuple[Usage, str]:
             prompt = await run_in_threadpool(count_prompt_tokens, engine, messages, images)
-            completion = await run_in_threadpool(count_completion_tokens, engine, text)
+            # Re-tokenising can overcount (e.g. byte tokens decoded to U+FFFD); the model made at most max_new.
+            completion = min(max_new, await run_in_threadpool(count_completion_tokens, engine, text))
             reason = "length" if not stopped and completion >= max_new else "stop"
             return Usage(
                 prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
