@@ -38,8 +38,12 @@ class ThreadedIterator:
         )
         self._thread.start()
 
+    def _call(self, fn: Callable[..., None], *args: object) -> None:
+        if not self._loop.is_closed():  # the server may have shut down while this thread finished
+            self._loop.call_soon_threadsafe(fn, *args)
+
     def _put(self, item: object) -> None:
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        self._call(self._queue.put_nowait, item)
 
     def _run(self, factory: Callable[[], Iterator[str]]) -> None:
         iterator = None
@@ -57,7 +61,7 @@ class ThreadedIterator:
             if close is not None:
                 close()
             if self._on_finish is not None:
-                self._loop.call_soon_threadsafe(self._on_finish)
+                self._call(self._on_finish)
 
     async def next_piece(self) -> str | None:
         """The next text piece, ``None`` at the end; re-raises the iterator's exception."""
