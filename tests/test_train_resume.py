@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from train_helpers import save_tiny, tiny_overrides, write_dataset
 
 from thinchat.errors import ThinchatError
 from thinchat.train import checkpoints
 from thinchat.train.config import load_train_config
 from thinchat.train.run import train
-from train_helpers import save_tiny, tiny_overrides, write_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,8 +47,15 @@ def setup(tmp_path_factory):
 
 def run_config(root, data, base, out, **extra):
     # lora_dropout > 0 and a length-grouped sampler: RNG state and data order both matter on resume.
-    values = {"learning_rate": 0.01, "warmup_ratio": 0.1, "max_steps": 8, "save_steps": 2,
-              "per_device_train_batch_size": 2, "lora_dropout": 0.1, "num_train_epochs": 3}
+    values = {
+        "learning_rate": 0.01,
+        "warmup_ratio": 0.1,
+        "max_steps": 8,
+        "save_steps": 2,
+        "per_device_train_batch_size": 2,
+        "lora_dropout": 0.1,
+        "num_train_epochs": 3,
+    }
     values.update(extra)
     return tiny_overrides("lora", base, data, out, **values)
 
@@ -58,7 +65,8 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_loss_curve(setup):
     config = write_config(root / "run.yaml", run_config(root, data, base, root / "killed"))
     # The child trains normally and SIGKILLs itself at step 5: checkpoint-4 is on disk, step 5 is lost.
     script = root / "killed_run.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import os, signal, sys
         import torch
         from transformers import TrainerCallback
@@ -72,16 +80,22 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_loss_curve(setup):
 
         torch.set_flush_denormal(True)
         train(load_train_config({str(config)!r}), callbacks=[Kill()])
-    """))
+    """)
+    )
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    killed = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert checkpoints.newest_complete(root / "killed").name == "checkpoint-4"
     assert not (root / "killed" / "adapter_model.safetensors").exists()
 
     resumed = subprocess.run(
         [sys.executable, "-m", "thinchat.train", "--config", str(config), "--resume"],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (root / "killed" / "adapter_model.safetensors").is_file()
@@ -104,7 +118,9 @@ def test_a_full_disk_keeps_the_last_good_checkpoint_and_resume_skips_the_torn_on
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save_until_full)
-    with pytest.raises(ThinchatError, match=r"the disk is full.*last complete checkpoint is .*checkpoint-2.*--resume"):
+    with pytest.raises(
+        ThinchatError, match=r"the disk is full.*last complete checkpoint is .*checkpoint-2.*--resume"
+    ):
         train(load_train_config(None, run_config(root, data, base, out, max_steps=6)))
     monkeypatch.setattr(torch, "save", real_save)
 

@@ -61,6 +61,9 @@ class TrainConfig:
     gradient_checkpointing: bool = field(False, help="recompute activations to save memory")
     group_by_length: bool = field(True, help="batch samples of similar length (less padding)")
     feature_cache: bool = field(False, help="cache frozen vision-tower features on disk and reuse them")
+    feature_cache_dtype: Literal["bfloat16", "float32"] = field(
+        "bfloat16", help="stored feature dtype (bf16 loses nothing under bf16 autocast; float32 is exact)"
+    )
     feature_cache_dir: str | None = field(
         None, help="feature cache folder (default: <data dir>/.feature_cache)"
     )

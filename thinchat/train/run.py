@@ -90,7 +90,7 @@ def attach_feature_cache(config: TrainConfig, model, processor, datasets: list[A
         if config.feature_cache_dir
         else Path(config.data).parent / ".feature_cache"
     )
-    cache = FeatureCache(root, model, processor)
+    cache = FeatureCache(root, model, processor, dtype=config.feature_cache_dtype)
     paths = [p for ds in datasets if ds is not None for item in ds.items for p in item.sample.images]
     cache.precompute(paths)
     for ds in datasets:
@@ -151,14 +151,12 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
     torch.set_flush_denormal(True)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    from transformers import ProgressCallback
+    from transformers import ProgressCallback, set_seed
 
     from thinchat.compose import max_positions
     from thinchat.train.dataset import Collator, SupervisedDataset
     from thinchat.train.model_setup import count_trainable, load_base, prepare_model
     from thinchat.train.trainer import ThinchatTrainer, TokensPerSecond
-
-    from transformers import set_seed
 
     set_seed(config.seed)  # LoRA / projector initialisation must not depend on what ran before
     model, processor = load_base(config)
