@@ -1,4 +1,4 @@
-"""`thinchat quickstart` (placeholder until its issue lands)."""
+"""`thinchat quickstart`: the whole pipeline on the embedded default, offline, on a CPU."""
 
 from __future__ import annotations
 
@@ -6,5 +6,42 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("quickstart", help="(not available yet)")
-    parser.set_defaults(func=lambda args: parser.error("not implemented yet"))
+    parser = subparsers.add_parser(
+        "quickstart",
+        help="synthesise slides, build, train (projector + LoRA) and evaluate base vs finetuned, offline",
+    )
+    parser.add_argument(
+        "--config", default=None, help="YAML with QuickstartConfig keys (configs/quickstart*.yaml)"
+    )
+    parser.add_argument("--lang", choices=["en", "zh"], default=None, help="en: SmolLM2; zh: Gemma-3-270m")
+    parser.add_argument("--check", action="store_true", help="exit 1 when the thresholds are not met")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from thinchat.config import load_config
+    from thinchat.quickstart import QuickstartConfig, run_quickstart
+
+    overrides = list(args.overrides)
+    if args.lang:
+        overrides.append(f"lang={args.lang}")
+    config = load_config(QuickstartConfig, args.config, overrides)
+    summary = run_quickstart(config)
+    report = summary["report"]
+    print(open(report, encoding="utf-8").read())
+    f1, cider = summary["mineral_f1"], summary["cider_d"]
+    print(
+        f"mineral-term F1 (finetuned): {f1['finetuned']:.3f} (base {f1['base']:.3f}), "
+        f"needs >= {f1['threshold']}: {'OK' if f1['ok'] else 'NOT MET'}"
+    )
+    print(
+        f"CIDEr-D finetuned / base: {cider['finetuned']:.3f} / {cider['base']:.3f} = {cider['ratio']:.1f}x, "
+        f"needs >= {cider['threshold_ratio']}x: {'OK' if cider['ok'] else 'NOT MET'}"
+    )
+    print(f"whole run: {summary['seconds']:.0f} s")
+    print("Chat with the result:")
+    print(f"  python cli_demo.py --from_pretrained {summary['finetuned']}")
+    print(f"  python web_demo.py --from_pretrained {summary['finetuned']}")
+    ok = f1["ok"] and cider["ok"]
+    return 0 if ok or not args.check else 1
