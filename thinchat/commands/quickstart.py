@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(QuickstartConfig, args.config, overrides)
     summary = run_quickstart(config)
     report = summary["report"]
-    print(open(report, encoding="utf-8").read())
+    print(Path(report).read_text(encoding="utf-8"))
     f1, cider = summary["mineral_f1"], summary["cider_d"]
     print(
         f"mineral-term F1 (finetuned): {f1['finetuned']:.3f} (base {f1['base']:.3f}), "
