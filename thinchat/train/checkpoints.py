@@ -128,6 +128,11 @@ def check_resume(output_dir: Path, current: dict[str, Any]) -> None:
         )
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a launcher-started job (or a plain run): the one process that renames and writes run files."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def resolve_resume(output_dir: Path, resume: str | bool | None, current: dict[str, Any]) -> str | None:
     """The checkpoint path to resume from (``resume`` True: newest complete one in ``output_dir``)."""
     if not resume:
@@ -143,7 +148,8 @@ def resolve_resume(output_dir: Path, resume: str | bool | None, current: dict[st
     if not run_dir.is_dir():
         raise ConfigError(f"--resume {run_dir}: directory not found")
     check_resume(run_dir, current)
-    set_aside_incomplete(run_dir)
+    if is_main_process():  # other ranks skip torn checkpoints via newest_complete without renaming
+        set_aside_incomplete(run_dir)
     latest = newest_complete(run_dir)
     if latest is None:
         raise ConfigError(f"{run_dir}: no complete checkpoint to resume from; start again without --resume")

@@ -177,7 +177,7 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
     )
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    if resume_from is None:
+    if resume_from is None and checkpoints.is_main_process():
         checkpoints.write_json_atomic(
             output_dir / checkpoints.RUN_META, {**current, "config": config_dict(config)}
         )
