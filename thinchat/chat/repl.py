@@ -70,6 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="weights dtype (default float32; bfloat16 decodes faster on CPUs with bf16 support)",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice); 1 avoids slow-downs on a busy shared machine",
+    )
+    parser.add_argument(
         "--jsonl",
         action="store_true",
         help="with piped stdin: one JSON object per question {question, answer | error}",
@@ -101,6 +107,10 @@ def run(
             "build/train/export)"
         )
     images, sources = _load_images(args.image)  # a bad --image stops before the slow model load
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     engine = ChatEngine.from_pretrained(
         args.from_pretrained, device=args.device, dtype=args.dtype, settings=settings
     )
