@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--image-px", type=int, default=224, help="side of the synthetic slide PNGs")
     parser.add_argument("--configs", default="a,b,c", help="which of a,b,c to run")
     parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
@@ -117,6 +118,8 @@ def run_child(args: argparse.Namespace) -> dict:
     from thinchat.train.feature_cache import FeatureCache
 
     mode = args.child
+    if args.threads:
+        torch.set_num_threads(args.threads)
     bf16 = mode in ("b", "c")
     torch.set_flush_denormal(bf16)
     torch.manual_seed(0)
@@ -249,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                 str(args.seq_len),
                 "--lora-r",
                 str(args.lora_r),
+                "--threads",
+                str(args.threads),
             ]
             print(f"running config {mode}: {CONFIGS[mode]}", file=sys.stderr, flush=True)
             done = subprocess.run(command, capture_output=True, text=True, check=False)
