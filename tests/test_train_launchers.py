@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,12 @@ def env() -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -153,7 +160,7 @@ def test_deepspeed_zero2_through_the_real_launcher(tiny):
             str(REPO / "configs" / "finetune_lora_cpu.yaml"),
             *args,
         ],
-        env={**env(), "LAUNCHER": "deepspeed", "NUM_GPUS": "1", "MASTER_PORT": "29533"},
+        env={**env(), "LAUNCHER": "deepspeed", "NUM_GPUS": "1", "MASTER_PORT": str(free_port())},
         capture_output=True,
         text=True,
         timeout=900,

@@ -198,6 +198,13 @@ def test_an_existing_run_needs_resume_and_another_model_is_refused(two_stages, t
     other = save_tiny(tmp_path / "gemma", lm="gemma3", tower="siglip")
     with pytest.raises(ConfigError, match="trained from another model or stage.*text_model_type"):
         train(load_train_config(None, tiny_overrides("lora", other, data, two_stages["stage2"])), resume=True)
+    with pytest.raises(ConfigError, match="lora_r: run has 8, config has 16"):
+        train(
+            load_train_config(
+                None, [*tiny_overrides("lora", two_stages["stage1"], data, two_stages["stage2"]), "lora_r=16"]
+            ),
+            resume=True,
+        )
     with pytest.raises(ConfigError, match="stage: run has 'lora', config has 'full'"):
         train(
             load_train_config(None, tiny_overrides("full", two_stages["stage1"], data, two_stages["stage2"])),

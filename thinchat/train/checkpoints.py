@@ -80,12 +80,18 @@ def rotate(output_dir: Path, keep: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def fingerprint(model_dir: Path, stage: str) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the base model's architecture and the stage."""
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    text = config.get("text_config", {})
-    vision = config.get("vision_config", {})
+#: Config keys that change the shapes or the set of trained weights: a resume must keep them.
+SHAPE_KEYS = ("lora_r", "lora_target", "tower_lora", "unfreeze_tower", "train_projector", "quant_type")
+
+
+def fingerprint(model_dir: Path, stage: str, config: Any = None) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the base model's architecture, the stage, the LoRA shape."""
+    model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    text = model_config.get("text_config", {})
+    vision = model_config.get("vision_config", {})
+    shape = {key: getattr(config, key) for key in SHAPE_KEYS if hasattr(config, key)}
     return {
+        **shape,
         "stage": stage,
         "base_model": str(model_dir.resolve()),
         "text_model_type": text.get("model_type"),
@@ -94,7 +100,7 @@ def fingerprint(model_dir: Path, stage: str) -> dict[str, Any]:
         "vocab_size": text.get("vocab_size"),
         "vision_model_type": vision.get("model_type"),
         "vision_hidden_size": vision.get("hidden_size"),
-        "image_seq_length": config.get("image_seq_length"),
+        "image_seq_length": model_config.get("image_seq_length"),
     }
 
 

@@ -137,7 +137,7 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
             f"model={base}: not a Llava checkpoint directory (no config.json); run `thinchat build` "
             "first, or point model at a stage-1 output"
         )
-    current = checkpoints.fingerprint(base, config.stage)
+    current = checkpoints.fingerprint(base, config.stage, config)
     resume_from = checkpoints.resolve_resume(output_dir, resume, current)
     if resume_from is None and checkpoints.newest_complete(output_dir) is not None:
         raise ConfigError(
