@@ -10,7 +10,7 @@ from thinchat.chat_templates import choose_template, end_of_turn_token
 from thinchat.conversation import llava_to_messages
 from thinchat.errors import DataFormatError
 from thinchat.testing import LM_FAMILIES, tiny_image, tiny_llava
-from thinchat.train.data import Sample, load_samples, mix_text_only
+from thinchat.train.data import Sample, first_turns, load_samples, mix_text_only
 from thinchat.train.dataset import IGNORE_INDEX, Collator, SupervisedDataset, tokenize_messages
 
 ANSWERS = ["Quartz grains are subrounded.", "zircon 锆石."]
@@ -188,3 +188,23 @@ def test_text_only_ratio_sets_the_share_of_text_entries(tmp_path):
     assert sum(1 for s in mix_text_only(image, text, 0.1, seed=0) if not s.images) == 3
     with pytest.raises(DataFormatError, match="no text-only entries"):
         mix_text_only(image, [], 0.2, seed=0)
+
+
+def test_max_turns_keeps_the_first_exchanges(tmp_path):
+    sample = two_turn_sample(tmp_path)
+    one = first_turns(sample, 1)
+    assert [m["role"] for m in one.messages] == ["user", "assistant"] and one.images == sample.images
+    assert first_turns(sample, 2).messages == sample.messages and first_turns(sample, None) is sample
+    late = Sample(
+        "late",
+        llava_to_messages(
+            [
+                {"from": "human", "value": "Hi"},
+                {"from": "gpt", "value": "Hello."},
+                {"from": "human", "value": "<image>\nAnd this?"},
+                {"from": "gpt", "value": "Quartz."},
+            ]
+        ),
+        [tmp_path / "a.png"],
+    )
+    assert len(first_turns(late, 1).messages) == 4  # never cut away a turn that shows an image

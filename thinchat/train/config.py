@@ -29,7 +29,7 @@ def _check_range(name: str, value: float, low: float, high: float, hint: str = "
 class TrainConfig:
     """Keys shared by every stage."""
 
-    stage: Stage = field("lora", help="projector (stage 1), lora / qlora (stage 2) or full")  # noqa: RUF009 (thinchat.config.field is dataclasses.field)
+    stage: Stage = field("lora", help="projector (stage 1), lora / qlora (stage 2) or full")
     model: str = field("checkpoints/base", help="base Llava directory (thinchat build, or a stage-1 output)")
     data: str = field("data/train.json", help="training set: LLaVA conversation JSON")
     val_data: str | None = field(None, help="validation JSON for the evaluation loss (optional)")
@@ -45,6 +45,9 @@ class TrainConfig:
         "truncate", help="samples over max_length: cut text after the last image, or skip them (counted)"
     )
     max_images: int = field(4, help="most images per sample (PPL + XPL = 2)")
+    max_turns: int | None = field(
+        None, help="keep the first N question/answer exchanges of each conversation (1: captions for stage 1)"
+    )
     num_train_epochs: float = field(1.0, help="passes over the training set")
     max_steps: int = field(-1, help="stop after this many optimizer steps (-1: use num_train_epochs)")
     per_device_train_batch_size: int = field(4, help="samples per device per forward pass")
@@ -73,7 +76,7 @@ class TrainConfig:
     )
     eval_steps: int | None = field(None, help="evaluate every N steps (None: save_steps); needs val_data")
     logging_steps: int = field(10, help="log loss / tokens/s every N steps")
-    report_to: list[str] = field(["tensorboard"], help="loggers: tensorboard, none, wandb...")  # noqa: RUF009 (thinchat.config.field is dataclasses.field)
+    report_to: list[str] = field(["tensorboard"], help="loggers: tensorboard, none, wandb...")
     seed: int = field(42, help="seed for initialisation, data order and dropout")
     dataloader_num_workers: int = field(0, help="data loading worker processes")
     deepspeed: str | None = field(
@@ -96,6 +99,8 @@ class TrainConfig:
         _check_range("save_steps", self.save_steps, 1, 1 << 30)
         _check_range("save_total_limit", self.save_total_limit, 1, 1000)
         _check_range("logging_steps", self.logging_steps, 1, 1 << 30)
+        if self.max_turns is not None:
+            _check_range("max_turns", self.max_turns, 1, 1000)
         if self.text_only_ratio is not None:
             _check_range("text_only_ratio", self.text_only_ratio, 0.0, 0.95)
         if self.max_steps == 0 or self.max_steps < -1:
@@ -112,7 +117,7 @@ class TrainConfig:
 class ProjectorConfig(TrainConfig):
     """Stage 1: align the projector on captions; the tower and the LM stay frozen."""
 
-    stage: Stage = field("projector", help="projector (stage 1)")  # noqa: RUF009 (thinchat.config.field is dataclasses.field)
+    stage: Stage = field("projector", help="projector (stage 1)")
     learning_rate: float = field(1e-3, help="projector learning rate (LLaVA-1.5: 1e-3)")
     feature_cache: bool = field(True, help="the tower is frozen, so its features can be cached")
 
@@ -121,13 +126,13 @@ class ProjectorConfig(TrainConfig):
 class LoraStageConfig(TrainConfig):
     """Stage 2: LoRA on the language model (peft), projector trained in full with its own learning rate."""
 
-    stage: Stage = field("lora", help="lora (stage 2)")  # noqa: RUF009 (thinchat.config.field is dataclasses.field)
+    stage: Stage = field("lora", help="lora (stage 2)")
     learning_rate: float = field(2e-4, help="LoRA learning rate (LLaVA-1.5: 2e-4)")
     projector_lr: float | None = field(2e-5, help="projector learning rate (LLaVA-1.5 LoRA: 2e-5)")
     lora_r: int = field(128, help="LoRA rank")
     lora_alpha: int = field(256, help="LoRA scaling alpha")
     lora_dropout: float = field(0.05, help="dropout on the LoRA input")
-    lora_target: list[str] = field(  # noqa: RUF009 (thinchat.config.field is dataclasses.field)
+    lora_target: list[str] = field(
         ["all-linear"], help="LM module names to adapt (e.g. q_proj, v_proj) or all-linear; only in the LM"
     )
     train_projector: bool = field(True, help="train the projector (saved in the adapter via modules_to_save)")
@@ -150,7 +155,7 @@ class LoraStageConfig(TrainConfig):
 class QLoraConfig(LoraStageConfig):
     """Stage 2 with the LM quantised to 4 bit by bitsandbytes (CUDA only)."""
 
-    stage: Stage = field("qlora", help="qlora (stage 2, CUDA)")  # noqa: RUF009 (thinchat.config.field is dataclasses.field)
+    stage: Stage = field("qlora", help="qlora (stage 2, CUDA)")
     quant_type: Literal["nf4", "fp4"] = field("nf4", help="4-bit data type")
     double_quant: bool = field(True, help="quantise the quantisation constants too")
 
@@ -159,7 +164,7 @@ class QLoraConfig(LoraStageConfig):
 class FullConfig(TrainConfig):
     """Full fine-tuning of the LM and the projector (tower optional)."""
 
-    stage: Stage = field("full", help="full")  # noqa: RUF009 (thinchat.config.field is dataclasses.field)
+    stage: Stage = field("full", help="full")
     learning_rate: float = field(2e-5, help="learning rate (LLaVA-1.5 full: 2e-5)")
     unfreeze_tower: bool = field(False, help="train the vision tower too")
     gradient_checkpointing: bool = field(True, help="recompute activations to save memory")

@@ -85,6 +85,27 @@ def load_samples(path: str | Path, max_images: int = 4, check_files: bool = True
     return samples
 
 
+def first_turns(sample: Sample, max_turns: int | None) -> Sample:
+    """``sample`` cut after its ``max_turns``-th answer, never before the last turn that shows an image."""
+    if max_turns is None:
+        return sample
+    answers = 0
+    last_image = max(
+        (
+            i
+            for i, m in enumerate(sample.messages)
+            if isinstance(m["content"], list) and any(p["type"] == "image" for p in m["content"])
+        ),
+        default=-1,
+    )
+    for i, message in enumerate(sample.messages):
+        if message["role"] == "assistant":
+            answers += 1
+            if answers >= max_turns and i > last_image:
+                return Sample(sample.id, sample.messages[: i + 1], sample.images, sample.where)
+    return sample
+
+
 def mix_text_only(
     samples: list[Sample], extra_text: list[Sample], ratio: float | None, seed: int
 ) -> list[Sample]:

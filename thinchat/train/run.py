@@ -18,14 +18,16 @@ from typing import Any
 from thinchat.errors import ConfigError
 from thinchat.train import checkpoints
 from thinchat.train.config import LoraStageConfig, QLoraConfig, TrainConfig, config_dict
-from thinchat.train.data import Sample, load_samples, mix_text_only
+from thinchat.train.data import Sample, first_turns, load_samples, mix_text_only
 
 log = logging.getLogger(__name__)
 
 
 def load_data(config: TrainConfig) -> tuple[list[Sample], list[Sample] | None]:
     """Parse the training (with text-only mix) and validation sets; errors before any model loads."""
-    samples = load_samples(config.data, max_images=config.max_images)
+    samples = [
+        first_turns(s, config.max_turns) for s in load_samples(config.data, max_images=config.max_images)
+    ]
     extra = load_samples(config.text_data, max_images=config.max_images) if config.text_data else []
     bad = [s for s in extra if s.images]
     if bad:
@@ -33,7 +35,12 @@ def load_data(config: TrainConfig) -> tuple[list[Sample], list[Sample] | None]:
             f"text_data={config.text_data}: {bad[0].where} has images; text_data is for text-only entries"
         )
     train = mix_text_only(samples, extra, config.text_only_ratio, config.seed)
-    val = load_samples(config.val_data, max_images=config.max_images) if config.val_data else None
+    val = None
+    if config.val_data:
+        val = [
+            first_turns(s, config.max_turns)
+            for s in load_samples(config.val_data, max_images=config.max_images)
+        ]
     return train, val
 
 
