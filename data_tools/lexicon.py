@@ -35,11 +35,23 @@ class Term:
 
 @dataclass(frozen=True)
 class Span:
-    """A term occurrence: ``text[start:end]`` names ``term_id``."""
+    """A term occurrence: ``text[start:end]`` names ``term_id``; ``negated`` for 未见黄铁矿 / "no pyrite"."""
 
     start: int
     end: int
     term_id: str
+    negated: bool = False
+
+
+# A negation cue right before a term ("未见明显定向性", "no obvious preferred orientation"); a term joined to a
+# negated one by a list separator ("未见黄铁矿、锆石", "no pyrite or zircon") is negated too. 无色 is not a cue.
+_ZH_NEG = re.compile(r"(?:未见|未发现|不见|没有|不含|缺乏|缺少|无)(?:明显的?|任何)?$")
+_EN_NEG = re.compile(
+    r"(?<![A-Za-z])(?:no|without|absence of|absent|lack of|lacks|not|free of)\s+"
+    r"(?:(?:obvious|visible|apparent|significant|clear|any)\s+)?$",
+    re.IGNORECASE,
+)
+_LIST_GAP = re.compile(r"^(?:、|和|及|与|或|/|\s+(?:and|or|nor)\s+|,\s+(?:or|nor)\s+)$")
 
 
 def _english_pattern(name: str) -> str:
@@ -85,16 +97,26 @@ class Lexicon:
 
     def find_spans(self, text: str) -> list[Span]:
         """All term occurrences in ``text``, in order of position (Chinese and English together)."""
-        spans = [Span(m.start(), m.end(), self._zh_ids[m.group()]) for m in self._zh_re.finditer(text)]
+        raw = [(m.start(), m.end(), self._zh_ids[m.group()]) for m in self._zh_re.finditer(text)]
         for m in self._en_re.finditer(text):
             term_id = self._english_id(m.group())
             if term_id is not None:
-                spans.append(Span(m.start(), m.end(), term_id))
-        return sorted(spans, key=lambda s: s.start)
+                raw.append((m.start(), m.end(), term_id))
+        spans: list[Span] = []
+        for start, end, term_id in sorted(raw):
+            before = text[max(0, start - 40) : start]
+            negated = bool(_ZH_NEG.search(before) or _EN_NEG.search(before))
+            if not negated and spans and spans[-1].negated:
+                negated = bool(_LIST_GAP.match(text[spans[-1].end : start]))
+            spans.append(Span(start, end, term_id, negated))
+        return spans
 
-    def find(self, text: str, kinds: set[str] | None = None) -> set[str]:
-        """Canonical ids named in ``text``; ``kinds`` (e.g. ``{"mineral"}``) restricts the term kinds."""
-        ids = {s.term_id for s in self.find_spans(text)}
+    def find(self, text: str, kinds: set[str] | None = None, include_negated: bool = False) -> set[str]:
+        """Canonical ids named in ``text``; ``kinds`` (e.g. ``{"mineral"}``) restricts the term kinds.
+
+        Terms stated as absent (未见黄铁矿, "no pyrite", 无明显定向性) are left out unless ``include_negated``.
+        """
+        ids = {s.term_id for s in self.find_spans(text) if include_negated or not s.negated}
         if kinds is not None:
             ids = {i for i in ids if self.by_id[i].kind in kinds}
         return ids

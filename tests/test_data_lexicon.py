@@ -63,9 +63,32 @@ def test_mixed_language_same_ids() -> None:
             assert term.id in LEX.find(name), (term.id, name)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("未见黄铁矿、锆石，见石英", {"quartz"}),
+        ("未见黄铁矿，石英约占40%", {"quartz"}),
+        ("无色石英", {"quartz"}),
+        ("碎屑无明显定向性", set()),
+        ("不含方解石和白云石，含石英", {"quartz"}),
+        ("长石具粘土化，未见绢云母化。", {"feldspar", "argillization"}),
+        ("No pyrite or zircon; quartz present.", {"quartz"}),
+        ("Grains show no obvious preferred orientation.", set()),
+        ("quartz, no K-feldspar", {"quartz"}),
+        ("randomly oriented quartz grains", {"quartz"}),
+    ],
+)
+def test_negated_terms_do_not_count(text: str, expected: set[str]) -> None:
+    assert LEX.find(text) == expected
+    assert expected <= LEX.find(text, include_negated=True)
+
+
 def test_find_spans_positions() -> None:
     spans = LEX.find_spans("长石具粘土化")
-    assert [(s.start, s.end, s.term_id) for s in spans] == [(0, 2, "feldspar"), (3, 6, "argillization")]
+    assert [(s.start, s.end, s.term_id, s.negated) for s in spans] == [
+        (0, 2, "feldspar", False),
+        (3, 6, "argillization", False),
+    ]
 
 
 def test_is_chinese() -> None:
