@@ -21,6 +21,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from data_tools.lexicon import is_chinese
 from data_tools.turns import build_conversation, load_questions
 from thinchat.errors import DataFormatError
@@ -127,7 +129,9 @@ def import_clipcap(
     pools = load_questions()
     entries, skipped = [], []
     counts: dict[str, int] = {}
-    for line, (image_id, caption) in enumerate(captions, start=1):
+    for line, (image_id, caption) in enumerate(
+        tqdm(captions, desc="import-clipcap", unit="caption"), start=1
+    ):
         text = caption.strip()
         if image_id not in tensors:
             skipped.append(
