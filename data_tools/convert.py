@@ -122,6 +122,9 @@ def convert(
         if not item.caption:
             skip(item.file, item.line, "empty caption")
             continue
+        if "<image>" in item.caption:
+            skip(item.file, item.line, "caption contains the <image> placeholder; remove it from the text")
+            continue
         try:
             paths = tuple(p for ref in item.refs for p in index.resolve(ref))
         except ImageError as exc:

@@ -150,13 +150,14 @@ def test_bad_corpus_skip_accounting(tmp_path: Path, images: Path) -> None:
         b"0001\tsecond caption of 0001",
         b"no tab here",
         b"full\t" + EN.encode(),
+        b"0004\tsee <image> here",
     ]
     cap = tmp_path / "bad.tsv"
     cap.write_bytes(b"\n".join(lines) + b"\n")
     out = tmp_path / "bad.json"
     s = convert(cap, d, out, max_pixels=300 * 300)
     reasons = {item["line"]: item["reason"] for item in s["skipped"]}
-    assert s["rows_in"] == 12 == s["rows_out"] + s["rows_skipped"]
+    assert s["rows_in"] == 13 == s["rows_out"] + s["rows_skipped"]
     assert s["rows_out"] == 3 and len(_load(out)) == 3
     assert "image not found for 'missing'" in reasons[2]
     assert "zero-byte" in reasons[3]
@@ -167,9 +168,10 @@ def test_bad_corpus_skip_accounting(tmp_path: Path, images: Path) -> None:
     assert reasons[8] == "empty caption"
     assert "duplicate" in reasons[9] and "line 1" in reasons[9]
     assert "no TAB" in reasons[11]
+    assert "<image> placeholder" in reasons[13]
     assert all(item["file"] == str(cap) for item in s["skipped"])
-    assert _summary(out)["rows_skipped"] == 9
-    with pytest.raises(DataFormatError, match="--strict: 9 of 12 rows skipped"):
+    assert _summary(out)["rows_skipped"] == 10
+    with pytest.raises(DataFormatError, match="--strict: 10 of 13 rows skipped"):
         convert(cap, d, tmp_path / "strict.json", max_pixels=300 * 300, strict=True)
     assert not (tmp_path / "strict.json").exists()
     # a whole file in GB18030 (common in Chinese labs) converts with --encoding
