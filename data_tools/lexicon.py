@@ -29,7 +29,7 @@ class Term:
     id: str
     zh: list[str]
     en: list[str]
-    kind: str  # mineral | matrix | cement | alteration | texture | grain_size | pore | optics | rock
+    kind: str  # mineral | matrix | cement | alteration | texture | grain_size | pore | optics | rock | group
     facet: str  # composition, matrix, carbonate, silica, feldspar_alteration, accessory, fabric, ...
 
 

@@ -113,7 +113,13 @@ def caption(labels: dict[str, Any], lang: str) -> str:
             carbonate_rock and carb == ("calcite" if rock == "limestone" else "dolomite")
         ):
             it = _item(carb, props[carb], lang)
-            if carb == "calcite":
+            if carb == "calcite" and carbonate_rock:  # crystals of the dolostone mosaic
+                out.append(
+                    f"{it}，呈亮晶斑块状分布。"
+                    if zh
+                    else f"{_cap(it)} occurs as sparry patches in the mosaic."
+                )
+            elif carb == "calcite":
                 out.append(f"{it}，呈连晶状胶结。" if zh else f"{_cap(it)} forms poikilotopic cement.")
             else:
                 out.append(
