@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -111,11 +112,16 @@ class ThinchatTrainer(Trainer):
         run_dir = Path(self._get_output_dir(trial=trial))
         step = self.state.global_step
         limit, self.args.save_total_limit = self.args.save_total_limit, None
+        from safetensors import SafetensorError
+
         try:
             super()._save_checkpoint(model, trial)
-        except OSError as exc:
+        except (OSError, RuntimeError, SafetensorError) as exc:
+            # torch.save reports a full disk as a RuntimeError from its zip writer, safetensors as its own error.
             last = checkpoints.newest_complete(run_dir)
-            what = "the disk is full" if exc.errno == errno.ENOSPC else str(exc)
+            full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc)
+            full = full or shutil.disk_usage(run_dir).free < 64 * 2**20
+            what = "the disk is full" if full else str(exc)
             raise ThinchatError(
                 f"saving checkpoint-{step} in {run_dir} failed: {what}. The last complete checkpoint is "
                 f"{last or 'none'}; free some space and run again with --resume"
