@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -137,7 +138,15 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
         ]
         stage_config = load_train_config(yaml_path, overrides)
         fingerprint = _fingerprint(asdict(stage_config))
-        steps.run(name, fingerprint, done, lambda: train(stage_config))
+
+        def fresh_run() -> None:
+            # The settings changed (or the run never finished): this folder is the quickstart's own, so
+            # start over rather than resume a run made with other settings.
+            if out.exists():
+                shutil.rmtree(out)
+            train(stage_config)
+
+        steps.run(name, fingerprint, done, fresh_run)
 
     projector = root / "projector"
     stage("stage 1 (projector)", config.projector_config, base, projector, projector / "config.json")
