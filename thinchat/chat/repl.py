@@ -147,6 +147,7 @@ def _readline_lines(stderr: TextIO):
         print(f"note: could not read the input history {history}: {exc}", file=stderr)
     readline.set_history_length(1000)
     readline.set_completer(lambda text, i: ([c for c in COMMANDS if c.startswith(text)] + [None])[i])
+    readline.set_completer_delims(" \t\n")  # complete "/image" as one word
     readline.parse_and_bind("tab: complete")
     try:
         while True:
