@@ -9,6 +9,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from thinchat.commands.threads import passive_omp_threads
 from thinchat.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning(
             "serving on %s without --api-key: anyone who can reach this port can use the model", args.host
         )
+    passive_omp_threads()
     import torch
 
     # Flush denormal floats to zero: no effect on a trained model's answers, ~10x speed for random ones.

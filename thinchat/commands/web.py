@@ -10,6 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from thinchat.commands.threads import passive_omp_threads
 from thinchat.errors import ThinchatError
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint once and serve the demo until Ctrl-C."""
+    passive_omp_threads()
     import torch
 
     # Flush denormal floats to zero: no effect on a trained model's answers, ~10x speed for random ones.
