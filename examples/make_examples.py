@@ -23,7 +23,9 @@ SIZE = 224
 
 def _save_small(array, path: Path) -> None:
     """Save as a 128-colour palette PNG: thin-section fields compress ~3x better than as RGB."""
-    image = Image.fromarray(array).quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    image = Image.fromarray(array).quantize(
+        colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
+    )
     image.save(path, "PNG", optimize=True)
 
 
@@ -42,7 +44,9 @@ def main() -> None:
             "main_phases_percent": {name: round(float(v), 1) for name, v in top},
             "source": f"data_tools.synth.make_slide(seed={SEED}, index={slide}, size={SIZE})",
         }
-    (HERE / "examples.json").write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (HERE / "examples.json").write_text(
+        json.dumps(index, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
 
 
 if __name__ == "__main__":
