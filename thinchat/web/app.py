@@ -59,7 +59,8 @@ def build_demo(
     def header(s: dict[str, str]) -> str:
         return f"# {s['title']}\n{s['subtitle']}"
 
-    with gr.Blocks(title="thinchat") as demo:
+    # No analytics: a lab tool must not phone home (and the test machines have no internet).
+    with gr.Blocks(title="thinchat", analytics_enabled=False) as demo:
         state = gr.State(None)
         title = gr.Markdown(header(s), elem_id="thinchat-title")
         with gr.Row(equal_height=False):
