@@ -195,3 +195,37 @@ def test_bad_input_is_refused_with_a_message(engine):
     with pytest.raises(ConfigError, match="no room"):
         session.ask(QUESTION, max_new_tokens=600)
     assert session.turns == []
+
+
+def test_follow_ups_reuse_the_kv_prefix_with_identical_answers(engine):
+    plain = ChatEngine(engine.model, engine.processor, reuse_prefix=False)
+    reusing, fresh = engine.new_session(), plain.new_session()
+    steps = [
+        (QUESTION, [tiny_image(80), tiny_image(81)]),
+        ("What accessory minerals are present?", None),
+        ("And this slide?", [tiny_image(82)]),
+        ("Is the calcite ferroan?", None),
+    ]
+    reused = []
+    for question, images in steps:
+        assert reusing.ask(question, images=images, max_new_tokens=10) == fresh.ask(
+            question, images=images, max_new_tokens=10
+        )
+        reused.append(engine.last_reused_tokens)
+    assert (
+        reused[1] > 2 * engine.image_seq_length
+    )  # the first exchange (with both images) came from the cache
+    assert reused[3] > reused[2] > reused[1]
+    assert plain.last_reused_tokens == 0
+
+
+def test_the_same_words_about_another_image_never_reuse_its_tokens(engine):
+    plain = ChatEngine(engine.model, engine.processor, reuse_prefix=False)
+    engine.describe([tiny_image(90)], QUESTION, max_new_tokens=10)
+    answer = engine.describe([tiny_image(91)], QUESTION, max_new_tokens=10)
+    assert answer == plain.describe([tiny_image(91)], QUESTION, max_new_tokens=10)
+    ids = engine._tokenize(engine.render([{"role": "user", "content": [{"type": "image"}]}], 1))["input_ids"][
+        0
+    ]
+    first_image = int((ids == engine.image_token_id).nonzero()[0])
+    assert engine.last_reused_tokens <= first_image

@@ -96,6 +96,7 @@ def test_gemma_template_stops_at_end_of_turn(tiny_gemma_dir):
     session = engine.new_session(system="Answer in the language of the question.")
     session.ask(QUESTION, images=[tiny_image(5)], max_new_tokens=6)
     session.ask("见到哪些副矿物？", max_new_tokens=6)
+    assert engine.last_reused_tokens == 0  # sliding-window caches are not cut back: full prefill
     prompt = engine.render(session.history, 1)
     assert prompt.startswith("<bos><start_of_turn>user\nAnswer in the language of the question.\n\n<image>")
     assert prompt.count("<end_of_turn>") == 4

@@ -12,6 +12,9 @@ Here every front end calls :class:`ChatEngine`, which
   ``generate`` as ``mm_encoder_outputs`` (transformers' own hook for pre-computed encoder outputs), so a
   follow-up question, or an OpenAI client re-sending the same image with every request, does not run
   the vision tower again, and the token ids are exactly those of the plain processor path;
+* keeps the KV cache of the last exchange and, when the next prompt starts with the same tokens (a
+  follow-up question, or an OpenAI client re-sending the conversation), only prefills the new tokens,
+  so time to first token does not grow with the history;
 * serialises generation with a lock (the server shares one engine across requests).
 """
 
@@ -34,6 +37,8 @@ __all__ = ["ChatEngine", "ChatSession", "GenerationSettings", "image_key", "reso
 
 #: Context assumed for language models that do not declare a position limit.
 DEFAULT_CONTEXT = 4096
+#: Shortest shared prompt prefix worth reusing the previous KV cache for.
+MIN_PREFIX_REUSE = 16
 #: How many images' projected features the engine keeps (LRU); one slide pair costs ~100 KB-1 MB.
 FEATURE_CACHE_SIZE = 64
 
@@ -72,7 +77,13 @@ class ChatEngine:
     """A loaded Llava checkpoint plus everything needed to chat with it (see module docstring)."""
 
     def __init__(
-        self, model, processor, *, name: str = "thinchat", settings: GenerationSettings | None = None
+        self,
+        model,
+        processor,
+        *,
+        name: str = "thinchat",
+        settings: GenerationSettings | None = None,
+        reuse_prefix: bool = True,
     ):
         self.model = model
         self.processor = processor
@@ -88,6 +99,13 @@ class ChatEngine:
         self._special_tokens = [t for t in self.tokenizer.all_special_tokens if t]
         self._lock = threading.Lock()
         self._features: OrderedDict[str, Any] = OrderedDict()
+        #: Reuse the KV cache of the previous exchange for a shared prompt prefix (see module docstring).
+        self.reuse_prefix = reuse_prefix
+        # (token ids the cache covers, the cache, {image start position: pixel hash})
+        self._prefix: tuple[Any, Any, dict[int, str]] | None = None
+        self._placed: dict[int, str] = {}
+        #: Prompt tokens taken from the cache in the last generation (0 = full prefill), for tests/benches.
+        self.last_reused_tokens = 0
 
     @classmethod
     def from_pretrained(
@@ -133,7 +151,7 @@ class ChatEngine:
     def _stream(self, inputs: dict[str, Any], settings: GenerationSettings) -> Iterator[str]:
         with self._lock:
             yield from stream_in_thread(
-                self.model.generate, self._generate_kwargs(inputs, settings), self.tokenizer
+                self._run_generate, self._generate_kwargs(inputs, settings), self.tokenizer
             )
 
     def generate_text(self, messages: list[dict[str, Any]], images: list[Any], **overrides: Any) -> str:
@@ -141,8 +159,8 @@ class ChatEngine:
         settings = self.resolve(**overrides)
         inputs = self._inputs(messages, images, settings)
         with self._lock:
-            output = self.model.generate(**self._generate_kwargs(inputs, settings))
-        new_tokens = output[0, inputs["input_ids"].shape[1] :]
+            output = self._run_generate(**self._generate_kwargs(inputs, settings))
+        new_tokens = output.sequences[0, inputs["input_ids"].shape[1] :]
         return self.tokenizer.decode(new_tokens, skip_special_tokens=True)
 
     def resolve(self, **overrides: Any) -> GenerationSettings:
@@ -271,17 +289,69 @@ class ChatEngine:
         return inputs
 
     def _generate_kwargs(self, inputs: dict[str, Any], settings: GenerationSettings) -> dict[str, Any]:
-        """Called with the lock held: encodes (or fetches) image features and assembles generate() args."""
+        """Called with the lock held: reuses the cached prefix, encodes (or fetches) the image features
+        the uncached part needs, and assembles generate() args."""
         import torch
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         kwargs = {k: v for k, v in inputs.items() if k != "images"}
-        if inputs.get("images"):
-            features = self.image_features(inputs["images"])
+        images = inputs.get("images") or []
+        ids = inputs["input_ids"][0]
+        starts = (ids == self.image_token_id).nonzero().flatten()[:: self.image_seq_length].tolist()
+        placed = {start: image_key(image) for start, image in zip(starts, images, strict=True)}
+        reused, cache = self._take_prefix(ids, placed)
+        self._placed = placed
+        if cache is not None:
+            kwargs["past_key_values"] = cache
+        shown = [image for image, start in zip(images, starts, strict=True) if start >= reused]
+        if shown:
+            features = self.image_features(shown)
             kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
         kwargs.update(settings.generate_kwargs())
         kwargs["eos_token_id"] = self.stop_token_ids
         kwargs["pad_token_id"] = self.tokenizer.pad_token_id
+        kwargs["return_dict_in_generate"] = True
         return kwargs
+
+    def _take_prefix(self, ids, placed: dict[int, str]) -> tuple[int, Any]:
+        """Hand over the previous KV cache cropped to the prompt prefix it shares with ``ids``.
+
+        ``placed`` maps each image's first token position to the image's pixel hash: image placeholders
+        are the same token ids whatever the picture, so the shared prefix also ends at the first image
+        that differs from the cached one at that position. The cut never falls inside an image's tokens
+        (images before it are in the cache, images after it are passed as features) and at least one
+        prompt token is left to prefill. The cache is taken out of the engine either way, so a failed
+        generation cannot leave a half-written one behind.
+        """
+        import torch
+
+        previous, self._prefix = self._prefix, None
+        self.last_reused_tokens = 0
+        if not self.reuse_prefix or previous is None:
+            return 0, None
+        cached_ids, cache, cached_placed = previous
+        n = min(len(cached_ids), len(ids) - 1)
+        same = (cached_ids[:n] == ids[:n]).to(torch.int8)
+        shared = n if bool(same.all()) else int(same.argmin())
+        for start, key in sorted(placed.items()):
+            if start < shared and (cached_placed.get(start) != key or start + self.image_seq_length > shared):
+                shared = start
+                break
+        # Sliding-window layers (Gemma 3) drop old states and cannot be cut back: prefill those in full.
+        croppable = getattr(cache, "is_croppable", False) and not any(getattr(cache, "is_sliding", [True]))
+        if shared < MIN_PREFIX_REUSE or not croppable:
+            return 0, None
+        cache.crop(shared - cache.get_seq_length())
+        self.last_reused_tokens = shared
+        return shared, cache
+
+    def _run_generate(self, **kwargs: Any):
+        """``model.generate`` that keeps the resulting KV cache for the next prompt (lock held)."""
+        output = self.model.generate(**kwargs)
+        cache = getattr(output, "past_key_values", None)
+        if self.reuse_prefix and cache is not None:
+            length = cache.get_seq_length()
+            self._prefix = (output.sequences[0, :length].clone(), cache, self._placed)
+        return output
