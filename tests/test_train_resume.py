@@ -127,7 +127,7 @@ def test_a_full_disk_keeps_the_last_good_checkpoint_and_resume_skips_the_torn_on
     good, torn = out / "checkpoint-2", out / "checkpoint-4"
     assert checkpoints.is_complete(good) and torn.is_dir() and not checkpoints.is_complete(torn)
     assert checkpoints.newest_complete(out) == good
-    train(load_train_config(None, run_config(root, data, base, out, max_steps=6)), resume=True)
+    train(load_train_config(None, run_config(root, data, base, out, max_steps=6)), resume="auto")
     assert (out / "incomplete-checkpoint-4").is_dir()  # set aside, not deleted
     assert checkpoints.newest_complete(out).name == "checkpoint-6"
     assert checkpoints.is_complete(out / "checkpoint-4")  # rewritten by the resumed run

@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         const=True,
         default=None,
         metavar="DIR",
-        help="continue from the newest complete checkpoint of output_dir (or of DIR)",
+        help="continue from the newest complete checkpoint of output_dir (or of DIR); "
+        "'--resume auto' resumes when a checkpoint exists and starts fresh otherwise",
     )
     parser.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
     # Launchers (deepspeed, torch.distributed) pass --local_rank / --local-rank to each process.

@@ -127,12 +127,19 @@ def save_final(trainer, model, processor, config: TrainConfig, output_dir: Path)
 
 
 def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequence[Any] = ()) -> Path:
-    """Run one stage; returns the output directory (the final model is written there)."""
+    """Run one stage; returns the output directory (the final model is written there).
+
+    ``resume``: None (fresh run; refused if ``output_dir`` already holds checkpoints), True (newest complete
+    checkpoint of ``output_dir``), a run or checkpoint directory, or ``"auto"`` (resume when a complete
+    checkpoint exists, else start fresh: for pipelines such as the quickstart that may have been interrupted).
+    """
     if isinstance(config, QLoraConfig):
         from thinchat.train.model_setup import check_qlora_possible
 
         check_qlora_possible()
     output_dir = Path(config.output_dir)
+    if resume == "auto":
+        resume = True if checkpoints.newest_complete(output_dir) is not None else None
     if isinstance(resume, str) and resume:
         resumed = Path(resume)
         output_dir = resumed.parent if resumed.name.startswith("checkpoint-") else resumed
