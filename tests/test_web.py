@@ -9,6 +9,7 @@ import itertools
 import gradio as gr
 import pytest
 
+from thinchat.generation import GenerationSettings
 from thinchat.testing import tiny_image
 from thinchat.web.app import EXAMPLES_DIR, build_demo, example_rows
 from thinchat.web.chat import WebChat
@@ -21,7 +22,9 @@ SAMPLING = {"temperature": 1.0, "top_p": 1.0, "max_tokens": 16}
 def engine(tiny_llava_dir):
     from thinchat.engine import ChatEngine
 
-    return ChatEngine.from_pretrained(tiny_llava_dir)
+    # Seeded sampling: the random tiny model's greedy answer is one repeated token, and an unseeded
+    # sample can arrive in as few as two pieces; seed 1 gives a fixed answer streamed in several pieces.
+    return ChatEngine.from_pretrained(tiny_llava_dir, settings=GenerationSettings(seed=1))
 
 
 @pytest.fixture

@@ -45,10 +45,11 @@ OBSERVE = """() => {
 def demo_url(tiny_llava_dir):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from thinchat.engine import ChatEngine
+    from thinchat.generation import GenerationSettings
     from thinchat.server import free_port
     from thinchat.web.app import build_demo, launch
 
-    engine = ChatEngine.from_pretrained(tiny_llava_dir)
+    engine = ChatEngine.from_pretrained(tiny_llava_dir, settings=GenerationSettings(seed=1))  # reproducible
     demo = build_demo(engine, lang="en")
     port = free_port()
     launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True)
@@ -98,6 +99,9 @@ def test_upload_ask_and_see_streamed_answer(page):
 
 def test_regenerate_and_language_switch(page):
     before = page.inner_text('#chatbot [data-testid="bot"]')
+    # Generation is seeded: a different temperature gives a different answer.
+    page.fill("#temperature input[type=number]", "1.3")
+    page.press("#temperature input[type=number]", "Enter")
     page.click("#regenerate")
     page.wait_for_function(
         """(before) => { const b = document.querySelector('#chatbot [data-testid="bot"]');
