@@ -8,7 +8,8 @@ KV cache at the average decode length) and reports achieved / ceiling for each d
 It runs the engine's real path (chat template, image-feature cache, ``generate`` with the engine's
 stop tokens and repetition penalty); only ``min_new_tokens`` is added so every run decodes exactly
 ``--new-tokens`` tokens. The first question of a conversation encodes the slide (cold TTFT); a
-follow-up about the same slide reuses the cached features (warm TTFT).
+follow-up about the same slide reuses the cached image features and the KV cache of the first exchange,
+so only the new question is prefilled (warm TTFT).
 
     python bench/bench_chat.py [--from_pretrained DIR] [--new-tokens 128] [--dtypes float32,bfloat16] [--out FILE]
 
@@ -116,7 +117,7 @@ def timed_turn(engine, session_turns, question, image, new_tokens: int, bandwidt
     clock = TokenClock()
     with engine._lock:
         kwargs = engine._generate_kwargs(inputs, settings)  # encodes the image unless cached
-        output = engine.model.generate(**kwargs, min_new_tokens=new_tokens, streamer=clock)
+        output = engine._run_generate(**kwargs, min_new_tokens=new_tokens, streamer=clock).sequences
     prompt_len = int(inputs["input_ids"].shape[1])
     generated = int(output.shape[1]) - prompt_len
     after = bandwidth.measure()
@@ -125,6 +126,7 @@ def timed_turn(engine, session_turns, question, image, new_tokens: int, bandwidt
     session_turns.append(turn)
     return {
         "prompt_tokens": prompt_len,
+        "prompt_tokens_from_cache": engine.last_reused_tokens,
         "new_tokens": generated,
         "ttft_s": round(tokens[0] - start, 4),
         "decode_tokens_per_s": round((len(tokens) - 1) / (tokens[-1] - tokens[0]), 2),
@@ -183,14 +185,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per turn (greedy)")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated weight dtypes")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared machine more threads spin-wait and decode up to 8x slower; "
+        "0 = torch's choice)",
+    )
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
 
     import torch
 
     torch.set_flush_denormal(True)
-    if args.threads:
+    if args.threads > 0:
         torch.set_num_threads(args.threads)
     path = Path(args.from_pretrained) if args.from_pretrained else DEFAULT_BASE
     if not args.from_pretrained and not (path / "config.json").is_file():
