@@ -155,3 +155,29 @@ def test_bad_checkpoint_and_bad_start_image_exit_2(tmp_path, lively_dir):
     assert "checkpoint directory not found" in proc.stderr and "Traceback" not in proc.stderr
     with pytest.raises(Exception, match="file not found"):
         chat(lively_dir, ["hi"], "--image", str(tmp_path / "none.png"))
+
+
+def test_thinchat_chat_subcommand_takes_the_same_options(lively_dir, monkeypatch, capsys):
+    from thinchat.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("Describe this thin section.\n/reset\nHello.\n"))
+    code = main(
+        [
+            "chat",
+            "--from_pretrained",
+            str(lively_dir),
+            "--image",
+            str(lively_dir / "slide1.png"),
+            "--max-new-tokens",
+            "6",
+            "--temperature",
+            "0",
+            "--threads",
+            "1",
+            "--jsonl",
+        ]
+    )
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.split("\n")[:-1]]
+    assert code == 0 and [r["question"] for r in rows] == ["Describe this thin section.", "Hello."]
+    assert all(isinstance(r["answer"], str) for r in rows) and "conversation cleared" in err
