@@ -172,8 +172,6 @@ def test_thinchat_chat_subcommand_takes_the_same_options(lively_dir, monkeypatch
             "6",
             "--temperature",
             "0",
-            "--threads",
-            "1",
             "--jsonl",
         ]
     )
