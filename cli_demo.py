@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from thinchat.chat.repl import add_arguments, run
+from thinchat.commands.threads import passive_omp_threads
 from thinchat.errors import ThinchatError
 
 
@@ -19,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cli_demo.py", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
+    passive_omp_threads()  # before torch loads: generation runs on a worker thread
     try:
         return run(args)
     except ThinchatError as exc:

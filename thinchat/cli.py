@@ -42,9 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands that generate on worker threads: idle OpenMP teams must sleep, not spin (see commands/threads.py).
+GENERATING_COMMANDS = frozenset({"chat", "serve", "web", "eval", "caption"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in GENERATING_COMMANDS:
+        from thinchat.commands.threads import passive_omp_threads
+
+        passive_omp_threads()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
