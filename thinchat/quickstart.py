@@ -73,11 +73,16 @@ class _Steps:
         self.invalidated = True  # every later step depends on this one
         start = time.perf_counter()
         log.info("quickstart: %s ...", name)
-        action()
-        self.state[name] = fingerprint
+        interrupted = self.state.get(f"{name} (started)") == fingerprint
+        self._save(**{f"{name} (started)": fingerprint})
+        action(interrupted)
+        self._save(**{name: fingerprint})
+        log.info("quickstart: %s done in %.0f s", name, time.perf_counter() - start)
+
+    def _save(self, **entries: str) -> None:
+        self.state.update(entries)
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         self.state_file.write_text(json.dumps(self.state, indent=1))
-        log.info("quickstart: %s done in %.0f s", name, time.perf_counter() - start)
 
 
 def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
@@ -100,7 +105,7 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
         "synth",
         _fingerprint(config.n_slides, config.seed, config.synth_size),
         synth_dir / "labels.json",
-        lambda: generate(synth_dir, config.n_slides, seed=config.seed, lang="both", size=config.synth_size),
+        lambda _: generate(synth_dir, config.n_slides, seed=config.seed, lang="both", size=config.synth_size),
     )
     conv = data_dir / f"conversations_{config.lang}.json"
     splits = {s: data_dir / f"conversations_{config.lang}_{s}.json" for s in ("train", "val", "test")}
@@ -108,7 +113,7 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
         "convert",
         _fingerprint(config.lang, config.seed),
         splits["test"],
-        lambda: convert(
+        lambda _: convert(
             synth_dir / f"captions_{config.lang}.tsv",
             synth_dir / "images",
             conv,
@@ -124,7 +129,7 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
         "build",
         _fingerprint(config.vision, llm, config.image_size),
         base / "config.json",
-        lambda: build(config.vision, llm, base, image_size=config.image_size),
+        lambda _: build(config.vision, llm, base, image_size=config.image_size),
     )
 
     def stage(name: str, yaml_path: str, model: Path, out: Path, done: Path) -> None:
@@ -139,14 +144,17 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
         stage_config = load_train_config(yaml_path, overrides)
         fingerprint = _fingerprint(asdict(stage_config))
 
-        def fresh_run() -> None:
-            # The settings changed (or the run never finished): this folder is the quickstart's own, so
-            # start over rather than resume a run made with other settings.
+        def run_stage(interrupted: bool) -> None:
+            if interrupted:  # same settings, killed before the end: continue from its last checkpoint
+                train(stage_config, resume="auto")
+                return
+            # New settings: this folder is the quickstart's own, so start over rather than resume a run
+            # made with other settings.
             if out.exists():
                 shutil.rmtree(out)
             train(stage_config)
 
-        steps.run(name, fingerprint, done, fresh_run)
+        steps.run(name, fingerprint, done, run_stage)
 
     projector = root / "projector"
     stage("stage 1 (projector)", config.projector_config, base, projector, projector / "config.json")
@@ -158,7 +166,7 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
         "evaluate",
         _fingerprint(config.eval_limit, config.max_new_tokens),
         report_dir / "report.json",
-        lambda: evaluate(
+        lambda _: evaluate(
             {"base": str(base), "finetuned": str(lora)},
             splits["test"],
             report_dir,
