@@ -1,31 +1,7 @@
 #!/usr/bin/env bash
-# Stage 1: align the projector on captions (tower and LM frozen).
+# Stage 1: projector alignment on captions (tower and LM frozen).
 # Usage: scripts/pretrain_projector.sh [CONFIG] [key=value ...]     (default CONFIG: configs/pretrain_projector.yaml)
-# Every training setting lives in the YAML config; this script only picks the launcher:
-#   LAUNCHER=deepspeed (default when installed) | torchrun | accelerate | python
-#   NUM_GPUS (default: GPUs found by nvidia-smi, else 1), HOSTFILE (multi-node: DeepSpeed hostfile),
-#   MASTER_PORT (default 29500). Multi-GPU / multi-node go through DeepSpeed's own launcher.
+# Launcher choice (LAUNCHER, NUM_GPUS, HOSTFILE, MASTER_PORT): see scripts/launch.sh.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-CONFIG="$ROOT/configs/pretrain_projector.yaml"
-if [[ $# -gt 0 && "$1" != *=* ]]; then CONFIG="$1"; shift; fi
-if [[ -z "${NUM_GPUS:-}" ]]; then
-  NUM_GPUS=$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)
-  [[ "$NUM_GPUS" -gt 0 ]] || NUM_GPUS=1
-fi
-LAUNCHER="${LAUNCHER:-$(command -v deepspeed >/dev/null 2>&1 && echo deepspeed || echo python)}"
-PORT="${MASTER_PORT:-29500}"
-case "$LAUNCHER" in
-  deepspeed)
-    HOSTS=()
-    [[ -n "${HOSTFILE:-}" ]] && HOSTS=(--hostfile "$HOSTFILE")
-    exec deepspeed "${HOSTS[@]}" --num_gpus "$NUM_GPUS" --master_port "$PORT" --module thinchat.train --config "$CONFIG" "$@" ;;
-  torchrun)
-    exec torchrun --nproc_per_node "$NUM_GPUS" --master_port "$PORT" -m thinchat.train --config "$CONFIG" "$@" ;;
-  accelerate)
-    exec accelerate launch --num_processes "$NUM_GPUS" --main_process_port "$PORT" -m thinchat.train --config "$CONFIG" "$@" ;;
-  python)
-    exec python -m thinchat.train --config "$CONFIG" "$@" ;;
-  *)
-    echo "LAUNCHER must be deepspeed, torchrun, accelerate or python (got '$LAUNCHER')" >&2; exit 2 ;;
-esac
+exec bash "$ROOT/scripts/launch.sh" "$ROOT/configs/pretrain_projector.yaml" "$@"

@@ -135,13 +135,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
-    """Load ``cls`` from a YAML file (or defaults when ``path`` is None) plus CLI overrides."""
+def read_yaml(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The mapping in a YAML config file (empty when ``path`` is None) with ``key=value`` overrides applied."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+            raise ConfigError(f"config file not found: {path} (see configs/ for examples)")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -149,8 +149,12 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
         data = loaded or {}
-    data = apply_overrides(data, overrides or [])
-    return from_dict(cls, data)
+    return apply_overrides(data, overrides or [])
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
+    """Load ``cls`` from a YAML file (or defaults when ``path`` is None) plus CLI overrides."""
+    return from_dict(cls, read_yaml(path, overrides))
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from thinchat.config import apply_overrides, field, from_dict
+from thinchat.config import field, from_dict, read_yaml
 from thinchat.errors import ConfigError
 
 Stage = Literal["projector", "lora", "qlora", "full"]
@@ -181,19 +179,7 @@ STAGE_CLASSES: dict[str, type[TrainConfig]] = {
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read the YAML, pick the stage's class from its ``stage`` key (or an override), and build it."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path} (see configs/ for examples)")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-        data = loaded or {}
-    data = apply_overrides(data, overrides or [])
+    data = read_yaml(path, overrides)
     stage = data.get("stage", "lora")
     if stage not in STAGE_CLASSES:
         raise ConfigError(f"{path or 'config'}: stage {stage!r} is not one of {list(STAGE_CLASSES)}")
