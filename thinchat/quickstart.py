@@ -189,8 +189,11 @@ def _cider(report: dict[str, Any], model: str, lang: str) -> float:
 
 
 def _term_f1(report: dict[str, Any], model: str) -> float:
-    """Micro-averaged F1 of the mineral / alteration / cement / matrix terms named (lexicon ids)."""
-    return float(report["domain"][model]["micro"]["f1"])
+    """Micro-averaged F1 (0-1) of the mineral / alteration / cement / matrix terms named (lexicon ids).
+
+    The report states scores on a 0-100 scale, like the caption metrics.
+    """
+    return float(report["domain"][model]["micro"]["f1"]) / 100.0
 
 
 def check_thresholds(report: dict[str, Any], config: QuickstartConfig) -> dict[str, Any]:
