@@ -24,11 +24,14 @@ SourceKind = Literal["preset", "dir", "gguf", "hub"]
 
 #: Per tower family: which hidden layer feeds the projector and whether the CLS token is dropped.
 #: CLIP and DINOv2 prepend a CLS token ("default" drops it); SigLIP has none ("full" keeps all).
+#: The penultimate layer for all three, as LLaVA does for CLIP. For DINOv2 it matters more: in the last
+#: block of ViT-S/14 two channels carry most of the norm (mean |x| ~20 vs < 6; token norm ~51 vs ~10 one
+#: layer earlier, measured on thin-section images), so a linear projector on layer -1 sees little else.
 TOWER_FEATURES: dict[str, tuple[int, str, int]] = {
     # model_type: (vision_feature_layer, vision_feature_select_strategy, num_additional_image_tokens)
     "clip_vision_model": (-2, "default", 1),
     "siglip_vision_model": (-2, "full", 0),
-    "dinov2": (-1, "default", 1),
+    "dinov2": (-2, "default", 1),
 }
 
 
