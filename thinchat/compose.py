@@ -144,15 +144,27 @@ def compose_llava(vision_model, image_processor, lm, tokenizer, template: str | 
 
 
 def build(
-    vision: str, llm: str, out: str | Path, image_size: int | None = None, template: str | None = None
+    vision: str,
+    llm: str,
+    out: str | Path,
+    image_size: int | None = None,
+    template: str | None = None,
+    seed: int = 0,
 ) -> BuildInfo:
-    """Resolve both specs, compose, and save a standard Llava checkpoint to ``out``."""
+    """Resolve both specs, compose, and save a standard Llava checkpoint to ``out``.
+
+    ``seed`` fixes the random parts (projector initialisation, the ``<image>`` embedding row), so the same
+    specs always give the same checkpoint and downstream runs are reproducible.
+    """
+    import torch
+
     from thinchat.resolve import classify, load_language_model, load_vision_tower
 
     classify(vision, "vision")  # fail on a bad spec before loading anything
     classify(llm, "lm")
     vision_model, image_processor = load_vision_tower(vision, image_size=image_size)
     lm, tokenizer = load_language_model(llm)
+    torch.manual_seed(seed)
     model, processor, info = compose_llava(vision_model, image_processor, lm, tokenizer, template)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -127,9 +127,9 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
     base = root / "base"
     steps.run(
         "build",
-        _fingerprint(config.vision, llm, config.image_size),
+        _fingerprint(config.vision, llm, config.image_size, config.seed),
         base / "config.json",
-        lambda _: build(config.vision, llm, base, image_size=config.image_size),
+        lambda _: build(config.vision, llm, base, image_size=config.image_size, seed=config.seed),
     )
 
     def stage(name: str, yaml_path: str, model: Path, out: Path, done: Path) -> None:

@@ -26,13 +26,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="turn format (default: chosen from the LM's special tokens)",
     )
+    parser.add_argument("--seed", type=int, default=0, help="seed for the projector init and new token rows")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from thinchat.compose import build
 
-    info = build(args.vision, args.llm, args.out, image_size=args.image_size, template=args.chat_template)
+    info = build(
+        args.vision,
+        args.llm,
+        args.out,
+        image_size=args.image_size,
+        template=args.chat_template,
+        seed=args.seed,
+    )
     print(
         f"wrote {args.out}: {info.vision_model_type} + {info.lm_model_type}, "
         f"{info.image_seq_length} image tokens per image, chat template '{info.chat_template}'"
