@@ -28,6 +28,7 @@ def _run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         limit=args.limit,
+        reliance_samples=args.reliance_samples,
         meteor=args.meteor,
         device=args.device,
     )
@@ -58,6 +59,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="generation batch size (default 8)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="answer length cap (default 256)")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N samples")
+    parser.add_argument(
+        "--reliance-samples",
+        dest="reliance_samples",
+        type=int,
+        default=16,
+        help="samples for the image-reliance check (answer loss with own vs another slide's images; 0: off)",
+    )
     parser.add_argument(
         "--meteor",
         choices=("auto", "java", "nltk"),

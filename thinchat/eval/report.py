@@ -136,6 +136,7 @@ def render_markdown(report: dict) -> str:
             f"samples whose references name a term ({first['n_no_reference_terms']} without). Proportion MAE "
             f"over {first['proportions']['n_samples']} samples whose references state percentages.",
         ]
+    lines += _reliance_lines(report.get("image_reliance"), names, head)
     lines += ["", "## How these numbers were computed", "", f"- Tokenization: {report['tokenization']}"]
     lines.append(f"- METEOR: {report['meteor_variant']}")
     for lang, sigs in report["signatures"].items():
@@ -145,6 +146,29 @@ def render_markdown(report: dict) -> str:
     lines += ["", f"## Skipped samples ({counts['skipped']})", ""]
     lines += [f"- `{s['id']}`: {s['reason']}" for s in report["skipped"]] or ["None."]
     return "\n".join(lines) + "\n"
+
+
+def _reliance_lines(reliance: dict | None, names: list[str], head: str) -> list[str]:
+    """The image-reliance table: answer loss with the right images vs another slide's (nats/token)."""
+    if not reliance:
+        return []
+    rows = [
+        ("answer loss, own images", "loss_own_images"),
+        ("answer loss, another slide's images", "loss_other_images"),
+        ("image reliance (difference)", "gap"),
+    ]
+    lines = ["", "## Image reliance (does the model look at the slide?)", "", head]
+    for label, key in rows:
+        cells = [_fmt((reliance.get(n) or {}).get(key), 3) for n in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    counted = next((r for r in reliance.values() if r), {})
+    lines += [
+        "",
+        f"Mean loss of the reference answers in nats per token over {counted.get('n_samples', 0)} samples, "
+        "scored with each sample's own images and with the images rotated by one sample. A difference "
+        "near 0 means the answers do not depend on the images: the model writes the typical report.",
+    ]
+    return lines
 
 
 def safe_name(name: str) -> str:

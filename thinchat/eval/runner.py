@@ -14,6 +14,8 @@ from typing import Any
 
 from thinchat.errors import DataFormatError, ModelSpecError
 from thinchat.eval.data import EvalSample, load_eval_set
+from thinchat.eval.image_reliance import DEFAULT_SAMPLES as DEFAULT_RELIANCE_SAMPLES
+from thinchat.eval.image_reliance import image_reliance
 from thinchat.eval.meteor import MeteorScorer
 from thinchat.eval.report import build_report, write_report
 
@@ -70,10 +72,13 @@ def evaluate(
     meteor: str = "auto",
     device: str | None = None,
     lexicon: Any = None,
+    reliance_samples: int = DEFAULT_RELIANCE_SAMPLES,
 ) -> dict:
     """Evaluate ``{name: checkpoint_dir}`` on the LLaVA-format ``data_path``; write the report to ``out_dir``.
 
-    Returns the report data (what ``report.json`` holds). Raises ``ThinchatError`` subclasses for a bad
+    ``reliance_samples`` > 0 adds each model's image reliance (``thinchat.eval.image_reliance``) on that
+    many samples: answer loss with the right images vs another slide's. Returns the report data (what
+    ``report.json`` holds). Raises ``ThinchatError`` subclasses for a bad
     test set (empty, malformed, nothing left after skipping) or a checkpoint that fails to load.
     """
     from thinchat.loading import load_pretrained
@@ -92,11 +97,14 @@ def evaluate(
         log.warning("skipped sample %s: %s", s.id, s.reason)
 
     generations: dict[str, dict[str, str]] = {}
+    reliance: dict[str, dict[str, Any] | None] = {}
     for name, path in checkpoints.items():
         model, processor = load_pretrained(path, device=device)
         generations[name] = generate_for_samples(
             model, processor, samples, batch_size, max_new_tokens, desc=f"eval {name}"
         )
+        if reliance_samples > 0:
+            reliance[name] = image_reliance(model, processor, samples, limit=reliance_samples)
         del model, processor
     scorer = MeteorScorer(meteor)
     try:
@@ -111,6 +119,8 @@ def evaluate(
         )
     finally:
         scorer.close()
+    if any(r is not None for r in reliance.values()):
+        report["image_reliance"] = reliance
     paths = write_report(report, records, out_dir)
     log.info("wrote %s and %s", paths["md"], paths["json"])
     return report
