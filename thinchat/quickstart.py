@@ -40,6 +40,9 @@ class QuickstartConfig:
     eval_limit: int = field(40, help="held-out slides scored in the report")
     eval_batch_size: int = field(8, help="generation batch size for the report")
     max_new_tokens: int = field(160, help="answer length limit in the report")
+    reliance_samples: int = field(
+        8, help="held-out slides for the image-reliance check (own vs another slide's images; 0: off)"
+    )
     min_mineral_f1: float = field(0.7, help="threshold: finetuned mineral-term F1")
     min_cider_ratio: float = field(2.0, help="threshold: finetuned CIDEr-D / base CIDEr-D")
 
@@ -164,7 +167,7 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
     report_dir = root / "report"
     steps.run(
         "evaluate",
-        _fingerprint(config.eval_limit, config.max_new_tokens),
+        _fingerprint(config.eval_limit, config.max_new_tokens, config.reliance_samples),
         report_dir / "report.json",
         lambda _: evaluate(
             {"base": str(base), "finetuned": str(lora)},
@@ -173,10 +176,15 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
             batch_size=config.eval_batch_size,
             max_new_tokens=config.max_new_tokens,
             limit=config.eval_limit,
+            reliance_samples=config.reliance_samples,
         ),
     )
     report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
     summary = check_thresholds(report, config)
+    if report.get("image_reliance"):
+        summary["image_reliance_gap"] = {
+            name: r["gap"] for name, r in report["image_reliance"].items() if r is not None
+        }
     summary["seconds"] = round(time.perf_counter() - started, 1)
     summary["report"] = str(report_dir / "report.md")
     summary["finetuned"] = str(lora)

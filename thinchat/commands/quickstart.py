@@ -40,6 +40,12 @@ def run(args: argparse.Namespace) -> int:
         f"CIDEr-D finetuned / base: {cider['finetuned']:.3f} / {cider['base']:.3f} = {cider['ratio']:.1f}x, "
         f"needs >= {cider['threshold_ratio']}x: {'OK' if cider['ok'] else 'NOT MET'}"
     )
+    gaps = summary.get("image_reliance_gap")
+    if gaps:
+        print(
+            "image reliance (answer loss with another slide's images minus own, nats/token; ~0 = the "
+            "model ignores the slide): " + ", ".join(f"{name} {gap:+.3f}" for name, gap in gaps.items())
+        )
     print(f"whole run: {summary['seconds']:.0f} s")
     print("Chat with the result:")
     print(f"  python cli_demo.py --from_pretrained {summary['finetuned']}")
