@@ -101,14 +101,19 @@ class TrainConfig:
             _check_range("max_turns", self.max_turns, 1, 1000)
         if self.text_only_ratio is not None:
             _check_range("text_only_ratio", self.text_only_ratio, 0.0, 0.95)
-        if self.max_steps == 0 or self.max_steps < -1:
+        if (self.max_steps == 0 and not self.closed_form_only()) or self.max_steps < -1:
             raise ConfigError(
-                f"max_steps={self.max_steps}: use a positive number, or -1 to train num_train_epochs"
+                f"max_steps={self.max_steps}: use a positive number, or -1 to train num_train_epochs "
+                "(0 only for a projector stage with init: ridge, fitted without gradient steps)"
             )
         if self.max_steps == -1 and self.num_train_epochs <= 0:
             raise ConfigError(f"num_train_epochs={self.num_train_epochs} must be > 0")
         if self.bf16 and self.fp16:
             raise ConfigError("bf16 and fp16 are both true: pick one")
+
+    def closed_form_only(self) -> bool:
+        """True for a projector stage that is fitted in closed form and not trained afterwards."""
+        return False
 
 
 @dataclass
@@ -118,6 +123,21 @@ class ProjectorConfig(TrainConfig):
     stage: Stage = field("projector", help="projector (stage 1)")
     learning_rate: float = field(1e-3, help="projector learning rate (LLaVA-1.5: 1e-3)")
     feature_cache: bool = field(True, help="the tower is frozen, so its features can be cached")
+    init: Literal["random", "ridge"] = field(
+        "random",
+        help="projector start: the build's random init, or a ridge fit of mean tower features onto "
+        "caption embeddings (thinchat.train.projector_init; needs the feature cache)",
+    )
+    ridge_alpha: float = field(1.0, help="ridge penalty, relative to the mean eigenvalue of the feature Gram")
+
+    def closed_form_only(self) -> bool:
+        return self.init == "ridge" and self.max_steps == 0
+
+    def validate(self) -> None:
+        super().validate()
+        _check_range("ridge_alpha", self.ridge_alpha, 1e-6, 1e6)
+        if self.init == "ridge" and not self.feature_cache:
+            raise ConfigError("init: ridge fits on cached tower features; set feature_cache: true")
 
 
 @dataclass

@@ -49,7 +49,7 @@ def unwrap_llava(model: Any) -> Any:
     )
 
 
-def _llava_parts(model: Any):
+def llava_parts(model: Any):
     """``(llava_for_conditional_generation, llava_model)`` for any wrapped Llava."""
     llava = unwrap_llava(model)
     inner = (
@@ -69,7 +69,7 @@ def tower_settings(model: Any) -> tuple[int | list[int], str]:
 
 def vision_tower(model: Any):
     """The vision tower module of a (possibly wrapped) Llava model."""
-    return _llava_parts(model)[1].vision_tower
+    return llava_parts(model)[1].vision_tower
 
 
 def tower_features(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -95,7 +95,7 @@ def tower_features(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
 
 def project_features(model: Any, image_features: torch.Tensor) -> torch.Tensor:
     """Apply the model's own ``multi_modal_projector`` (trainable, possibly a peft ``modules_to_save`` copy)."""
-    _, inner = _llava_parts(model)
+    _, inner = llava_parts(model)
     projector = inner.multi_modal_projector
     weight = next(projector.parameters())
     return projector(image_features.to(device=weight.device, dtype=weight.dtype))

@@ -107,6 +107,34 @@ def attach_feature_cache(config: TrainConfig, model, processor, datasets: list[A
     return cache
 
 
+def fit_projector(config, model, processor, train_set, cache) -> None:
+    """Stage 1 in closed form (``init: ridge``): see ``thinchat.train.projector_init``."""
+    from thinchat.train.projector_init import init_projector_ridge
+
+    items = [item for item in train_set.items if item.sample.images]
+    answers = [_first_answer(item.sample.messages) for item in items]
+    features = [cache.features_for(item.sample.images) for item in items]
+    keep = [i for i, answer in enumerate(answers) if answer.strip()]
+    stats = init_projector_ridge(
+        model,
+        processor.tokenizer,
+        [answers[i] for i in keep],
+        [features[i] for i in keep],
+        alpha=config.ridge_alpha,
+    )
+    log.info("projector fitted in closed form: %s", stats)
+
+
+def _first_answer(messages: list[dict[str, Any]]) -> str:
+    for message in messages:
+        if message["role"] == "assistant":
+            content = message["content"]
+            if isinstance(content, str):
+                return content
+            return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+    return ""
+
+
 def save_final(trainer, model, processor, config: TrainConfig, output_dir: Path) -> None:
     """Write the final model into ``output_dir`` (adapter + meta for LoRA, a Llava directory otherwise)."""
     if not trainer.args.should_save:
@@ -195,6 +223,15 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
         checkpoints.write_json_atomic(
             output_dir / checkpoints.RUN_META, {**current, "config": config_dict(config)}
         )
+    feature_cache = attach_feature_cache(config, model, processor, [train_set, val_set])
+    if getattr(config, "init", "random") == "ridge" and resume_from is None:
+        fit_projector(config, model, processor, train_set, feature_cache)
+    if config.closed_form_only():
+        if checkpoints.is_main_process():
+            model.save_pretrained(str(output_dir))
+            processor.save_pretrained(str(output_dir))
+            log.info("wrote %s (closed-form projector, no gradient steps)", output_dir)
+        return output_dir
     args = training_arguments(config, output_dir, val_set is not None)
     trainer = ThinchatTrainer(
         model=model,
@@ -207,7 +244,7 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
         keep_checkpoints=config.save_total_limit,
         lengths=train_set.lengths,
         group_by_length=config.group_by_length,
-        feature_cache=attach_feature_cache(config, model, processor, [train_set, val_set]),
+        feature_cache=feature_cache,
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(TokensPerSecond())

@@ -1,0 +1,125 @@
+"""Closed-form stage 1: fit the projector by ridge regression instead of (or before) gradient descent.
+
+Why: LLaVA aligns its projector on 558k captioned images. With a few hundred slides and a CPU budget
+of minutes, gradient descent through the frozen LM learns the caption *format* (and blows the projected
+tokens up into a direction shared by every image) long before it learns to tell slides apart; the
+finetuned model then writes the typical report whatever the slide (see the image-reliance check in
+``thinchat.eval.image_reliance``). Yet the tower features do separate the slides linearly. So fit the
+projector directly: regress each training image's mean tower feature onto an embedding of its caption,
+the IDF-weighted mean of the LM's input embeddings of the caption's tokens, centred, so what is fitted is
+how a slide's caption differs from the average one. The projected tokens then point at the words their
+slide is described with, at the LM's own embedding scale, and stage 2 starts from a projector whose
+output already depends on the slide.
+
+The fitted map is linear; Llava's ``mlp2x_gelu`` projector represents it exactly through the identity
+gelu(z) - gelu(-z) = z: ``linear_1`` holds +A and -A (rank up to half the LM width), ``linear_2`` +B and -B.
+The checkpoint stays a plain ``LlavaForConditionalGeneration``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from thinchat.errors import ConfigError, DataFormatError
+
+
+def caption_embeddings(token_ids: Sequence[Sequence[int]], embeddings: Any) -> Any:
+    """One vector per caption: the IDF-weighted mean of the input embeddings of its distinct tokens.
+
+    Tokens in every caption (template words, punctuation) get weight 0; tokens specific to a few
+    slides (mineral names, rare textures) dominate.
+    """
+    import torch
+
+    n = len(token_ids)
+    document_freq = Counter(t for row in token_ids for t in set(row))
+    table = embeddings.detach().float()
+    out = torch.zeros(n, table.shape[1])
+    for i, row in enumerate(token_ids):
+        distinct = sorted(set(row))
+        weights = torch.tensor([math.log(n / document_freq[t]) for t in distinct])
+        if distinct and float(weights.sum()) > 0:
+            out[i] = (weights[:, None] * table[distinct]).sum(0) / weights.sum()
+    return out
+
+
+def fit_ridge(features: Any, targets: Any, alpha: float) -> tuple[Any, Any, float]:
+    """``W`` (targets x features), the feature mean, and the training R^2 of ``targets - mean``.
+
+    ``alpha`` is relative: the penalty is alpha times the mean eigenvalue of the centred Gram matrix,
+    so one value works whatever the feature scale.
+    """
+    import torch
+
+    x_mean = features.mean(0)
+    xc = features - x_mean
+    yc = targets - targets.mean(0)
+    gram = xc.T @ xc
+    penalty = alpha * float(gram.trace()) / gram.shape[0]
+    weight = torch.linalg.solve(gram + penalty * torch.eye(gram.shape[0]), xc.T @ yc).T
+    residual = float(((xc @ weight.T - yc) ** 2).sum())
+    total = float((yc**2).sum())
+    return weight, x_mean, 1.0 - residual / total if total > 0 else 0.0
+
+
+def load_linear(projector: Any, weight: Any, x_mean: Any) -> int:
+    """Make ``projector`` (Linear-GELU-Linear) compute ``weight @ (x - x_mean)``; returns the rank kept."""
+    import torch
+
+    hidden = projector.linear_1.out_features
+    if projector.linear_2.in_features != hidden or hidden < 2:
+        raise ConfigError("ridge projector init needs Llava's Linear-GELU-Linear projector")
+    u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+    rank = min(hidden // 2, s.shape[0])
+    a = s[:rank, None] * vh[:rank]  # (rank, vision)
+    b = u[:, :rank]  # (text, rank)
+    w1 = torch.zeros_like(projector.linear_1.weight, dtype=torch.float32)
+    w2 = torch.zeros_like(projector.linear_2.weight, dtype=torch.float32)
+    b1 = torch.zeros(hidden)
+    w1[:rank], w1[hidden // 2 : hidden // 2 + rank] = a, -a
+    b1[:rank], b1[hidden // 2 : hidden // 2 + rank] = -(a @ x_mean), a @ x_mean
+    w2[:, :rank], w2[:, hidden // 2 : hidden // 2 + rank] = b, -b
+    with torch.no_grad():
+        projector.linear_1.weight.copy_(w1)
+        projector.linear_2.weight.copy_(w2)
+        if projector.linear_1.bias is not None:
+            projector.linear_1.bias.copy_(b1)
+        elif float(b1.abs().max()) > 0:
+            raise ConfigError(
+                "ridge projector init needs a projector with biases (multimodal_projector_bias)"
+            )
+        if projector.linear_2.bias is not None:
+            projector.linear_2.bias.zero_()
+    return rank
+
+
+def init_projector_ridge(
+    model: Any, tokenizer: Any, answers: Sequence[str], features: Sequence[Any], alpha: float = 1.0
+) -> dict[str, float]:
+    """Fit and load the projector from ``features[i]`` (tower features of sample i's images) and ``answers[i]``.
+
+    The fitted outputs are rescaled so a projected token has the median norm of the LM's token
+    embeddings. Returns the fit statistics (samples, R^2, rank, scale) for the log.
+    """
+    import torch
+
+    from thinchat.train.embeds import llava_parts
+
+    if len(answers) != len(features) or len(answers) < 2:
+        raise DataFormatError(
+            f"ridge projector init needs at least 2 samples with images and an answer, got {len(answers)}"
+        )
+    llava, inner = llava_parts(model)
+    embeddings = llava.get_input_embeddings().weight
+    token_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
+    targets = caption_embeddings(token_ids, embeddings)
+    pooled = torch.stack([f.float().reshape(-1, f.shape[-1]).mean(0) for f in features])
+    weight, x_mean, r2 = fit_ridge(pooled, targets, alpha)
+    tokens = torch.cat([f.float().reshape(-1, f.shape[-1]) for f in features[:64]])
+    projected_norm = float(((tokens - x_mean) @ weight.T).norm(dim=-1).mean())
+    scale = float(embeddings.detach().float().norm(dim=-1).median()) / max(projected_norm, 1e-12)
+    rank = load_linear(inner.multi_modal_projector, weight * scale, x_mean)
+    return {"samples": len(answers), "r2": round(r2, 4), "rank": rank, "scale": round(scale, 4)}
