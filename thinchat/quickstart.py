@@ -30,7 +30,7 @@ class QuickstartConfig:
     out: str = field("checkpoints/demo", help="where models, data and the report go")
     vision: str = field("dinov2-small", help="vision tower spec")
     llm: str = field("", help="LM spec (default: smollm2-135m-instruct for en, gemma3-270m for zh)")
-    image_size: int = field(112, help="input resolution; 112 px = 64 DINOv2 tokens per view")
+    image_size: int = field(42, help="input resolution; 42 px = 9 DINOv2 tokens per view")
     n_slides: int = field(400, help="synthetic slides to generate (split 80/10/10 by slide)")
     synth_size: int = field(224, help="rendered slide size in pixels")
     seed: int = field(0, help="seed for the data and the training runs")
