@@ -90,3 +90,28 @@ def test_zero_steps_only_for_the_closed_form(tmp_path):
         load_train_config(None, tiny_overrides("projector", base, data, tmp_path / "o", max_steps=0))
     with pytest.raises(ConfigError, match="feature_cache"):
         load_train_config(None, [*tiny_overrides("projector", base, data, tmp_path / "o"), "init=ridge"])
+
+
+@pytest.mark.parametrize("lm", ["llama", "gemma3"])
+def test_projected_tokens_get_the_norm_the_lm_feeds_its_text_with(lm, tmp_path):
+    from thinchat.train.projector_init import embedding_norm, init_projector_ridge
+
+    model, processor = tiny_llava(lm, seed=0)
+    model.requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    width = llava_parts(model)[1].multi_modal_projector.linear_1.in_features
+    features = [torch.randn(2, 4, width, generator=g) for _ in range(8)]
+    answers = [f"Mainly {MINERALS[i % 4][0]}." for i in range(8)]
+    init_projector_ridge(model, processor.tokenizer, answers, features)
+    with torch.no_grad():
+        tokens = project_features(model, torch.cat(features))
+    ids = [processor.tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
+    target = embedding_norm(model, ids)
+    assert tokens.norm(dim=-1).mean().item() == pytest.approx(target, rel=1e-3)
+    embed = model.get_input_embeddings()
+    raw = embed.weight.norm(dim=-1).median().item()
+    if lm == "gemma3":  # Gemma scales its embeddings by sqrt(hidden): the target must include that
+        hidden = model.config.text_config.hidden_size
+        assert target == pytest.approx(raw * hidden**0.5, rel=1e-2)
+    else:
+        assert target == pytest.approx(raw, rel=1e-6)

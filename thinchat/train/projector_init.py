@@ -96,13 +96,31 @@ def load_linear(projector: Any, weight: Any, x_mean: Any) -> int:
     return rank
 
 
+def embedding_norm(llava: Any, token_ids: Sequence[Sequence[int]]) -> float:
+    """Median norm of a token embedding *as the LM receives it*.
+
+    The median runs over the whole table; the ratio of the embedding module's output to its raw weights
+    (measured on the captions' tokens) carries any scale the module applies, e.g. Gemma's sqrt(hidden).
+    """
+    import torch
+
+    module = llava.get_input_embeddings()
+    weight = module.weight.detach().float()
+    ids = torch.tensor(sorted({t for row in token_ids for t in row}) or [0], device=module.weight.device)
+    with torch.no_grad():
+        fed = module(ids).float().norm(dim=-1)
+    raw = weight[ids.cpu()].norm(dim=-1)
+    ratio = float(fed.median().cpu()) / max(float(raw.median()), 1e-12)
+    return float(weight.norm(dim=-1).median()) * ratio
+
+
 def init_projector_ridge(
     model: Any, tokenizer: Any, answers: Sequence[str], features: Sequence[Any], alpha: float = 1.0
 ) -> dict[str, float]:
     """Fit and load the projector from ``features[i]`` (tower features of sample i's images) and ``answers[i]``.
 
     The fitted outputs are rescaled so a projected token has the median norm of the LM's token
-    embeddings. Returns the fit statistics (samples, R^2, rank, scale) for the log.
+    embeddings as the LM receives them (``embedding_norm``). Returns the fit statistics (samples, R^2, rank, scale) for the log.
     """
     import torch
 
@@ -120,6 +138,6 @@ def init_projector_ridge(
     weight, x_mean, r2 = fit_ridge(pooled, targets, alpha)
     tokens = torch.cat([f.float().reshape(-1, f.shape[-1]) for f in features[:64]])
     projected_norm = float(((tokens - x_mean) @ weight.T).norm(dim=-1).mean())
-    scale = float(embeddings.detach().float().norm(dim=-1).median()) / max(projected_norm, 1e-12)
+    scale = embedding_norm(llava, token_ids) / max(projected_norm, 1e-12)
     rank = load_linear(inner.multi_modal_projector, weight * scale, x_mean)
     return {"samples": len(answers), "r2": round(r2, 4), "rank": rank, "scale": round(scale, 4)}
