@@ -117,3 +117,25 @@ def test_generation_stops_at_end_of_turn_token():
         stop_id = processor.tokenizer.convert_tokens_to_ids(token)
         eos = model.generation_config.eos_token_id
         assert stop_id in (eos if isinstance(eos, list) else [eos]), lm
+
+
+def test_feature_layer_override_selects_that_hidden_state():
+    from thinchat.compose import compose_llava
+    from thinchat.errors import ModelSpecError
+    from thinchat.testing import tiny_lm, tiny_tokenizer, tiny_tower
+
+    tokenizer = tiny_tokenizer("llama")
+    tower, image_processor = tiny_tower("dinov2", 28)
+    lm = tiny_lm("llama", vocab_size=len(tokenizer) + 1)
+    model, processor, _ = compose_llava(tower, image_processor, lm, tokenizer, feature_layer=1)
+    assert model.config.vision_feature_layer == 1
+    pixels = _inputs(processor, QUESTION)["pixel_values"]
+    with torch.no_grad():
+        hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[1][:, 1:]
+        features = model.get_image_features(pixel_values=pixels)
+    features = features.pooler_output if hasattr(features, "pooler_output") else features
+    expected = model.model.multi_modal_projector(hidden)
+    torch.testing.assert_close(torch.cat(list(features)).reshape(expected.shape), expected)
+    n = tower.config.num_hidden_layers
+    with pytest.raises(ModelSpecError, match=f"has {n} blocks"):
+        compose_llava(tower, image_processor, lm, tokenizer, feature_layer=n + 1)

@@ -67,6 +67,17 @@ def check_fits(n_images: int, image_tokens: int, text_tokens: int, limit: int | 
         )
 
 
+def check_feature_layer(vision_config, layer: int) -> int:
+    """``layer`` if the tower has that hidden state (0 = patch embeddings, n = last block, -1 = last)."""
+    n = int(vision_config.num_hidden_layers)
+    if not -n <= layer <= n:
+        raise ModelSpecError(
+            f"vision feature layer {layer} does not exist: this {vision_config.model_type} tower has {n} blocks, "
+            f"so use 1..{n} (or -{n}..-1 counted from the last block)"
+        )
+    return layer
+
+
 def prepare_tokenizer(tokenizer) -> None:
     """Add ``<image>``, make sure a pad token exists, and drop ``token_type_ids`` (BERT-style tokenizers)."""
     if IMAGE_TOKEN not in tokenizer.get_vocab():
@@ -77,14 +88,27 @@ def prepare_tokenizer(tokenizer) -> None:
     tokenizer.model_input_names = ["input_ids", "attention_mask"]
 
 
-def compose_llava(vision_model, image_processor, lm, tokenizer, template: str | None = None):
-    """Return ``(LlavaForConditionalGeneration, LlavaProcessor, BuildInfo)`` from loaded parts."""
+def compose_llava(
+    vision_model,
+    image_processor,
+    lm,
+    tokenizer,
+    template: str | None = None,
+    feature_layer: int | None = None,
+):
+    """Return ``(LlavaForConditionalGeneration, LlavaProcessor, BuildInfo)`` from loaded parts.
+
+    ``feature_layer`` overrides the tower family's default hidden layer (``TOWER_FEATURES``).
+    """
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     vision_config = vision_model.config
     if vision_config.model_type not in TOWER_FEATURES:
         raise ModelSpecError(f"unsupported vision tower type '{vision_config.model_type}'")
-    feature_layer, strategy, extra_tokens = TOWER_FEATURES[vision_config.model_type]
+    default_layer, strategy, extra_tokens = TOWER_FEATURES[vision_config.model_type]
+    feature_layer = check_feature_layer(
+        vision_config, default_layer if feature_layer is None else feature_layer
+    )
     prepare_tokenizer(tokenizer)
     template = template or choose_template(tokenizer)
     if template not in TEMPLATES:
@@ -150,6 +174,7 @@ def build(
     image_size: int | None = None,
     template: str | None = None,
     seed: int = 0,
+    feature_layer: int | None = None,
 ) -> BuildInfo:
     """Resolve both specs, compose, and save a standard Llava checkpoint to ``out``.
 
@@ -165,17 +190,20 @@ def build(
     vision_model, image_processor = load_vision_tower(vision, image_size=image_size)
     lm, tokenizer = load_language_model(llm)
     torch.manual_seed(seed)
-    model, processor, info = compose_llava(vision_model, image_processor, lm, tokenizer, template)
+    model, processor, info = compose_llava(
+        vision_model, image_processor, lm, tokenizer, template, feature_layer=feature_layer
+    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     log.info(
-        "wrote %s: %s + %s, %d image tokens, template %s",
+        "wrote %s: %s + %s, %d image tokens from tower layer %d, template %s",
         out,
         vision,
         llm,
         info.image_seq_length,
+        model.config.vision_feature_layer,
         info.chat_template,
     )
     return info

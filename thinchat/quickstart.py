@@ -31,6 +31,9 @@ class QuickstartConfig:
     vision: str = field("dinov2-small", help="vision tower spec")
     llm: str = field("", help="LM spec (default: smollm2-135m-instruct for en, gemma3-270m for zh)")
     image_size: int = field(42, help="input resolution; 42 px = 9 DINOv2 tokens per view")
+    feature_layer: int = field(
+        -2, help="tower hidden layer fed to the projector (thinchat build --feature-layer)"
+    )
     n_slides: int = field(400, help="synthetic slides to generate (split 80/10/10 by slide)")
     synth_size: int = field(224, help="rendered slide size in pixels")
     seed: int = field(0, help="seed for the data and the training runs")
@@ -130,9 +133,16 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
     base = root / "base"
     steps.run(
         "build",
-        _fingerprint(config.vision, llm, config.image_size, config.seed),
+        _fingerprint(config.vision, llm, config.image_size, config.feature_layer, config.seed),
         base / "config.json",
-        lambda _: build(config.vision, llm, base, image_size=config.image_size, seed=config.seed),
+        lambda _: build(
+            config.vision,
+            llm,
+            base,
+            image_size=config.image_size,
+            seed=config.seed,
+            feature_layer=config.feature_layer,
+        ),
     )
 
     def stage(name: str, yaml_path: str, model: Path, out: Path, done: Path) -> None:

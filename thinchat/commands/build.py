@@ -26,6 +26,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="turn format (default: chosen from the LM's special tokens)",
     )
+    parser.add_argument(
+        "--feature-layer",
+        type=int,
+        default=None,
+        help="tower hidden layer fed to the projector (default: the penultimate, -2, as LLaVA); "
+        "middle layers keep more colour and texture",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for the projector init and new token rows")
     parser.set_defaults(func=run)
 
@@ -40,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         template=args.chat_template,
         seed=args.seed,
+        feature_layer=args.feature_layer,
     )
     print(
         f"wrote {args.out}: {info.vision_model_type} + {info.lm_model_type}, "

@@ -129,6 +129,13 @@ class ProjectorConfig(TrainConfig):
         "caption embeddings (thinchat.train.projector_init; needs the feature cache)",
     )
     ridge_alpha: float = field(1.0, help="ridge penalty, relative to the mean eigenvalue of the feature Gram")
+    ridge_terms: bool = field(
+        False,
+        help="with init: ridge, also give each lexicon term of the captions (minerals, matrix, cements, "
+        "alterations) a gated classifier unit that adds the term's word embedding to the image tokens "
+        "(thinchat.train.projector_terms)",
+    )
+    terms_alpha: float = field(0.1, help="ridge penalty of the term classifiers (relative, as ridge_alpha)")
 
     def closed_form_only(self) -> bool:
         return self.init == "ridge" and self.max_steps == 0
@@ -136,6 +143,11 @@ class ProjectorConfig(TrainConfig):
     def validate(self) -> None:
         super().validate()
         _check_range("ridge_alpha", self.ridge_alpha, 1e-6, 1e6)
+        _check_range("terms_alpha", self.terms_alpha, 1e-6, 1e6)
+        if self.ridge_terms and self.init != "ridge":
+            raise ConfigError(
+                "ridge_terms: true needs init: ridge (the term units are part of the closed-form fit)"
+            )
         if self.init == "ridge" and not self.feature_cache:
             raise ConfigError("init: ridge fits on cached tower features; set feature_cache: true")
 

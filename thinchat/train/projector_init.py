@@ -65,23 +65,28 @@ def fit_ridge(features: Any, targets: Any, alpha: float) -> tuple[Any, Any, floa
     return weight, x_mean, 1.0 - residual / total if total > 0 else 0.0
 
 
-def load_linear(projector: Any, weight: Any, x_mean: Any) -> int:
-    """Make ``projector`` (Linear-GELU-Linear) compute ``weight @ (x - x_mean)``; returns the rank kept."""
+def load_linear(projector: Any, weight: Any, x_mean: Any, units: int | None = None) -> int:
+    """Make ``projector`` (Linear-GELU-Linear) compute ``weight @ (x - x_mean)``; returns the rank kept.
+
+    The map uses the first ``units`` hidden units (all by default); the others are zeroed.
+    """
     import torch
 
     hidden = projector.linear_1.out_features
-    if projector.linear_2.in_features != hidden or hidden < 2:
+    units = hidden if units is None else units
+    if projector.linear_2.in_features != hidden or hidden < 2 or not 2 <= units <= hidden:
         raise ConfigError("ridge projector init needs Llava's Linear-GELU-Linear projector")
     u, s, vh = torch.linalg.svd(weight, full_matrices=False)
-    rank = min(hidden // 2, s.shape[0])
+    half = units // 2
+    rank = min(half, s.shape[0])
     a = s[:rank, None] * vh[:rank]  # (rank, vision)
     b = u[:, :rank]  # (text, rank)
     w1 = torch.zeros_like(projector.linear_1.weight, dtype=torch.float32)
     w2 = torch.zeros_like(projector.linear_2.weight, dtype=torch.float32)
     b1 = torch.zeros(hidden)
-    w1[:rank], w1[hidden // 2 : hidden // 2 + rank] = a, -a
-    b1[:rank], b1[hidden // 2 : hidden // 2 + rank] = -(a @ x_mean), a @ x_mean
-    w2[:, :rank], w2[:, hidden // 2 : hidden // 2 + rank] = b, -b
+    w1[:rank], w1[half : half + rank] = a, -a
+    b1[:rank], b1[half : half + rank] = -(a @ x_mean), a @ x_mean
+    w2[:, :rank], w2[:, half : half + rank] = b, -b
     with torch.no_grad():
         projector.linear_1.weight.copy_(w1)
         projector.linear_2.weight.copy_(w2)
@@ -115,12 +120,19 @@ def embedding_norm(llava: Any, token_ids: Sequence[Sequence[int]]) -> float:
 
 
 def init_projector_ridge(
-    model: Any, tokenizer: Any, answers: Sequence[str], features: Sequence[Any], alpha: float = 1.0
-) -> dict[str, float]:
+    model: Any,
+    tokenizer: Any,
+    answers: Sequence[str],
+    features: Sequence[Any],
+    alpha: float = 1.0,
+    terms_alpha: float | None = None,
+) -> dict[str, Any]:
     """Fit and load the projector from ``features[i]`` (tower features of sample i's images) and ``answers[i]``.
 
     The fitted outputs are rescaled so a projected token has the median norm of the LM's token
-    embeddings as the LM receives them (``embedding_norm``). Returns the fit statistics (samples, R^2, rank, scale) for the log.
+    embeddings as the LM receives them (``embedding_norm``). With ``terms_alpha`` set, hidden units are
+    also given to gated per-term classifiers fitted with that penalty (``projector_terms``). Returns the
+    fit statistics (samples, R^2, rank, scale, terms) for the log.
     """
     import torch
 
@@ -138,6 +150,28 @@ def init_projector_ridge(
     weight, x_mean, r2 = fit_ridge(pooled, targets, alpha)
     tokens = torch.cat([f.float().reshape(-1, f.shape[-1]) for f in features[:64]])
     projected_norm = float(((tokens - x_mean) @ weight.T).norm(dim=-1).mean())
-    scale = embedding_norm(llava, token_ids) / max(projected_norm, 1e-12)
-    rank = load_linear(inner.multi_modal_projector, weight * scale, x_mean)
-    return {"samples": len(answers), "r2": round(r2, 4), "rank": rank, "scale": round(scale, 4)}
+    token_norm = embedding_norm(llava, token_ids)
+    scale = token_norm / max(projected_norm, 1e-12)
+    projector = inner.multi_modal_projector
+    term_ids: list[str] = []
+    if terms_alpha is not None:
+        from thinchat.train.projector_terms import term_presence
+
+        term_ids, presence = term_presence(answers)
+    units = projector.linear_1.out_features - len(term_ids)
+    rank = load_linear(projector, weight * scale, x_mean, units=units)
+    stats: dict[str, Any] = {
+        "samples": len(answers),
+        "r2": round(r2, 4),
+        "rank": rank,
+        "scale": round(scale, 4),
+    }
+    if term_ids:
+        from data_tools.lexicon import load_lexicon
+        from thinchat.train.projector_terms import load_term_units, term_directions
+
+        classifier, _, _ = fit_ridge(pooled, presence, terms_alpha)
+        directions = term_directions(term_ids, answers, load_lexicon(), tokenizer, embeddings)
+        load_term_units(projector, classifier, x_mean, presence.mean(0), directions, token_norm, units)
+        stats["terms"] = term_ids
+    return stats

@@ -121,6 +121,7 @@ def fit_projector(config, model, processor, train_set, cache) -> None:
         [answers[i] for i in keep],
         [features[i] for i in keep],
         alpha=config.ridge_alpha,
+        terms_alpha=config.terms_alpha if config.ridge_terms else None,
     )
     log.info("projector fitted in closed form: %s", stats)
 
