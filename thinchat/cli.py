@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "thinchat.commands.serve",
     "thinchat.commands.eval",
     "thinchat.commands.caption",
+    "thinchat.commands.probe",
     "thinchat.commands.quickstart",
 )
 

@@ -1,0 +1,122 @@
+"""How much of the report's mineral content the vision tower's features hold: a linear-probe ceiling.
+
+Why: when a finetuned model's mineral-term F1 is low, the cause is either the features (resolution,
+tower layer) or the read-out (the projector and the LM). This probe fits, per lexicon term, a ridge
+classifier from a slide's mean tower features (one hidden layer, one input size) to "the reference
+names this term", on the training split, and scores it on the test split with the report's own term
+F1. A model trained on those features rarely beats the probe; if the probe is below a bar, more
+training will not reach it, a larger view or another layer might.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from thinchat.errors import DataFormatError
+
+log = logging.getLogger(__name__)
+
+
+def mean_features(
+    tower: Any, image_processor: Any, images: Sequence[Sequence[Path]], layers: Sequence[int], drop_cls: bool
+) -> dict[int, Any]:
+    """Per layer, one row per slide: the mean over the slide's images and patch tokens at that layer."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from thinchat.images import load_image
+
+    rows: dict[int, list[Any]] = {layer: [] for layer in layers}
+    with torch.no_grad():
+        for paths in tqdm(images, desc="probe features", unit="slide"):
+            pixels = image_processor([load_image(p) for p in paths], return_tensors="pt")["pixel_values"]
+            hidden = tower(pixel_values=pixels, output_hidden_states=True).hidden_states
+            for layer in layers:
+                tokens = hidden[layer][:, 1:] if drop_cls else hidden[layer]
+                rows[layer].append(tokens.float().mean(dim=(0, 1)))
+    return {layer: torch.stack(r) for layer, r in rows.items()}
+
+
+def probe_terms(
+    train_x: Any, train_terms: list[set[str]], test_x: Any, test_terms: list[set[str]], alpha: float
+) -> dict:
+    """Micro term F1 (0-1) of per-term ridge classifiers, with per-term counts."""
+    import torch
+
+    from thinchat.train.projector_init import fit_ridge
+
+    names = sorted(set().union(*train_terms))
+    if not names:
+        raise DataFormatError("the training answers name no lexicon terms: nothing to probe")
+
+    def presence(found: list[set[str]]) -> Any:
+        return torch.tensor([[t in terms for t in names] for terms in found], dtype=torch.float32)
+
+    y_train, y_test = presence(train_terms), presence(test_terms)
+    weight, x_mean, _ = fit_ridge(train_x, y_train, alpha)
+    predicted = ((test_x - x_mean) @ weight.T + y_train.mean(0) > 0.5).float()
+    tp, fp, fn = (
+        (predicted * y_test).sum(0),
+        (predicted * (1 - y_test)).sum(0),
+        ((1 - predicted) * y_test).sum(0),
+    )
+    total = 2 * tp.sum() + fp.sum() + fn.sum()
+    per_term = {n: {"tp": int(tp[i]), "fp": int(fp[i]), "fn": int(fn[i])} for i, n in enumerate(names)}
+    return {"f1": round(float(2 * tp.sum() / total) if total > 0 else 0.0, 4), "terms": per_term}
+
+
+def run_probe(
+    train_path: str | Path,
+    test_path: str | Path,
+    vision: str = "dinov2-small",
+    sizes: Sequence[int] = (42,),
+    layers: Sequence[int] = (-2,),
+    alpha: float = 0.1,
+) -> list[dict[str, Any]]:
+    """Probe every (input size, layer) pair; one result dict per pair."""
+    from data_tools.lexicon import load_lexicon
+    from thinchat.compose import check_feature_layer
+    from thinchat.eval.data import load_eval_set
+    from thinchat.eval.domain import DOMAIN_KINDS
+    from thinchat.resolve import TOWER_FEATURES, load_vision_tower
+
+    lexicon = load_lexicon()
+    splits = {}
+    for name, path in (("train", train_path), ("test", test_path)):
+        samples, skipped = load_eval_set(path)
+        samples = [s for s in samples if s.images]
+        if len(samples) < 2:
+            raise DataFormatError(
+                f"{path}: need at least 2 samples with images to probe, found {len(samples)}"
+            )
+        if skipped:
+            log.warning("%s: %d samples skipped (%s)", path, len(skipped), skipped[0].reason)
+        terms = [
+            set().union(*(lexicon.find(r, kinds=set(DOMAIN_KINDS)) for r in s.references)) for s in samples
+        ]
+        splits[name] = ([s.images for s in samples], terms)
+    results = []
+    for size in sizes:
+        tower, image_processor = load_vision_tower(vision, image_size=size)
+        tower.eval()
+        for layer in layers:
+            check_feature_layer(tower.config, layer)
+        drop_cls = TOWER_FEATURES[tower.config.model_type][1] == "default"
+        features = {
+            name: mean_features(tower, image_processor, images, layers, drop_cls)
+            for name, (images, _) in splits.items()
+        }
+        for layer in layers:
+            scores = probe_terms(
+                features["train"][layer],
+                splits["train"][1],
+                features["test"][layer],
+                splits["test"][1],
+                alpha,
+            )
+            results.append({"vision": vision, "image_size": size, "layer": layer, "alpha": alpha, **scores})
+            log.info("probe %s %d px layer %d: term F1 %.3f", vision, size, layer, scores["f1"])
+    return results
