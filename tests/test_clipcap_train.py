@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,3 +93,32 @@ def test_bad_clipcap_dirs(tmp_path):
     (data / "conversations.json").write_text(json.dumps(entries))
     with pytest.raises(DataFormatError, match="2 <image> placeholders"):
         load_clipcap_dir(data)
+
+
+def test_thinchat_train_runs_the_clipcap_stage(tmp_path):
+    from safetensors.torch import load_file
+
+    from thinchat.cli import main
+    from thinchat.errors import ConfigError
+    from thinchat.train.config import ClipCapStageConfig, load_train_config
+
+    model, processor = tiny_llava("llama", "dinov2")
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    processor.save_pretrained(base)
+    (tmp_path / "data").mkdir()
+    data = _clipcap_dir(tmp_path / "data")
+    out = tmp_path / "prefix"
+    yaml_path = str(Path(__file__).resolve().parents[1] / "configs" / "clipcap_prefix.yaml")
+    args = [f"model={base}", f"data={data}", f"output_dir={out}", "max_steps=3", "prefix_tokens=2"]
+    config = load_train_config(yaml_path, args)
+    assert isinstance(config, ClipCapStageConfig) and config.per_device_train_batch_size == 8
+    assert main(["train", "--config", yaml_path, *args]) == 0
+    assert load_file(str(out / "clipcap_prefix.safetensors"))  # weights as safetensors
+    assert ClipCapPrefix.load(out).config()["prefix_tokens"] == 2
+    meta = json.loads((out / "thinchat_checkpoint.json").read_text())
+    assert meta["stage"] == "clipcap" and meta["base_model"] == str(base.resolve())
+    with pytest.raises(ConfigError, match="import-clipcap` wrote"):
+        load_train_config(yaml_path, [*args[:1], "data=train.json"])
+    with pytest.raises(ConfigError, match="prefix_tokens"):
+        load_train_config(yaml_path, [*args, "prefix_tokens=0"])

@@ -212,7 +212,7 @@ def train_clipcap(
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
                 bar.update(1)
                 if len(losses) >= max_steps:

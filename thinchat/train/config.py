@@ -15,7 +15,7 @@ from typing import Any, Literal
 from thinchat.config import field, from_dict, read_yaml
 from thinchat.errors import ConfigError
 
-Stage = Literal["projector", "lora", "qlora", "full"]
+Stage = Literal["projector", "lora", "qlora", "full", "clipcap"]
 
 
 def _check_range(name: str, value: float, low: float, high: float, hint: str = "") -> None:
@@ -201,11 +201,41 @@ class FullConfig(TrainConfig):
     feature_cache: bool = field(True, help="cache tower features (ignored when the tower is trained)")
 
 
+@dataclass
+class ClipCapStageConfig(TrainConfig):
+    """ThinGPT/ClipCap data (``thinchat data import-clipcap``): a prefix MLP from pooled CLIP embeddings.
+
+    ``data`` is the import's output directory (conversations.json + clip_embeddings.safetensors). The
+    Llava checkpoint stays frozen and standard; the prefix is written to ``output_dir``
+    (``thinchat.train.clipcap``).
+    """
+
+    stage: Stage = field("clipcap", help="clipcap (a prefix for imported ClipCap embeddings)")
+    data: str = field("data/clipcap", help="directory written by `thinchat data import-clipcap`")
+    prefix_tokens: int = field(10, help="LM tokens each embedding becomes (ClipCap: 10)")
+    learning_rate: float = field(2e-4, help="prefix learning rate (ClipCap: 2e-5 x batch 40, scaled)")
+    max_steps: int = field(200, help="optimizer steps")
+
+    def validate(self) -> None:
+        super().validate()
+        _check_range("prefix_tokens", self.prefix_tokens, 1, 256)
+        if self.max_steps < 1:
+            raise ConfigError(f"max_steps={self.max_steps}: the clipcap stage needs a positive step count")
+        if self.gradient_accumulation_steps != 1:
+            raise ConfigError("the clipcap stage steps once per batch: set gradient_accumulation_steps: 1")
+        if not Path(self.data).is_dir() and Path(self.data).suffix == ".json":
+            raise ConfigError(
+                f"data={self.data}: the clipcap stage reads the directory `thinchat data import-clipcap` "
+                "wrote (conversations.json + clip_embeddings.safetensors), not a JSON file"
+            )
+
+
 STAGE_CLASSES: dict[str, type[TrainConfig]] = {
     "projector": ProjectorConfig,
     "lora": LoraStageConfig,
     "qlora": QLoraConfig,
     "full": FullConfig,
+    "clipcap": ClipCapStageConfig,
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from thinchat.errors import ConfigError
 from thinchat.train import checkpoints
-from thinchat.train.config import LoraStageConfig, QLoraConfig, TrainConfig, config_dict
+from thinchat.train.config import ClipCapStageConfig, LoraStageConfig, QLoraConfig, TrainConfig, config_dict
 from thinchat.train.data import Sample, first_turns, load_samples, mix_text_only
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,46 @@ def save_final(trainer, model, processor, config: TrainConfig, output_dir: Path)
     log.info("wrote %s", output_dir)
 
 
+def train_clipcap_stage(config: ClipCapStageConfig, resume: str | bool | None = None) -> Path:
+    """The clipcap stage: the Llava stays frozen, a ClipCap prefix is trained (``thinchat.train.clipcap``)."""
+    if resume:
+        raise ConfigError(
+            "the clipcap stage does not checkpoint (it is short): run it again without --resume"
+        )
+    import torch
+
+    from thinchat.train.clipcap import train_clipcap
+    from thinchat.train.model_setup import load_base
+
+    torch.set_flush_denormal(True)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    model, processor = load_base(config)
+    output_dir = Path(config.output_dir)
+    losses = train_clipcap(
+        model,
+        processor,
+        config.data,
+        output_dir,
+        prefix_tokens=config.prefix_tokens,
+        max_steps=config.max_steps,
+        batch_size=config.per_device_train_batch_size,
+        lr=config.learning_rate,
+        bf16=config.bf16,
+        seed=config.seed,
+    )
+    checkpoints.write_json_atomic(
+        output_dir / "thinchat_checkpoint.json",
+        {
+            "base_model": str(Path(config.model).resolve()),
+            "stage": config.stage,
+            "config": config_dict(config),
+        },
+    )
+    log.info("clipcap stage: loss %.4f -> %.4f over %d steps", losses[0], losses[-1], len(losses))
+    return output_dir
+
+
 def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequence[Any] = ()) -> Path:
     """Run one stage; returns the output directory (the final model is written there).
 
@@ -180,6 +220,8 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
             f"model={base}: not a Llava checkpoint directory (no config.json); run `thinchat build` "
             "first, or point model at a stage-1 output"
         )
+    if isinstance(config, ClipCapStageConfig):
+        return train_clipcap_stage(config, resume)
     current = checkpoints.fingerprint(base, config.stage, config)
     resume_from = checkpoints.resolve_resume(output_dir, resume, current)
     if resume_from is None and checkpoints.newest_complete(output_dir) is not None:
