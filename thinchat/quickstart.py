@@ -32,7 +32,9 @@ class QuickstartConfig:
     llm: str = field("", help="LM spec (default: smollm2-135m-instruct for en, gemma3-270m for zh)")
     image_size: int = field(42, help="input resolution; 42 px = 9 DINOv2 tokens per view")
     feature_layer: int = field(
-        -2, help="tower hidden layer fed to the projector (thinchat build --feature-layer)"
+        6,
+        help="tower hidden layer fed to the projector (thinchat build --feature-layer); DINOv2-S layer 6 "
+        "keeps the colour and texture that tell minerals apart (probe F1 0.70 vs 0.67 at layer -2, 42 px)",
     )
     n_slides: int = field(400, help="synthetic slides to generate (split 80/10/10 by slide)")
     synth_size: int = field(224, help="rendered slide size in pixels")
