@@ -49,6 +49,10 @@ def test_chinese_longest_match_first() -> None:
         ("undulose extinction", {"undulose_extinction"}),
         ("under plane-polarized light", {"ppl"}),
         ("plane polarized light", {"ppl"}),
+        # participles name the same alteration as the noun (reports write "argillized K-feldspar")
+        ("strongly argillized K-feldspar", {"argillization", "k_feldspar"}),
+        ("kaolinised and chloritised biotite", {"kaolinization", "chloritization", "biotite"}),
+        ("partly dolomitised, carbonatized matrix", {"dolomitization", "carbonatization", "matrix"}),
     ],
 )
 def test_english_variants(text: str, expected: set[str]) -> None:
