@@ -14,16 +14,6 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def main() -> int:
@@ -35,7 +25,9 @@ def main() -> int:
     parser.add_argument("--slide", default="sandstone", help="example slide name in examples/ (NAME_ppl.png)")
     parser.add_argument("--question", default="Describe this thin section.")
     parser.add_argument("--lang", default="en", choices=["en", "zh"])
-    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument(
+        "--chromium", default=None, help="Chromium binary (default: Debian's /usr/bin/chromium)"
+    )
     args = parser.parse_args()
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -47,6 +39,7 @@ def main() -> int:
     from thinchat.engine import ChatEngine
     from thinchat.server import free_port
     from thinchat.web.app import build_demo, launch
+    from thinchat.web.browser import CHROMIUM, HEADLESS_ARGS
 
     examples = ROOT / "examples"
     engine = ChatEngine.from_pretrained(args.from_pretrained)
@@ -55,7 +48,7 @@ def main() -> int:
     launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True)
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+            browser = pw.chromium.launch(executable_path=args.chromium or str(CHROMIUM), args=HEADLESS_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(180_000)
             page.goto(f"http://127.0.0.1:{port}/")

@@ -9,17 +9,9 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from thinchat.web.browser import CHROMIUM
+from thinchat.web.browser import HEADLESS_ARGS as ARGS
+
 OUTPUT = Path(__file__).resolve().parents[1] / "test-output"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -155,20 +155,26 @@ def save_final(trainer, model, processor, config: TrainConfig, output_dir: Path)
     log.info("wrote %s", output_dir)
 
 
+def cpu_settings(config: TrainConfig) -> None:
+    """Flush denormals (arithmetic on them is many times slower on x86 CPUs) and set the thread count."""
+    import torch
+
+    torch.set_flush_denormal(True)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+
+
 def train_clipcap_stage(config: ClipCapStageConfig, resume: str | bool | None = None) -> Path:
     """The clipcap stage: the Llava stays frozen, a ClipCap prefix is trained (``thinchat.train.clipcap``)."""
     if resume:
         raise ConfigError(
             "the clipcap stage does not checkpoint (it is short): run it again without --resume"
         )
-    import torch
 
     from thinchat.train.clipcap import train_clipcap
     from thinchat.train.model_setup import load_base
 
-    torch.set_flush_denormal(True)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
+    cpu_settings(config)
     model, processor = load_base(config)
     output_dir = Path(config.output_dir)
     losses = train_clipcap(
@@ -231,11 +237,7 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
         )
     train_samples, val_samples = load_data(config)
 
-    import torch
-
-    torch.set_flush_denormal(True)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
+    cpu_settings(config)
     from transformers import ProgressCallback, set_seed
 
     from thinchat.compose import max_positions
