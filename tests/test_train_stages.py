@@ -210,3 +210,45 @@ def test_an_existing_run_needs_resume_and_another_model_is_refused(two_stages, t
             load_train_config(None, tiny_overrides("full", two_stages["stage1"], data, two_stages["stage2"])),
             resume=True,
         )
+
+
+def test_loss_on_scored_positions_only_matches_the_full_loss():
+    """The LM head on labelled positions only gives the same loss and gradients as on every position."""
+    import torch
+
+    from thinchat.testing import tiny_llava
+    from thinchat.train.model_setup import prepare_model
+    from thinchat.train.trainer import logits_only_where_scored
+
+    model, _ = tiny_llava("llama", "dinov2")
+    config = load_train_config(None, ["stage=lora", "lora_r=4", "lora_alpha=8", "lora_dropout=0"])
+    model = prepare_model(model, config).eval()  # no dropout: both passes see the same network
+    generator = torch.Generator().manual_seed(0)
+    vocab = model.get_input_embeddings().num_embeddings
+    input_ids = torch.randint(0, vocab - 1, (2, 12), generator=generator)
+    labels = torch.full_like(input_ids, -100)
+    labels[0, 5:10], labels[1, 7:12] = input_ids[0, 5:10], input_ids[1, 7:12]  # different answer spans
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, 10:] = 0  # right padding
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(inputs):
+        model.zero_grad()
+        loss = model(**inputs, num_items_in_batch=torch.tensor(10)).loss
+        loss.backward()
+        return loss.detach(), [None if p.grad is None else p.grad.clone() for p in trainable]
+
+    sliced = logits_only_where_scored(batch)
+    # position t predicts label t + 1: 5 + 5 scored positions, ending one before each answer's end
+    expected = [[0, t] for t in range(4, 9)] + [[1, t] for t in range(6, 11)]
+    assert sliced["logits_to_keep"].nonzero().tolist() == expected
+    assert sliced["shift_labels"].tolist() == input_ids[0, 5:10].tolist() + input_ids[1, 7:12].tolist()
+    full_loss, full_grads = loss_and_grads(batch)
+    part_loss, part_grads = loss_and_grads(sliced)
+    assert torch.isfinite(full_loss) and full_loss > 0
+    assert torch.allclose(full_loss, part_loss, atol=1e-6), (full_loss, part_loss)
+    assert sum(float(g.abs().sum()) > 0 for g in full_grads if g is not None) > 4
+    for a, b in zip(full_grads, part_grads, strict=True):
+        assert (a is None and b is None) or torch.allclose(a, b, atol=1e-6)
+    assert logits_only_where_scored({"input_ids": input_ids}) == {"input_ids": input_ids}
