@@ -99,7 +99,8 @@ def evaluate(
     generations: dict[str, dict[str, str]] = {}
     reliance: dict[str, dict[str, Any] | None] = {}
     for name, path in checkpoints.items():
-        model, processor = load_pretrained(path, device=device)
+        # A LoRA checkpoint is merged, as the chat engine does: same outputs, ~20% faster decoding.
+        model, processor = load_pretrained(path, device=device, merge=True)
         generations[name] = generate_for_samples(
             model, processor, samples, batch_size, max_new_tokens, desc=f"eval {name}"
         )
