@@ -30,11 +30,15 @@ class QuickstartConfig:
     out: str = field("checkpoints/demo", help="where models, data and the report go")
     vision: str = field("dinov2-small", help="vision tower spec")
     llm: str = field("", help="LM spec (default: smollm2-135m-instruct for en, gemma3-270m for zh)")
-    image_size: int = field(42, help="input resolution; 42 px = 9 DINOv2 tokens per view")
+    image_size: int = field(
+        84,
+        help="input resolution; 84 px = 36 DINOv2 tokens per view (probe F1 ceiling 0.77 vs 0.70 at 42 px)",
+    )
     feature_layer: int = field(
-        6,
-        help="tower hidden layer fed to the projector (thinchat build --feature-layer); DINOv2-S layer 6 "
-        "keeps the colour and texture that tell minerals apart (probe F1 0.70 vs 0.67 at layer -2, 42 px)",
+        8,
+        help="tower hidden layer fed to the projector (thinchat build --feature-layer); DINOv2-S middle "
+        "layers keep the colour and texture that tell minerals apart (probe F1 at 84 px: 0.77 from layer 8, "
+        "0.67 from layer -2)",
     )
     n_slides: int = field(400, help="synthetic slides to generate (split 80/10/10 by slide)")
     synth_size: int = field(224, help="rendered slide size in pixels")
@@ -43,7 +47,10 @@ class QuickstartConfig:
     lora_config: str = field("configs/demo_cpu.yaml", help="stage-2 config")
     train_overrides: list[str] = field([], help="extra key=value overrides for both stages")
     eval_limit: int = field(40, help="held-out slides scored in the report")
-    eval_batch_size: int = field(8, help="generation batch size for the report")
+    eval_batch_size: int = field(
+        40,
+        help="generation batch size for the report (the 40 test slides in one batch: ~3x faster than 8 on CPU)",
+    )
     max_new_tokens: int = field(160, help="answer length limit in the report")
     reliance_samples: int = field(
         8, help="held-out slides for the image-reliance check (own vs another slide's images; 0: off)"
@@ -174,7 +181,10 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
     projector = root / "projector"
     stage("stage 1 (projector)", config.projector_config, base, projector, projector / "config.json")
     lora = root / "lora"
-    stage("stage 2 (LoRA)", config.lora_config, projector, lora, lora / "adapter_config.json")
+    kind = load_train_config(config.lora_config, []).stage
+    # A LoRA stage leaves an adapter beside its base; a full one a whole Llava checkpoint.
+    done = lora / ("adapter_config.json" if kind in ("lora", "qlora") else "config.json")
+    stage(f"stage 2 ({kind})", config.lora_config, projector, lora, done)
 
     report_dir = root / "report"
     steps.run(
