@@ -162,6 +162,12 @@ class LoraStageConfig(TrainConfig):
     lora_r: int = field(128, help="LoRA rank")
     lora_alpha: int = field(256, help="LoRA scaling alpha")
     lora_dropout: float = field(0.05, help="dropout on the LoRA input")
+    lora_init: Literal["default", "pissa", "lora_ga"] = field(
+        "default",
+        help="default (B = 0), pissa (principal singular vectors of each weight) or lora_ga (singular "
+        "vectors of the full fine-tuning gradient on lora_ga_batches batches); see thinchat/train/lora_init.py",
+    )
+    lora_ga_batches: int = field(8, help="training batches whose mean gradient initialises lora_ga")
     lora_target: list[str] = field(
         ["all-linear"], help="LM module names to adapt (e.g. q_proj, v_proj) or all-linear; only in the LM"
     )
@@ -177,6 +183,7 @@ class LoraStageConfig(TrainConfig):
         _check_range("lora_dropout", self.lora_dropout, 0.0, 0.9)
         if not self.lora_target:
             raise ConfigError("lora_target is empty: name LM modules (q_proj, v_proj, ...) or use all-linear")
+        _check_range("lora_ga_batches", self.lora_ga_batches, 1, 4096)
         if self.tower_lora and self.unfreeze_tower:
             raise ConfigError("tower_lora and unfreeze_tower are both true: pick one way to train the tower")
 
@@ -188,6 +195,14 @@ class QLoraConfig(LoraStageConfig):
     stage: Stage = field("qlora", help="qlora (stage 2, CUDA)")
     quant_type: Literal["nf4", "fp4"] = field("nf4", help="4-bit data type")
     double_quant: bool = field(True, help="quantise the quantisation constants too")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.lora_init != "default":
+            raise ConfigError(
+                f"lora_init: {self.lora_init} rewrites the base weights, which are 4-bit under qlora; "
+                "use lora_init: default (or stage: lora)"
+            )
 
 
 @dataclass

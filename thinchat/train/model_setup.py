@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from thinchat.errors import ConfigError, ModelSpecError, ThinchatError
@@ -119,8 +120,14 @@ def tower_trainable(config: TrainConfig) -> bool:
     return bool(getattr(config, "unfreeze_tower", False) or getattr(config, "tower_lora", False))
 
 
-def prepare_model(model, config: TrainConfig):
-    """Freeze / wrap ``model`` for the stage; returns the model the Trainer trains."""
+def prepare_model(
+    model, config: TrainConfig, gradient_batches: Callable[[], tuple[list, Callable]] | None = None
+):
+    """Freeze / wrap ``model`` for the stage; returns the model the Trainer trains.
+
+    ``gradient_batches`` (for ``lora_init: lora_ga``) returns the batches and the loss function whose
+    mean gradient initialises the adapter.
+    """
     model.config.use_cache = False
     for param in model.parameters():
         param.requires_grad = False
@@ -144,6 +151,8 @@ def prepare_model(model, config: TrainConfig):
         save = ([PROJECTOR] if config.train_projector else []) + (
             ["vision_tower"] if config.unfreeze_tower else []
         )
+        from thinchat.train.lora_init import estimate_gradients, peft_init_kwargs
+
         lora = LoraConfig(
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
@@ -151,7 +160,12 @@ def prepare_model(model, config: TrainConfig):
             target_modules=lora_targets(model, config),
             modules_to_save=save or None,
             bias="none",
+            **peft_init_kwargs(config.lora_init),
         )
+        if config.lora_init == "lora_ga":
+            if gradient_batches is None:
+                raise ConfigError("lora_init: lora_ga needs training batches to estimate the gradient")
+            estimate_gradients(model, lora, *gradient_batches())
         model = get_peft_model(model, lora)
         return model
     raise ConfigError(f"unknown stage {config.stage!r}")

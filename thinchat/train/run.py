@@ -19,6 +19,7 @@ from thinchat.errors import ConfigError
 from thinchat.train import checkpoints
 from thinchat.train.config import ClipCapStageConfig, LoraStageConfig, QLoraConfig, TrainConfig, config_dict
 from thinchat.train.data import Sample, first_turns, load_samples, mix_text_only
+from thinchat.train.lora_init import gradient_batches, mutates_base, save_converted, save_initial_adapter
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,10 @@ def save_final(trainer, model, processor, config: TrainConfig, output_dir: Path)
     """Write the final model into ``output_dir`` (adapter + meta for LoRA, a Llava directory otherwise)."""
     if not trainer.args.should_save:
         return
-    trainer.save_model(str(output_dir))
+    if isinstance(config, LoraStageConfig) and mutates_base(config.lora_init):
+        save_converted(model, output_dir)  # a plain LoRA on the unchanged base (see lora_init)
+    else:
+        trainer.save_model(str(output_dir))
     processor.save_pretrained(str(output_dir))
     if isinstance(config, LoraStageConfig):
         base = Path(config.model).resolve()
@@ -253,7 +257,9 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
     val_set = (
         SupervisedDataset(val_samples, processor, max_length, config.too_long, "val") if val_samples else None
     )
-    model = prepare_model(model, config)
+    model.requires_grad_(False)  # prepare_model decides what trains; the feature cache needs a frozen tower
+    feature_cache = attach_feature_cache(config, model, processor, [train_set, val_set])
+    model = prepare_model(model, config, lambda: gradient_batches(config, train_set, feature_cache))
     trainable, total = count_trainable(model)
     log.info(
         "stage %s: training %d of %d parameters (%.2f%%)",
@@ -268,7 +274,9 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
         checkpoints.write_json_atomic(
             output_dir / checkpoints.RUN_META, {**current, "config": config_dict(config)}
         )
-    feature_cache = attach_feature_cache(config, model, processor, [train_set, val_set])
+    mutated = isinstance(config, LoraStageConfig) and mutates_base(config.lora_init)
+    if mutated and resume_from is None and checkpoints.is_main_process():
+        save_initial_adapter(model, output_dir)
     if getattr(config, "init", "random") == "ridge" and resume_from is None:
         fit_projector(config, model, processor, train_set, feature_cache)
     if config.closed_form_only():

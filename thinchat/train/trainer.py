@@ -47,6 +47,19 @@ def logits_only_where_scored(inputs: dict[str, Any]) -> dict[str, Any]:
     return {**inputs, "logits_to_keep": keep, "shift_labels": targets[keep]}
 
 
+def embed_cached_features(model: Any, inputs: dict[str, Any], feature_cache: Any) -> dict[str, Any]:
+    """``inputs`` without the extra keys, with cached tower features merged into ``inputs_embeds``."""
+    inputs = dict(inputs)
+    extra = {key: inputs.pop(key) for key in EXTRA_KEYS if key in inputs}
+    if feature_cache is not None and "pixel_values" not in inputs:
+        from thinchat.train.embeds import merge_image_features
+
+        paths = extra.get("image_paths") or []
+        features = feature_cache.features_for(paths) if paths else None
+        inputs["inputs_embeds"] = merge_image_features(model, inputs.pop("input_ids"), features)
+    return inputs
+
+
 class SeededLengthGroupedSampler(LengthGroupedSampler):
     """Length-grouped order drawn from ``seed + epoch``: the same order again when a run resumes."""
 
@@ -115,14 +128,7 @@ class ThinchatTrainer(Trainer):
         return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = dict(inputs)
-        extra = {key: inputs.pop(key) for key in EXTRA_KEYS if key in inputs}
-        if self.feature_cache is not None and "pixel_values" not in inputs:
-            from thinchat.train.embeds import merge_image_features
-
-            paths = extra.get("image_paths") or []
-            features = self.feature_cache.features_for(paths) if paths else None
-            inputs["inputs_embeds"] = merge_image_features(model, inputs.pop("input_ids"), features)
+        inputs = embed_cached_features(model, inputs, self.feature_cache)
         if not return_outputs:  # callers that want the outputs expect logits at every position
             inputs = logits_only_where_scored(inputs)
         return super().compute_loss(
