@@ -30,12 +30,12 @@ def _lora_pairs(state: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor,
     return pairs
 
 
-@pytest.mark.parametrize("lora_init", ["pissa", "lora_ga"])
-def test_trained_adapter_converts_to_a_plain_lora_on_the_original_base(tmp_path, lora_init):
+@pytest.mark.parametrize(("lora_init", "lm"), [("pissa", "llama"), ("lora_ga", "llama"), ("pissa", "gemma3")])
+def test_trained_adapter_converts_to_a_plain_lora_on_the_original_base(tmp_path, lora_init, lm):
     from thinchat.loading import load_pretrained
 
     data = write_dataset(tmp_path / "data", n=8)
-    base = save_tiny(tmp_path / "base")
+    base = save_tiny(tmp_path / "base", lm=lm)  # gemma3: the zh quickstart's LM family
     extra = {"lora_init": lora_init, "lora_ga_batches": 2, "learning_rate": 0.01, "lora_dropout": 0.0}
     out = train(load_train_config(None, tiny_overrides("lora", base, data, tmp_path / "lora", **extra)))
 
