@@ -8,7 +8,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PY=${PYTHON:-python3}
-EXTRAS=${THINCHAT_EXTRAS:-presets,train,web,eval,dev}
+EXTRAS=${THINCHAT_EXTRAS:-presets,train,qlora,web,eval,dev}
 
 $PY -m pip install --quiet --disable-pip-version-check "torch==${TORCH_VERSION:-2.13.0}"
 $PY -m pip install --quiet --disable-pip-version-check -e ".[${EXTRAS}]"

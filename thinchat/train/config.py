@@ -57,7 +57,11 @@ class TrainConfig:
     warmup_ratio: float = field(0.03, help="fraction of steps with linear warm-up")
     lr_scheduler_type: str = field("cosine", help="transformers scheduler name")
     max_grad_norm: float = field(1.0, help="gradient clipping norm")
-    bf16: bool = field(True, help="bf16 autocast (CPU with avx512_bf16, or Ampere+ GPUs)")
+    bf16: bool | Literal["auto"] = field(
+        True,
+        help="bf16 autocast (CPU with fast bf16 matmuls, or Ampere+ GPUs); auto: measure bf16 vs fp32 "
+        "matmuls at start-up and take the faster on CPU, bf16 on GPUs that support it (thinchat.precision)",
+    )
     fp16: bool = field(False, help="fp16 mixed precision (older GPUs)")
     gradient_checkpointing: bool = field(False, help="recompute activations to save memory")
     group_by_length: bool = field(True, help="batch samples of similar length (less padding)")
@@ -109,7 +113,7 @@ class TrainConfig:
         if self.max_steps == -1 and self.num_train_epochs <= 0:
             raise ConfigError(f"num_train_epochs={self.num_train_epochs} must be > 0")
         if self.bf16 and self.fp16:
-            raise ConfigError("bf16 and fp16 are both true: pick one")
+            raise ConfigError(f"bf16: {str(self.bf16).lower()} and fp16: true: pick one")
 
     def closed_form_only(self) -> bool:
         """True for a projector stage that is fitted in closed form and not trained afterwards."""

@@ -67,19 +67,84 @@ def lora_targets(model, config: LoraStageConfig) -> str:
     return "|".join(f"(?:{p})" for p in parts)
 
 
-def check_qlora_possible() -> None:
-    """QLoRA needs CUDA and bitsandbytes; say so before loading any weights."""
+def check_qlora_possible(config: TrainConfig | None = None) -> None:
+    """QLoRA needs bitsandbytes with 4-bit kernels for the training device; say so before loading weights.
+
+    Why try a quantisation instead of requiring CUDA: bitsandbytes (0.46 and later) also quantises to 4
+    bit on CPU, so QLoRA runs (slowly) and is tested on CPU; builds without a kernel for the device fail
+    this probe and the run stops with a message.
+    """
     import importlib.util
 
     import torch
 
-    if not torch.cuda.is_available():
-        raise ThinchatError(
-            "stage qlora needs a CUDA GPU (bitsandbytes 4-bit); none is available here. "
-            "Use stage: lora (configs/finetune_lora_cpu.yaml) on CPU"
-        )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ThinchatError("stage qlora needs bitsandbytes: pip install 'thinchat[qlora]'")
+    on_gpu = torch.cuda.is_available() and not getattr(config, "cpu", False)
+    device = "cuda" if on_gpu else "cpu"
+    try:
+        import bitsandbytes.functional as bnbf
+
+        bnbf.quantize_4bit(torch.ones(64, 64, device=device, dtype=torch.bfloat16), quant_type="nf4")
+    except Exception as exc:  # any failure means no usable 4-bit kernel on this device
+        raise ThinchatError(
+            f"stage qlora: this bitsandbytes cannot quantise to 4 bit on {device} ({exc}); "
+            "install bitsandbytes >= 0.46 or use stage: lora (configs/finetune_lora_cpu.yaml on CPU)"
+        ) from exc
+
+
+def qlora_skip_modules(base: str | Path) -> list[str]:
+    """Full module names that must stay in floating point under 4-bit loading: tower, projector, LM head.
+
+    Why full names read off the model: transformers matches ``llm_int8_skip_modules`` from the start of
+    a module's name (up to a dot) or as a suffix, and in transformers 5 the tower is
+    ``model.vision_tower``, so the short names ``vision_tower`` / ``multi_modal_projector`` match
+    nothing: the tower and the projector were quantised and peft could not train the projector. The
+    model is built on the meta device (no weights, no memory) and its own names are taken.
+    """
+    import torch
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    config = LlavaConfig.from_pretrained(base)
+    with torch.device("meta"):
+        skeleton = LlavaForConditionalGeneration(config)
+    wanted = {"vision_tower", PROJECTOR}
+    head = skeleton.get_output_embeddings()
+    names = [
+        name
+        for name, module in skeleton.named_modules()
+        if name.rsplit(".", 1)[-1] in wanted or (head is not None and module is head)
+    ]
+    found = {name.rsplit(".", 1)[-1] for name in names}
+    if not wanted <= found or head is None:
+        raise ModelSpecError(f"{base}: no vision tower / projector / LM head found to keep out of 4 bit")
+    return names
+
+
+def compute_dtype(config: TrainConfig):
+    """The dtype QLoRA dequantises to and keeps the float parts in: bf16, fp16, or fp32 when neither."""
+    import torch
+
+    if config.bf16:
+        return torch.bfloat16
+    return torch.float16 if config.fp16 else torch.float32
+
+
+def base_dtype(config: TrainConfig):
+    """The dtype the frozen base is loaded in: bf16 for LoRA training in bf16 on a GPU, else fp32.
+
+    Why: with an fp32 base under bf16 autocast every matmul first casts its fp32 weight to bf16 and
+    reads twice the bytes, in the forward and again in the backward, and a frozen weight never needs
+    fp32. The trained weights (LoRA, projector) stay fp32 (``prepare_model``, peft's adapter autocast)
+    so AdamW updates keep full precision. Only LoRA: its output is an adapter, while stage 1 and full
+    fine-tuning save the whole model, which must not come out rounded to bf16; CPU runs keep fp32.
+    """
+    import torch
+
+    on_gpu = torch.cuda.is_available() and not config.cpu
+    if on_gpu and config.bf16 is True and isinstance(config, LoraStageConfig):
+        return torch.bfloat16
+    return torch.float32
 
 
 def load_base(config: TrainConfig, dtype=None):
@@ -93,19 +158,21 @@ def load_base(config: TrainConfig, dtype=None):
             f"model={base}: not a Llava checkpoint directory (no config.json); build one with "
             "`thinchat build --vision ... --llm ... --out checkpoints/base` or use a stage-1 output"
         )
-    kwargs = {"dtype": dtype or torch.float32}
+    kwargs: dict = {"dtype": dtype or base_dtype(config)}
     if isinstance(config, QLoraConfig):
         from transformers import BitsAndBytesConfig
 
-        compute = torch.bfloat16 if config.bf16 else torch.float16
+        compute = compute_dtype(config)
+        on_gpu = torch.cuda.is_available() and not config.cpu
         kwargs = {
             "dtype": compute,
+            "device_map": {"": torch.cuda.current_device() if on_gpu else "cpu"},
             "quantization_config": BitsAndBytesConfig(
                 load_in_4bit=True,
                 bnb_4bit_quant_type=config.quant_type,
                 bnb_4bit_use_double_quant=config.double_quant,
                 bnb_4bit_compute_dtype=compute,
-                llm_int8_skip_modules=["vision_tower", PROJECTOR, "lm_head"],
+                llm_int8_skip_modules=qlora_skip_modules(base),
             ),
         }
     try:
@@ -132,6 +199,8 @@ def prepare_model(
     for param in model.parameters():
         param.requires_grad = False
     projector = model.model.multi_modal_projector
+    if isinstance(config, (ProjectorConfig, LoraStageConfig)) and not isinstance(config, QLoraConfig):
+        projector.float()  # trained weights keep fp32 (AdamW) on a bf16 base; a no-op on an fp32 one
     if isinstance(config, ProjectorConfig):
         for param in projector.parameters():
             param.requires_grad = True

@@ -212,10 +212,13 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
     checkpoint of ``output_dir``), a run or checkpoint directory, or ``"auto"`` (resume when a complete
     checkpoint exists, else start fresh: for pipelines such as the quickstart that may have been interrupted).
     """
+    from thinchat.precision import resolve_bf16
+
+    config = resolve_bf16(config)  # bf16: auto -> true / false, measured on the training device
     if isinstance(config, QLoraConfig):
         from thinchat.train.model_setup import check_qlora_possible
 
-        check_qlora_possible()
+        check_qlora_possible(config)
     output_dir = Path(config.output_dir)
     if resume == "auto":
         resume = True if checkpoints.newest_complete(output_dir) is not None else None

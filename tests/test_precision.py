@@ -1,0 +1,72 @@
+"""``bf16: auto``: the precision is chosen by measuring bf16 and fp32 matmuls (timings mocked here)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from thinchat import precision
+from thinchat.train.config import load_train_config
+
+
+def _fake_rates(monkeypatch, bf16: float, fp32: float) -> None:
+    rates = {torch.bfloat16: bf16, torch.float32: fp32}
+    monkeypatch.setattr(precision, "matmul_gflops", lambda dtype, device="cpu", **_: rates[dtype])
+
+
+@pytest.mark.parametrize(
+    ("bf16", "fp32", "expected"),
+    [
+        (278.0, 99.0, torch.bfloat16),  # AMD EPYC with avx512_bf16 (shared/NOTES.md)
+        (113.0, 255.0, torch.float32),  # Intel Xeon without AMX: bf16 slower
+        (1066.0, 116.0, torch.bfloat16),  # Intel Xeon with AMX
+        (110.0, 100.0, torch.float32),  # near parity: autocast's casts would eat the gain
+    ],
+)
+def test_cpu_choice_follows_the_measured_rates(monkeypatch, bf16, fp32, expected):
+    _fake_rates(monkeypatch, bf16, fp32)
+    choice = precision.measure_precision("cpu")
+    assert choice.dtype == expected
+    assert (choice.bf16_gflops, choice.fp32_gflops) == (bf16, fp32)
+    assert choice.gflops == (bf16 if expected == torch.bfloat16 else fp32)
+    assert choice.as_dict()["dtype"] == str(expected).removeprefix("torch.")
+
+
+def test_gpu_choice_is_bf16_where_supported(monkeypatch):
+    _fake_rates(monkeypatch, 100.0, 400.0)  # rates do not decide on a GPU
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert precision.measure_precision("cuda").dtype == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert precision.measure_precision("cuda").dtype == torch.float32
+
+
+def test_resolve_bf16_turns_auto_into_the_measured_choice(monkeypatch):
+    config = load_train_config(None, ["bf16=auto", "cpu=true"])
+    assert config.bf16 == "auto"
+    _fake_rates(monkeypatch, 300.0, 100.0)
+    assert precision.resolve_bf16(config).bf16 is True
+    _fake_rates(monkeypatch, 100.0, 300.0)
+    assert precision.resolve_bf16(config).bf16 is False
+    fixed = load_train_config(None, ["bf16=false"])
+    assert precision.resolve_bf16(fixed) is fixed
+
+
+def test_the_real_measurement_is_quick_and_positive():
+    start = time.perf_counter()
+    choice = precision.measure_precision("cpu")
+    assert time.perf_counter() - start < 1.0
+    assert choice.bf16_gflops > 0 and choice.fp32_gflops > 0
+    assert choice.dtype in (torch.bfloat16, torch.float32)
+
+
+def test_cpu_configs_default_to_auto():
+    for name in (
+        "demo_cpu",
+        "demo_cpu_long",
+        "demo_cpu_projector",
+        "finetune_lora_cpu",
+        "pretrain_projector_cpu",
+    ):
+        assert load_train_config(f"configs/{name}.yaml").bf16 == "auto", name
