@@ -26,6 +26,7 @@ def _convert(args: argparse.Namespace) -> int:
         strict=args.strict,
         max_pixels=args.max_pixels,
         encoding=args.encoding,
+        allow_outside_images=args.allow_outside_images,
     )
     print(format_summary(summary))
     return 0
@@ -92,7 +93,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     conv.add_argument("--seed", type=int, default=0, help="seed for questions and splits")
     conv.add_argument("--strict", action="store_true", help="fail (write nothing) if any row is skipped")
     conv.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
-    conv.add_argument("--encoding", default="utf-8", help="captions file encoding (e.g. gb18030)")
+    conv.add_argument(
+        "--encoding",
+        default="utf-8",
+        help="captions file encoding when it has no BOM (e.g. gb18030); UTF-8/16/32 BOMs are detected",
+    )
+    conv.add_argument(
+        "--allow-outside-images",
+        action="store_true",
+        help="let captions name images outside --images (absolute paths, '..', symlinks); default: refused",
+    )
     conv.set_defaults(func=_convert)
 
     syn = sub.add_parser(

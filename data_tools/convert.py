@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from data_tools.imagecheck import VIEWS, ImageIndex
 from data_tools.lexicon import is_chinese, load_lexicon
-from data_tools.sources import FORMATS, READERS, Row, Skip, sniff_format
+from data_tools.sources import FORMATS, READERS, Row, Skip, check_encoding, sniff_format
 from data_tools.turns import build_conversation, load_questions
 from thinchat.errors import DataFormatError, ImageError
 from thinchat.images import DEFAULT_MAX_PIXELS
@@ -82,6 +82,7 @@ def convert(
     strict: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     encoding: str = "utf-8",
+    allow_outside_images: bool = False,
 ) -> dict[str, Any]:
     """Convert captions + images to LLaVA JSON at ``out`` (or ``out``'s ``_train/_val/_test`` files).
 
@@ -94,13 +95,14 @@ def convert(
         raise DataFormatError(f"--lang {lang!r}: expected auto, zh or en")
     images_dir = Path(images)
     source = Path(captions) if captions is not None else images_dir
-    fmt = sniff_format(source) if fmt == "auto" else fmt
+    check_encoding(encoding)
+    fmt = sniff_format(source, encoding) if fmt == "auto" else fmt
     if fmt == "folder" and not source.is_dir():
         raise DataFormatError(f"{source}: --format folder expects a directory of .txt captions")
     if fmt != "folder" and not source.is_file():
         raise DataFormatError(f"{source}: captions file not found; check --captions")
     ratios = parse_split(split) if isinstance(split, str) or split is None else tuple(split)
-    index = ImageIndex(images_dir, max_pixels)
+    index = ImageIndex(images_dir, max_pixels, allow_outside=allow_outside_images)
     out_path = Path(out)
     out_dir = out_path.parent.resolve()
     lexicon = load_lexicon()

@@ -53,29 +53,63 @@ def check_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
 
 
 class ImageIndex:
-    """Resolves image references (an id like ``0001`` or a relative path) inside one images directory."""
+    """Resolves image references (an id like ``0001`` or a relative path) inside one images directory.
 
-    def __init__(self, root: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    Why confined: caption files come from other people. A reference such as ``../../etc/passwd``, an
+    absolute path, or a symlink in the folder would otherwise read files outside ``--images``, and the
+    difference between "not found" and "not an image" would tell whether such a file exists. Every
+    reference is resolved (``..`` and symlinks) and refused with one message, before anything about the
+    target is looked at, unless ``allow_outside`` (``--allow-outside-images``) says otherwise.
+    """
+
+    def __init__(self, root: Path, max_pixels: int = DEFAULT_MAX_PIXELS, allow_outside: bool = False) -> None:
         if not root.is_dir():
             raise ImageError(f"{root}: images directory not found; check --images")
         self.root = root
+        self.real_root = root.resolve()
         self.max_pixels = max_pixels
+        self.allow_outside = allow_outside
         self._by_name: dict[str, Path] = {}
+        self._outside: set[str] = set()  # names of links in the folder that point outside it
         for entry in sorted(root.iterdir()):
-            if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES:
+            if entry.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if not self._inside(entry):
+                self._outside.update((entry.stem, entry.name))
+            elif entry.is_file():
                 self._by_name.setdefault(entry.stem, entry)
                 self._by_name.setdefault(entry.name, entry)
         self._checked: dict[Path, str] = {}
         self.used: set[Path] = set()
+
+    def _inside(self, path: Path) -> bool:
+        if self.allow_outside:
+            return True
+        try:
+            return path.resolve().is_relative_to(self.real_root)
+        except (OSError, RuntimeError, ValueError):  # symlink loop, NUL byte: not a usable reference
+            return False
+
+    def _refuse(self, ref: str) -> ImageError:
+        return ImageError(
+            f"image reference {ref!r} points outside the images directory {self.root} (absolute path, "
+            "'..' or a symlink); only files inside --images are read (--allow-outside-images lifts this)"
+        )
 
     def files(self) -> set[Path]:
         return set(self._by_name.values())
 
     def resolve(self, ref: str) -> list[Path]:
         """Paths for ``ref``: an existing relative path, ``{ref}.<image suffix>``, or its PPL/XPL views."""
+        if "\x00" in ref:
+            raise ImageError(f"image reference {ref!r} contains a NUL byte")
         if ref in self._by_name:
             return [self._by_name[ref]]
+        if ref in self._outside:
+            raise self._refuse(ref)
         direct = self.root / ref
+        if not self.allow_outside and (Path(ref).is_absolute() or not self._inside(direct)):
+            raise self._refuse(ref)  # decided before looking at the target: existence is not revealed
         if direct.is_file():
             return [direct]
         views = [self._by_name[f"{ref}_{view}"] for view in VIEWS if f"{ref}_{view}" in self._by_name]

@@ -132,6 +132,33 @@ def load_prompt(task: str, lang: str, prompt_file: str | Path | None) -> str:
     return str(yaml.safe_load(DEFAULT_PROMPTS.read_text(encoding="utf-8"))[task][lang])
 
 
+#: Characters that would end a TSV field or line (TAB, line breaks incl. Unicode ones ``str.splitlines`` sees).
+_TSV_BREAKERS = frozenset("\t\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def tsv_safe_id(job_id: str) -> bool:
+    """Whether ``job_id`` can be written as the first TSV field without starting a new field or row.
+
+    Why: ids come from file names, and a name may contain a TAB or a newline; written as is, it would
+    inject a row of the file's choosing into the captions TSV that ``data convert`` reads next.
+    """
+    return bool(job_id) and not any(ch in _TSV_BREAKERS or ord(ch) < 32 for ch in job_id)
+
+
+def _unsafe_ids(jobs: list[Job]) -> tuple[list[Job], list[str]]:
+    kept, problems = [], []
+    for job in jobs:
+        if tsv_safe_id(job.id):
+            kept.append(job)
+        else:
+            where = job.images[0] if job.images else job.id
+            problems.append(
+                f"{where!r}: the id {job.id!r} contains a TAB, line break or control character and "
+                "cannot be written to a TSV; rename the file"
+            )
+    return kept, problems
+
+
 def image_jobs(images_dir: Path) -> list[Job]:
     """One job per field: ``{id}_ppl`` + ``{id}_xpl`` together (PPL first), other images alone."""
     groups: dict[str, dict[str, Path]] = {}
@@ -200,6 +227,8 @@ def pseudo_label(
                 f"--task {task} needs --captions FILE (id<TAB>caption) with the captions to rewrite"
             )
         jobs, problems = caption_jobs(Path(captions), images_dir)
+    jobs, unsafe = _unsafe_ids(jobs)
+    problems = [*problems, *unsafe]
     template = load_prompt(task, lang, prompt_file)
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,10 @@ encoding costs that line, not the file. Blank lines are not rows.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,39 +43,109 @@ class Skip:
 Item = Row | Skip
 
 
+#: Byte-order marks and the codec each one means; a BOM wins over ``--encoding`` (UTF-32 before UTF-16:
+#: the UTF-32-LE mark starts with the UTF-16-LE one).
+_BOMS = (
+    (b"\xef\xbb\xbf", "utf-8"),
+    (b"\xff\xfe\x00\x00", "utf-32-le"),
+    (b"\x00\x00\xfe\xff", "utf-32-be"),
+    (b"\xff\xfe", "utf-16-le"),
+    (b"\xfe\xff", "utf-16-be"),
+)
+#: Codecs whose name leaves the byte order open: without a BOM, read them little-endian (what Windows writes).
+_NO_BOM_DEFAULT = {"utf-16": "utf-16-le", "utf-32": "utf-32-le", "utf-8-sig": "utf-8"}
+#: Lines one quoted CSV field may span; a quote left open longer than this is reported, not followed to EOF.
+MAX_RECORD_LINES = 100
+
+
+def check_encoding(encoding: str) -> str:
+    """The canonical codec name of ``encoding``, or ``DataFormatError`` (not a bare ``LookupError``)."""
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError as exc:
+        raise DataFormatError(
+            f"--encoding {encoding!r}: unknown text encoding; use a codec name such as utf-8, gb18030 or utf-16"
+        ) from exc
+
+
+def detect_encoding(data: bytes, encoding: str) -> tuple[bytes, str]:
+    """``(data without its BOM, codec)``: a UTF-8/16/32 BOM decides, otherwise ``encoding`` does.
+
+    Why: spreadsheet software writes "Unicode Text" as UTF-16 with a BOM and CSV as UTF-8 with one; users
+    should not have to know which.
+    """
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            return data[len(bom) :], codec
+    name = check_encoding(encoding)
+    return data, _NO_BOM_DEFAULT.get(name, name)
+
+
+def _split_lines(data: bytes, codec: str) -> Iterator[bytes]:
+    """Physical lines of ``data`` in ``codec``, split on the encoded newline at code-unit boundaries.
+
+    Why not ``data.split(b"\n")``: in UTF-16/32 the newline is 2 or 4 bytes and a 0x0a byte can sit inside
+    another character; splitting on bytes would tear every line after the first.
+    """
+    newline, carriage = "\n".encode(codec), "\r".encode(codec)
+    width = len(newline)
+    start, pos = 0, data.find(newline)
+    while pos != -1:
+        if pos % width:  # not on a code-unit boundary: part of another character
+            pos = data.find(newline, pos + 1)
+            continue
+        line = data[start:pos]
+        yield line[: -len(carriage)] if line.endswith(carriage) else line
+        start = pos + width
+        pos = data.find(newline, start)
+    line = data[start:]
+    yield line[: -len(carriage)] if line.endswith(carriage) else line
+
+
 def _lines(path: Path, encoding: str) -> Iterator[tuple[int, str | None, str]]:
     """(line number, decoded text or None, error) for each physical line of ``path``."""
-    data = path.read_bytes()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        raw = raw.rstrip(b"\r")
+    data, codec = detect_encoding(path.read_bytes(), encoding)
+    for number, raw in enumerate(_split_lines(data, codec), start=1):
         try:
-            yield number, raw.decode(encoding), ""
+            yield number, raw.decode(codec), ""
         except UnicodeDecodeError as exc:
+            byte = f"byte 0x{raw[exc.start]:02x}" if exc.start < len(raw) else "an incomplete character"
             yield (
                 number,
                 None,
-                (
-                    f"not valid {encoding} (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
-                    f"re-save the file as UTF-8 or pass --encoding (e.g. gb18030)"
-                ),
+                f"not valid {codec} ({byte} at column {exc.start + 1}); "
+                f"re-save the file as UTF-8 or pass --encoding (e.g. gb18030)",
             )
 
 
-def sniff_format(path: Path) -> str:
+def decode_text(path: Path, encoding: str) -> str:
+    """The whole of ``path`` decoded (BOM detected), or ``DataFormatError`` naming the file and offset."""
+    data, codec = detect_encoding(path.read_bytes(), encoding)
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(
+            f"{path}: not valid {codec} (byte offset {exc.start}); re-save as UTF-8 or pass --encoding"
+        ) from exc
+
+
+def sniff_format(path: Path, encoding: str = "utf-8") -> str:
     """Guess the format from the content (not the file name); raise ``DataFormatError`` if unclear."""
     if path.is_dir():
         return "folder"
     if not path.is_file():
         raise DataFormatError(f"{path}: captions file not found; check --captions")
-    head = path.read_bytes()[:65536].decode("utf-8", errors="replace").lstrip("\ufeff \r\n\t")
+    with path.open("rb") as handle:
+        data, codec = detect_encoding(handle.read(65536), encoding)
+    head = data.decode(codec, errors="replace").lstrip("\ufeff \r\n\t")
     if head.startswith("{"):
         first = head.split("\n", 1)[0]
         try:
             obj = json.loads(first)
         except json.JSONDecodeError:
             return "coco"  # a multi-line JSON document
+        except RecursionError:
+            return "jsonl"  # one absurdly nested line: the JSONL reader skips it with a reason
         return "coco" if isinstance(obj, dict) and "annotations" in obj else "jsonl"
     first_line = head.split("\n", 1)[0]
     if "\t" in first_line:
@@ -113,31 +185,98 @@ def _pick(mapping: dict, keys: tuple[str, ...]) -> str | None:
     return None
 
 
+def _csv_error(window: list[str], consumed: int, exc: csv.Error) -> str:
+    """Why the CSV record starting at ``window[0]`` cannot be parsed (decided from the text, not the message)."""
+    text = window[:consumed]
+    if sum(line.count('"') for line in text) % 2:
+        return (
+            f"unclosed quote: the quoted field that starts on this line is not closed within "
+            f"{MAX_RECORD_LINES} lines or before the end of the file; close it, or write a quote "
+            'inside a quoted field as ""'
+        )
+    limit = csv.field_size_limit()
+    if sum(len(line) for line in text) > limit:
+        return f"a field is longer than {limit} characters"
+    return f'malformed CSV quoting ({exc}); write a quote inside a quoted field as ""'
+
+
+#: A line that starts like a row of its own: an image reference (no spaces or quotes) then a comma.
+_ROW_START = re.compile(r'^[^\s",]+,')
+
+
+def _csv_records(
+    decoded: list[tuple[int, str | None, str]], width: int | None
+) -> Iterator[tuple[int, list[str] | None, str, int]]:
+    """``(first line, fields or None, reason, index of the next record)`` per CSV record, parsed one by one.
+
+    Why not one ``csv.reader`` over the file: a stray quote makes it swallow every later line into one
+    field (rows silently merged). Here a record is parsed strictly from its first line; a record that cannot
+    be parsed, or whose quoted field runs over lines that look like rows of their own (``0003.png,...``
+    with the header's number of commas), costs that one line, and parsing resumes on the next.
+    """
+    i = 0
+    while i < len(decoded):
+        number, text, error = decoded[i]
+        if text is None:
+            yield number, None, error, i + 1
+            i += 1
+            continue
+        if not text.strip():
+            i += 1
+            continue
+        window = []
+        for _, line, _ in decoded[i : i + MAX_RECORD_LINES]:
+            if line is None:
+                break
+            window.append(line + "\n")
+        reader = csv.reader(window, strict=True)
+        try:
+            record = next(reader)
+        except csv.Error as exc:
+            yield number, None, _csv_error(window, reader.line_num, exc), i + 1
+            i += 1
+            continue
+        span = reader.line_num
+        merged = [
+            number + k
+            for k in range(1, span)
+            if width is not None and _ROW_START.match(window[k]) and window[k].count(",") >= width - 1
+        ]
+        if merged:
+            yield (
+                number,
+                None,
+                f"unclosed quote: the quoted field on this line runs over line {merged[0]}, which looks "
+                "like a row of its own; close the quote",
+                i + 1,
+            )
+            i += 1
+            continue
+        yield number, record, "", i + span
+        i += span
+
+
 def read_csv(path: Path, encoding: str) -> Iterator[Item]:
     """CSV with a header naming an image column and a caption column (optional ``lang``)."""
     decoded = list(_lines(path, encoding))
-    bad = {number: error for number, text, error in decoded if text is None}
-    texts = [(text if text is not None else "") + "\n" for _, text, _ in decoded]
-    reader = csv.reader(texts)
-    try:
-        header = next(reader)
-    except StopIteration:
+    header: list[str] | None = None
+    for number, record, reason, rest in _csv_records(decoded, width=None):
+        if record is None:
+            raise DataFormatError(f"{path}:{number}: cannot read the CSV header: {reason}")
+        header, body = record, decoded[rest:]
+        break
+    if header is None:
         return
     fields = {h.strip().lower(): i for i, h in enumerate(header)}
     image_col = next((fields[k] for k in IMAGE_KEYS if k in fields), None)
     caption_col = next((fields[k] for k in CAPTION_KEYS if k in fields), None)
     lang_col = fields.get("lang", fields.get("language"))
     missing = [name for name, col in (("image", image_col), ("caption", caption_col)) if col is None]
-    start = reader.line_num + 1
-    for record in reader:
-        end = reader.line_num
-        first, span = start, range(start, end + 1)
-        start = end + 1
-        if not any(cell.strip() for cell in record):
-            continue
-        errors = [bad[n] for n in span if n in bad]
-        if errors:
-            yield Skip(str(path), first, errors[0])
+    for first, record, reason, _ in _csv_records(body, width=len(header)):
+        if record is None:
+            yield Skip(str(path), first, reason)
+        elif not any(cell.strip() for cell in record):
+            yield Skip(str(path), first, "row has only empty fields")
         elif missing:
             yield Skip(
                 str(path), first,
@@ -162,6 +301,15 @@ def _captions_of(value: object) -> list[str] | None:
     return None
 
 
+def _ref_of(value: object) -> str | None:
+    """An image id as text: a string or an integer; anything else (nested lists, objects) is not an id."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
 def read_jsonl(path: Path, encoding: str) -> Iterator[Item]:
     """One JSON object per line: ``{"image": id-or-path or [views], "caption": str or [str], "lang"?}``."""
     for number, text, error in _lines(path, encoding):
@@ -175,15 +323,19 @@ def read_jsonl(path: Path, encoding: str) -> Iterator[Item]:
         except json.JSONDecodeError as exc:
             yield Skip(str(path), number, f"invalid JSON ({exc.msg} at column {exc.colno})")
             continue
+        except RecursionError:
+            yield Skip(str(path), number, "JSON nested too deeply to parse")
+            continue
         image_key = _pick(obj, IMAGE_KEYS) if isinstance(obj, dict) else None
         caption_key = _pick(obj, CAPTION_KEYS) if isinstance(obj, dict) else None
         if image_key is None or caption_key is None:
             yield Skip(str(path), number, 'expected an object with "image" and "caption" keys')
             continue
         image = obj[image_key]
-        refs = tuple(str(v) for v in image) if isinstance(image, list) else (str(image),)
+        values = image if isinstance(image, list) else [image]
+        refs = tuple(r for r in (_ref_of(v) for v in values) if r is not None)
         captions = _captions_of(obj[caption_key])
-        if captions is None or not refs or not all(r.strip() for r in refs):
+        if captions is None or not refs or len(refs) != len(values):
             yield Skip(
                 str(path), number, "image must be a string or list, caption a string or list of strings"
             )
@@ -195,46 +347,42 @@ def read_jsonl(path: Path, encoding: str) -> Iterator[Item]:
 
 def read_coco(path: Path, encoding: str) -> Iterator[Item]:
     """COCO captions JSON: ``images`` [{id, file_name}] and ``annotations`` [{image_id, caption}]."""
+    text = decode_text(path, encoding)
     try:
-        data = json.loads(path.read_bytes().decode(encoding).lstrip("\ufeff"))
-    except UnicodeDecodeError as exc:
-        raise DataFormatError(f"{path}: not valid {encoding}; re-save as UTF-8 or pass --encoding") from exc
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataFormatError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
+    except RecursionError as exc:
+        raise DataFormatError(f"{path}: JSON nested too deeply to parse; not a COCO captions file") from exc
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise DataFormatError(
             f"{path}: expected a COCO captions object with 'images' and 'annotations' lists"
         )
     files: dict[str, str] = {}
-    for image in data.get("images") or []:
-        if isinstance(image, dict) and "id" in image and isinstance(image.get("file_name"), str):
-            files[str(image["id"])] = image["file_name"]
+    images = data.get("images")
+    for image in images if isinstance(images, list) else []:
+        key = _ref_of(image.get("id")) if isinstance(image, dict) else None
+        if key is not None and isinstance(image.get("file_name"), str):
+            files[key] = image["file_name"]
     for index, ann in enumerate(data["annotations"]):
         where = index + 1
-        if not isinstance(ann, dict) or "image_id" not in ann or not isinstance(ann.get("caption"), str):
+        key = _ref_of(ann.get("image_id")) if isinstance(ann, dict) else None
+        if key is None or not isinstance(ann.get("caption"), str):
             yield Skip(str(path), where, f"annotations[{index}]: expected image_id and a caption string")
-        elif str(ann["image_id"]) not in files:
-            yield Skip(
-                str(path), where, f"annotations[{index}]: image_id {ann['image_id']!r} is not in 'images'"
-            )
+        elif key not in files:
+            shown = ann["image_id"]  # a str or an int here: safe to repr
+            yield Skip(str(path), where, f"annotations[{index}]: image_id {shown!r} is not in 'images'")
         else:
-            yield Row(str(path), where, (files[str(ann["image_id"])],), ann["caption"].strip())
+            yield Row(str(path), where, (files[key],), ann["caption"].strip())
 
 
 def read_folder(captions_dir: Path, encoding: str) -> Iterator[Item]:
     """A folder of ``{stem}.txt`` captions beside same-stem images (``{stem}_ppl``/``_xpl`` views too)."""
     for txt in sorted(p for p in captions_dir.iterdir() if p.is_file() and p.suffix.lower() == ".txt"):
-        data = txt.read_bytes()
-        if data.startswith(b"\xef\xbb\xbf"):
-            data = data[3:]
         try:
-            text = data.decode(encoding)
-        except UnicodeDecodeError as exc:
-            yield Skip(
-                str(txt),
-                None,
-                f"not valid {encoding} (byte offset {exc.start}); re-save as UTF-8 or pass --encoding",
-            )
+            text = decode_text(txt, encoding)
+        except DataFormatError as exc:
+            yield Skip(str(txt), None, str(exc).removeprefix(f"{txt}: "))
             continue
         yield Row(str(txt), None, (txt.stem,), " ".join(text.split()))
 
