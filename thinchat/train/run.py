@@ -85,8 +85,12 @@ def training_arguments(config: TrainConfig, output_dir: Path, has_eval: bool):
     )
 
 
-def attach_feature_cache(config: TrainConfig, model, processor, datasets: list[Any]):
-    """A ``FeatureCache`` filled for every image of ``datasets`` (which then skip pixels), or None."""
+def attach_feature_cache(config: TrainConfig, model, processor, datasets: list[Any], device=None):
+    """A ``FeatureCache`` filled for every image of ``datasets`` (which then skip pixels), or None.
+
+    ``device``: the training device (``TrainingArguments.device``); the tower runs there in the
+    training precision, each rank on its shard of the images (``FeatureCache.precompute``).
+    """
     from thinchat.train.model_setup import tower_trainable
 
     if not config.feature_cache or tower_trainable(config):
@@ -98,7 +102,12 @@ def attach_feature_cache(config: TrainConfig, model, processor, datasets: list[A
         if config.feature_cache_dir
         else Path(config.data).parent / ".feature_cache"
     )
-    cache = FeatureCache(root, model, processor, dtype=config.feature_cache_dtype)
+    import torch
+
+    compute = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else torch.float32
+    cache = FeatureCache(
+        root, model, processor, dtype=config.feature_cache_dtype, device=device, compute_dtype=compute
+    )
     paths = [p for ds in datasets if ds is not None for item in ds.items for p in item.sample.images]
     cache.precompute(paths)
     for ds in datasets:
@@ -169,40 +178,13 @@ def cpu_settings(config: TrainConfig) -> None:
 
 
 def train_clipcap_stage(config: ClipCapStageConfig, resume: str | bool | None = None) -> Path:
-    """The clipcap stage: the Llava stays frozen, a ClipCap prefix is trained (``thinchat.train.clipcap``)."""
-    if resume:
-        raise ConfigError(
-            "the clipcap stage does not checkpoint (it is short): run it again without --resume"
-        )
-
+    """The clipcap stage: a ClipCap prefix + LoRA on the LM for imported embeddings (``thinchat.train.clipcap``)."""
     from thinchat.train.clipcap import train_clipcap
-    from thinchat.train.model_setup import load_base
 
-    cpu_settings(config)
-    model, processor = load_base(config)
-    output_dir = Path(config.output_dir)
-    losses = train_clipcap(
-        model,
-        processor,
-        config.data,
-        output_dir,
-        prefix_tokens=config.prefix_tokens,
-        max_steps=config.max_steps,
-        batch_size=config.per_device_train_batch_size,
-        lr=config.learning_rate,
-        bf16=config.bf16,
-        seed=config.seed,
-    )
-    checkpoints.write_json_atomic(
-        output_dir / "thinchat_checkpoint.json",
-        {
-            "base_model": str(Path(config.model).resolve()),
-            "stage": config.stage,
-            "config": config_dict(config),
-        },
-    )
-    log.info("clipcap stage: loss %.4f -> %.4f over %d steps", losses[0], losses[-1], len(losses))
-    return output_dir
+    losses = train_clipcap(config, resume=resume)
+    if losses:
+        log.info("clipcap stage: loss %.4f -> %.4f over %d steps", losses[0], losses[-1], len(losses))
+    return Path(config.output_dir)
 
 
 def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequence[Any] = ()) -> Path:
@@ -261,7 +243,9 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
         SupervisedDataset(val_samples, processor, max_length, config.too_long, "val") if val_samples else None
     )
     model.requires_grad_(False)  # prepare_model decides what trains; the feature cache needs a frozen tower
-    feature_cache = attach_feature_cache(config, model, processor, [train_set, val_set])
+    # The arguments first: they set up torch.distributed, so the feature cache can shard across ranks.
+    args = training_arguments(config, output_dir, val_set is not None)
+    feature_cache = attach_feature_cache(config, model, processor, [train_set, val_set], args.device)
     model = prepare_model(model, config, lambda: gradient_batches(config, train_set, feature_cache))
     trainable, total = count_trainable(model)
     log.info(
@@ -288,7 +272,6 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
             processor.save_pretrained(str(output_dir))
             log.info("wrote %s (closed-form projector, no gradient steps)", output_dir)
         return output_dir
-    args = training_arguments(config, output_dir, val_set is not None)
     trainer = ThinchatTrainer(
         model=model,
         args=args,
