@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from thinchat.commands.threads import passive_omp_threads
 from thinchat.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+#: Environment variable read for the API key when neither --api-key nor --api-key-file is given.
+API_KEY_ENV = "THINCHAT_API_KEY"
 
 
 def _positive(text: str) -> int:
@@ -45,7 +50,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--api-key",
         default=None,
         help="require 'Authorization: Bearer KEY' on /v1/* (default: no auth; always set one "
-        "when binding beyond 127.0.0.1)",
+        "when binding beyond 127.0.0.1). Visible to other users in `ps`: prefer --api-key-file "
+        f"or ${API_KEY_ENV}",
+    )
+    parser.add_argument(
+        "--api-key-file",
+        default=None,
+        metavar="FILE",
+        help=f"read the API key from FILE (first line); ${API_KEY_ENV} is used when neither is given",
     )
     parser.add_argument(
         "--allow-dir",
@@ -74,10 +86,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--max-images", type=_positive, default=4, help="images per request (default 4)")
     parser.add_argument(
+        "--max-image-bytes",
+        type=_positive,
+        default=8 * 1024 * 1024,
+        help="largest encoded image (file or data URI) in bytes (default 8 MiB)",
+    )
+    parser.add_argument(
         "--max-request-bytes",
         type=_positive,
         default=20 * 1024 * 1024,
         help="largest request body in bytes (default 20 MiB)",
+    )
+    parser.add_argument(
+        "--max-messages", type=_positive, default=256, help="messages per request (default 256)"
+    )
+    parser.add_argument(
+        "--max-stop", type=int, default=4, help="stop strings per request (default 4, as OpenAI)"
     )
     parser.add_argument(
         "--served-model-name",
@@ -95,8 +119,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def resolve_api_key(
+    key: str | None, key_file: str | None, environ: Mapping[str, str] = os.environ
+) -> str | None:
+    """The API key from ``--api-key``, else ``--api-key-file``, else ``$THINCHAT_API_KEY``, else None.
+
+    Why a file and a variable: a key on the command line is visible to every user of the machine in
+    ``ps``; a file (mode 600) or the environment of the service is not.
+    """
+    if key is not None and key_file is not None:
+        raise ConfigError("give the API key once: --api-key or --api-key-file, not both")
+    if key_file is not None:
+        path = Path(key_file).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--api-key-file {key_file}: cannot read it ({type(exc).__name__})") from exc
+        key = text.splitlines()[0].strip() if text.strip() else ""
+        if not key:
+            raise ConfigError(
+                f"--api-key-file {key_file}: the file is empty; write the key on its first line"
+            )
+        return key
+    if key is not None:
+        if not key.strip():
+            raise ConfigError("--api-key is empty")
+        return key
+    env = environ.get(API_KEY_ENV, "").strip()
+    return env or None
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint once, then serve until Ctrl-C."""
+    api_key = resolve_api_key(args.api_key, args.api_key_file)
+    if args.max_stop < 0:
+        raise ConfigError(f"--max-stop {args.max_stop}: expected an integer >= 0")
     allow_dirs = []
     for d in args.allow_dir:
         path = Path(d).expanduser()
@@ -105,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         allow_dirs.append(path.resolve())
     if args.max_queue < 0:
         raise ConfigError(f"--max-queue {args.max_queue}: expected an integer >= 0")
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning(
             "serving on %s without --api-key: anyone who can reach this port can use the model", args.host
         )
@@ -125,13 +182,16 @@ def run(args: argparse.Namespace) -> int:
         args.from_pretrained, device=args.device, dtype=args.dtype, settings=settings
     )
     server_settings = ServerSettings(
-        api_key=args.api_key,
+        api_key=api_key,
         allow_dirs=tuple(allow_dirs),
         max_concurrency=args.max_concurrency,
         max_queue=args.max_queue,
         max_image_pixels=args.max_image_pixels,
         max_images=args.max_images,
+        max_image_bytes=args.max_image_bytes,
         max_request_bytes=args.max_request_bytes,
+        max_messages=args.max_messages,
+        max_stop=args.max_stop,
         served_model_name=args.served_model_name,
     )
     log.info(

@@ -1,14 +1,15 @@
 """The OpenAI-compatible FastAPI app: ``/v1/chat/completions`` (JSON or SSE), ``/v1/models``, ``/health``.
 
-Why this shape: one model serves every request, so requests are admitted up to a bound (the rest get a
-429 at once rather than waiting forever), wait their turn on a semaphore without blocking the event loop,
-and generate on a worker thread. Every refusal is a 4xx in OpenAI's error shape, so the ``openai`` client
-raises a typed exception and the server keeps serving.
+Why this shape: one model serves every request, so requests are admitted up to a bound before their body
+is read (the rest get a 429 at once rather than waiting forever), are checked cheaply (size, counts, image
+headers) off the event loop, wait their turn on a semaphore, decode their images only once they hold the
+model, and generate on a worker thread. A client that hangs up, streaming or not, frees the model within
+a token. Every refusal is a 4xx in OpenAI's error shape, so the ``openai`` client raises a typed exception
+and the server keeps serving.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import time
@@ -17,14 +18,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydantic_core
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from thinchat.errors import ImageError, PromptTooLongError, ThinchatError
+from thinchat.server.admission import ClientGoneError, DisconnectWatch, Gate, Ticket, read_body
 from thinchat.server.api_errors import APIError, install_error_handlers, validation_error
-from thinchat.server.inputs import InputLimits, to_engine_inputs
+from thinchat.server.inputs import (
+    InputLimits,
+    PendingImage,
+    check_counts,
+    check_stop,
+    decode_images,
+    plan_inputs,
+)
 from thinchat.server.schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -38,7 +48,7 @@ from thinchat.server.schemas import (
     Usage,
     new_completion_id,
 )
-from thinchat.server.streaming import StopMatcher, ThreadedIterator, sse
+from thinchat.server.streaming import StopMatcher, ThreadedIterator, collect, sse
 from thinchat.server.usage import count_completion_tokens, count_prompt_tokens
 
 log = logging.getLogger(__name__)
@@ -54,39 +64,22 @@ class ServerSettings:
     max_queue: int = 16
     max_image_pixels: int = 4096 * 4096
     max_images: int = 4
+    max_image_bytes: int = 8 * 1024 * 1024
     max_request_bytes: int = 20 * 1024 * 1024
+    max_messages: int = 256
+    max_stop: int = 4
     served_model_name: str | None = None
 
     def limits(self) -> InputLimits:
         dirs = tuple(Path(d).resolve(strict=True) for d in self.allow_dirs)
         return InputLimits(
-            max_image_pixels=self.max_image_pixels, max_images=self.max_images, allow_dirs=dirs
+            max_image_pixels=self.max_image_pixels,
+            max_images=self.max_images,
+            max_image_bytes=self.max_image_bytes,
+            max_messages=self.max_messages,
+            max_stop=self.max_stop,
+            allow_dirs=dirs,
         )
-
-
-class _Gate:
-    """Admission (bounded queue -> 429) and the model slots (semaphore) for one engine."""
-
-    def __init__(self, max_concurrency: int, max_queue: int) -> None:
-        self.slots = asyncio.Semaphore(max_concurrency)
-        self.capacity = max_concurrency + max_queue
-        self.admitted = 0
-        self.running = 0
-        self.served = 0
-
-    def admit(self) -> None:
-        if self.admitted >= self.capacity:
-            raise APIError(
-                429,
-                f"server busy: {self.admitted} requests running or queued (limit "
-                f"{self.capacity}); retry later",
-                code="queue_full",
-                headers={"Retry-After": "1"},
-            )
-        self.admitted += 1
-
-    def leave(self) -> None:
-        self.admitted -= 1
 
 
 def _engine_error(exc: ThinchatError) -> APIError:
@@ -112,30 +105,6 @@ def _overrides(req: ChatCompletionRequest) -> dict[str, Any]:
     return out
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) as soon as it passes ``limit`` bytes, before buffering it all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise APIError(
-            413,
-            f"request body of {declared} bytes exceeds the limit of {limit} bytes; send "
-            "smaller images or raise --max-request-bytes",
-            code="request_too_large",
-        )
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise APIError(
-                413,
-                f"request body exceeds the limit of {limit} bytes; send smaller images or raise "
-                "--max-request-bytes",
-                code="request_too_large",
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
     """The FastAPI app serving ``engine`` (a ``thinchat.engine.ChatEngine`` or anything with its API)."""
     settings = settings or ServerSettings()
@@ -144,11 +113,11 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
     created = int(time.time())
     app = FastAPI(title="thinchat", description="OpenAI-compatible chat completions for thin-section images")
     install_error_handlers(app)
-    state: dict[str, _Gate] = {}
+    state: dict[str, Gate] = {}
 
-    def gate() -> _Gate:  # created lazily: the semaphore belongs to the server's event loop
+    def gate() -> Gate:  # created lazily: the semaphore belongs to the server's event loop
         if "gate" not in state:
-            state["gate"] = _Gate(settings.max_concurrency, settings.max_queue)
+            state["gate"] = Gate(settings.max_concurrency, settings.max_queue)
         return state["gate"]
 
     def check_auth(request: Request) -> None:
@@ -175,6 +144,7 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
             "running": g.running,
             "queued": g.admitted - g.running,
             "served": g.served,
+            "abandoned": g.abandoned,
         }
 
     @app.get("/v1/models")
@@ -194,58 +164,83 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
             )
         return ModelCard(id=model_name, created=created)
 
+    def parse(body: bytes) -> ChatCompletionRequest:
+        """The validated request; counts are checked on the raw JSON first.
+
+        Why two steps: validating every message of a 400,000-message body holds the GIL for over a
+        second (the event loop and /health stall); reading the JSON tree is ~10x cheaper, and the
+        message and stop counts are refused from it before any validation.
+        """
+        try:
+            raw = pydantic_core.from_json(body)
+        except ValueError as exc:
+            raise APIError(
+                400, "request body is not valid JSON; send a JSON object", code="invalid_json"
+            ) from exc
+        if isinstance(raw, dict):
+            check_counts(raw.get("messages"), raw.get("stop"), limits)
+        try:
+            return ChatCompletionRequest.model_validate(raw)
+        except ValidationError as exc:
+            raise validation_error(exc) from exc
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         check_auth(request)
-        body = await _read_body(request, settings.max_request_bytes)
+        ticket = gate().ticket()  # 429 before the body is read: bounded memory for queued requests
+        watch: DisconnectWatch | None = None
         try:
-            req = ChatCompletionRequest.model_validate_json(body)
-        except ValidationError as exc:
-            raise validation_error(exc) from exc
-        if req.model != model_name:
-            raise APIError(
-                404,
-                f"model '{req.model}' does not exist; this server serves '{model_name}' (see GET /v1/models)",
-                param="model",
-                code="model_not_found",
-            )
-        overrides = _overrides(req)
-        messages, images = await run_in_threadpool(to_engine_inputs, req.messages, limits)
-        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        return await _generate(req, messages, images, overrides, stops)
-
-    async def _generate(req, messages, images, overrides, stops):
-        g = gate()
-        g.admit()
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                g.running -= 1
-                g.served += 1
-                g.leave()
-                g.slots.release()
-
-        try:
-            await g.slots.acquire()
+            body = await read_body(request, settings.max_request_bytes)
+            # Parsing and the cheap checks (counts, base64, image headers) run off the event loop.
+            req = await run_in_threadpool(parse, body)
+            del body
+            if req.model != model_name:
+                raise APIError(
+                    404,
+                    f"model '{req.model}' does not exist; this server serves '{model_name}' (see GET /v1/models)",
+                    param="model",
+                    code="model_not_found",
+                )
+            overrides = _overrides(req)
+            stops = check_stop(req.stop, limits)
+            messages, pending = await run_in_threadpool(plan_inputs, req.messages, limits)
+            watch = DisconnectWatch(request)
+            await ticket.acquire(watch)
+            return await _generate(req, messages, pending, overrides, stops, ticket, watch)
+        except ClientGoneError:
+            log.info("client disconnected before its answer was ready; generation cancelled")
+            ticket.close(abandoned=True)
+            return Response(status_code=499)
         except BaseException:
-            g.leave()
+            ticket.close()  # no-op once the generation thread owns the ticket
             raise
-        g.running += 1
-        try:
-            bridge = ThreadedIterator(
-                lambda: engine.stream_messages(messages, images, **overrides), on_finish=release
-            )
-        except BaseException:
-            release()
-            raise
+        finally:
+            if watch is not None:
+                watch.stop()
+
+    async def _generate(
+        req: ChatCompletionRequest,
+        messages: list[dict],
+        pending: list[PendingImage],
+        overrides: dict[str, Any],
+        stops: list[str],
+        ticket: Ticket,
+        watch: DisconnectWatch,
+    ):
+        images = await watch.race(run_in_threadpool(decode_images, pending, limits))
+        # From here the generation thread owns the ticket: it closes it when it ends (done or cancelled).
+        bridge = ThreadedIterator(
+            lambda: engine.stream_messages(messages, images, **overrides), on_finish=ticket.finish
+        )
+        ticket.hand_over()
         try:
             # Engine errors (context too long, bad settings) surface here, before any header is sent.
-            first = await bridge.next_piece()
+            first = await watch.race(bridge.next_piece())
         except ThinchatError as exc:
             raise _engine_error(exc) from exc
+        except BaseException:
+            bridge.cancel()
+            raise
         completion_id, created_at = new_completion_id(), int(time.time())
         max_new = overrides.get("max_new_tokens", engine.settings.max_new_tokens)
 
@@ -277,7 +272,10 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
             ), reason
 
         if not req.stream:
-            text = "".join([p async for p in pieces()])
+            try:
+                text = await watch.race(collect(pieces()))  # a client that hangs up cancels generation
+            except ThinchatError as exc:
+                raise _engine_error(exc) from exc
             usage, reason = await usage_and_reason(text, stopped=matcher.stopped)
             return ChatCompletion(
                 id=completion_id,
@@ -296,9 +294,9 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
             )
 
         async def events() -> AsyncIterator[bytes]:
-            yield sse(chunk(Delta(role="assistant", content="")))
             parts: list[str] = []
             try:
+                yield sse(chunk(Delta(role="assistant", content="")))
                 async for piece in pieces():
                     parts.append(piece)
                     yield sse(chunk(Delta(content=piece)))
@@ -306,6 +304,8 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
                 yield sse(_engine_error(exc).body())
                 yield sse("[DONE]")
                 return
+            finally:
+                bridge.cancel()  # also when the client left before the first piece was sent
             text = "".join(parts)
             usage, reason = await usage_and_reason(text, stopped=matcher.stopped)
             yield sse(chunk(Delta(), reason))

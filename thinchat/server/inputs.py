@@ -1,20 +1,26 @@
-"""OpenAI messages -> engine inputs: transformers-format messages plus the decoded images, in order.
+"""OpenAI messages -> engine inputs: transformers-format messages plus the images, in order.
 
 Why a separate module: this is where untrusted request data meets the filesystem and the image decoder.
 Images come only from ``data:`` URIs or from files inside directories the operator allowed with
 ``--allow-dir`` (resolved, so ``..`` and symlinks cannot escape); the server never fetches URLs.
+
+Why two phases: :func:`plan_inputs` does everything that is cheap (counts, roles, base64, each image's
+byte size and its pixel count read from the header) so a bad request is refused before it costs memory;
+:func:`decode_images` decodes the pixels, and the server calls it only once the request holds a model
+slot, so queued requests never hold decoded images.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from thinchat.errors import ImageError
 from thinchat.images import load_image
@@ -32,10 +38,33 @@ class InputLimits:
 
     max_image_pixels: int = 4096 * 4096
     max_images: int = 4
+    max_image_bytes: int = 8 * 1024 * 1024
+    max_messages: int = 256
+    max_stop: int = 4
+    max_stop_chars: int = 256
     allow_dirs: tuple[Path, ...] = field(default_factory=tuple)
 
 
-def _decode_data_uri(url: str, param: str) -> bytes:
+@dataclass(frozen=True)
+class PendingImage:
+    """An image that passed the cheap checks (size in bytes, format, pixel count): decoded later."""
+
+    source: bytes | Path
+    name: str
+    param: str
+
+
+def _too_many_bytes(size: int, limit: int, param: str) -> APIError:
+    return APIError(
+        413,
+        f"image of {size} bytes exceeds the limit of {limit} bytes per image; send a smaller image "
+        "or raise --max-image-bytes",
+        param=param,
+        code="image_too_large",
+    )
+
+
+def _decode_data_uri(url: str, param: str, max_bytes: int) -> bytes:
     match = _DATA_URI.match(url)
     if match is None:
         raise APIError(
@@ -53,6 +82,8 @@ def _decode_data_uri(url: str, param: str) -> bytes:
             code="invalid_image",
         )
     data = re.sub(r"\s+", "", match.group("data"))
+    if len(data) // 4 * 3 > max_bytes:  # refused before the base64 is decoded
+        raise _too_many_bytes(len(data) // 4 * 3, max_bytes, param)
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -119,8 +150,34 @@ def resolve_allowed_path(raw: str, allow_dirs: tuple[Path, ...], param: str) -> 
     return real
 
 
-def load_request_image(url: str, limits: InputLimits, param: str) -> Image.Image:
-    """Decode one ``image_url`` into an RGB image, or raise a 4xx ``APIError`` naming ``param``."""
+def _check_header(source: bytes | Path, name: str, limits: InputLimits, param: str) -> None:
+    """Refuse non-images and images over the pixel cap from the header alone (no pixel is decoded)."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            width, height = img.size
+    except Image.DecompressionBombError as exc:
+        raise APIError(
+            413, f"{name}: refused as a decompression bomb", param=param, code="image_too_large"
+        ) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise APIError(
+            400,
+            f"{name}: not a readable image file (format not recognised)",
+            param=param,
+            code="invalid_image",
+        ) from exc
+    if width * height > limits.max_image_pixels:
+        raise APIError(
+            413,
+            f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of "
+            f"{limits.max_image_pixels}; downscale the image or raise --max-image-pixels",
+            param=param,
+            code="image_too_large",
+        )
+
+
+def plan_image(url: str, limits: InputLimits, param: str) -> PendingImage:
+    """Check one ``image_url`` cheaply (scheme, path, bytes, header) or raise a 4xx ``APIError``."""
     url = url.strip()
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme in ("http", "https", "ftp", "s3", "gs"):
@@ -132,30 +189,74 @@ def load_request_image(url: str, limits: InputLimits, param: str) -> Image.Image
             code="remote_url_refused",
         )
     if scheme == "data":
-        source: bytes | Path = _decode_data_uri(url, param)
+        source: bytes | Path = _decode_data_uri(url, param, limits.max_image_bytes)
         name = "image data URI"
     else:
         source = resolve_allowed_path(url, limits.allow_dirs, param)
+        size = source.stat().st_size
+        if size > limits.max_image_bytes:
+            raise _too_many_bytes(size, limits.max_image_bytes, param)
         name = f"image file '{url}'"
-    try:
-        return load_image(source, max_pixels=limits.max_image_pixels, name=name)
-    except ImageError as exc:
-        too_large = "exceeds the limit" in str(exc) or "decompression bomb" in str(exc)
-        raise APIError(
-            413 if too_large else 400,
-            str(exc),
-            param=param,
-            code="image_too_large" if too_large else "invalid_image",
-        ) from exc
+    _check_header(source, name, limits, param)
+    return PendingImage(source, name, param)
 
 
-def to_engine_inputs(
-    messages: list[ChatMessage], limits: InputLimits
-) -> tuple[list[dict], list[Image.Image]]:
+def decode_images(pending: list[PendingImage], limits: InputLimits) -> list[Image.Image]:
+    """Decode the planned images to RGB (corrupt or truncated data -> 400 naming the part)."""
+    images = []
+    for item in pending:
+        try:
+            images.append(load_image(item.source, max_pixels=limits.max_image_pixels, name=item.name))
+        except ImageError as exc:
+            raise APIError(400, str(exc), param=item.param, code="invalid_image") from exc
+    return images
+
+
+def _too_many_messages(count: int, limits: InputLimits) -> APIError:
+    return APIError(
+        400,
+        f"too many messages: {count}, at most {limits.max_messages} per request",
+        param="messages",
+        code="too_many_messages",
+    )
+
+
+def _too_many_stops(count: int, limits: InputLimits) -> APIError:
+    return APIError(
+        400, f"too many stop strings: {count}, at most {limits.max_stop}", param="stop", code="invalid_value"
+    )
+
+
+def check_counts(messages: object, stop: object, limits: InputLimits) -> None:
+    """Refuse too many messages or stop strings from the raw JSON, before validating their items."""
+    if isinstance(messages, list) and len(messages) > limits.max_messages:
+        raise _too_many_messages(len(messages), limits)
+    if isinstance(stop, list) and len(stop) > limits.max_stop:
+        raise _too_many_stops(len(stop), limits)
+
+
+def check_stop(stop: str | list[str] | None, limits: InputLimits) -> list[str]:
+    """The request's stop strings as a list, within ``max_stop`` strings of ``max_stop_chars`` each."""
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > limits.max_stop:
+        raise _too_many_stops(len(stops), limits)
+    for i, text in enumerate(stops):
+        if len(text) > limits.max_stop_chars:
+            raise APIError(
+                400,
+                f"stop string {i} has {len(text)} characters, at most {limits.max_stop_chars}",
+                param=f"stop[{i}]",
+                code="invalid_value",
+            )
+    return stops
+
+
+def plan_inputs(messages: list[ChatMessage], limits: InputLimits) -> tuple[list[dict], list[PendingImage]]:
     """Transformers chat messages whose ``{"type": "image"}`` parts match the returned images in order.
 
-    Refuses an empty conversation, a last message that is not from the user, a user turn with neither
-    text nor image, and more images than ``limits.max_images``.
+    Refuses an empty conversation, more than ``limits.max_messages`` messages, a last message that is
+    not from the user, a user turn with neither text nor image, and more images than
+    ``limits.max_images``. Images are checked but not decoded (see :func:`decode_images`).
     """
     if not messages:
         raise APIError(
@@ -164,8 +265,10 @@ def to_engine_inputs(
             param="messages",
             code="empty_messages",
         )
+    if len(messages) > limits.max_messages:
+        raise _too_many_messages(len(messages), limits)
     out: list[dict] = []
-    images: list[Image.Image] = []
+    images: list[PendingImage] = []
     for i, message in enumerate(messages):
         role = "system" if message.role == "developer" else message.role
         parts: list[dict] = []
@@ -194,7 +297,7 @@ def to_engine_inputs(
                     code="too_many_images",
                 )
             url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
-            images.append(load_request_image(url, limits, f"{param}.image_url"))
+            images.append(plan_image(url, limits, f"{param}.image_url"))
             parts.append({"type": "image"})
         if not parts:
             if role == "user":

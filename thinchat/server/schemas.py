@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # NaN and Infinity (which Python's JSON reader accepts) are never valid settings.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class ImageURL(_Lenient):
@@ -56,14 +57,15 @@ class ChatCompletionRequest(_Lenient):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = None
+    #: torch's seed range (int64 and uint64 values); larger ones are a 400, not an OverflowError.
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     n: int = Field(default=1, ge=1)
     stop: str | list[str] | None = None
     #: Not an OpenAI field; vLLM accepts it too, so clients that already send it keep working.
     repetition_penalty: float | None = Field(default=None, gt=0.0)
     # Accepted for compatibility and ignored (documented in docs/serving.md).
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     user: str | None = None
 
 
