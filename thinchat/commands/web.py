@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from thinchat.commands.threads import passive_omp_threads
-from thinchat.errors import ThinchatError
+from thinchat.errors import ConfigError, ThinchatError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="largest upload accepted, in pixels (default 8192x8192)",
     )
+    parser.add_argument(
+        "--max-upload-mb",
+        type=int,
+        default=None,
+        help="largest uploaded file in MB; larger uploads are refused before they are stored (default 25)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -66,7 +72,11 @@ def run(args: argparse.Namespace) -> int:
     from thinchat.engine import ChatEngine
     from thinchat.generation import GenerationSettings
     from thinchat.images import DEFAULT_MAX_PIXELS
-    from thinchat.web.app import build_demo, launch
+    from thinchat.web.app import DEFAULT_MAX_UPLOAD_MB, build_demo, launch
+
+    max_upload_mb = args.max_upload_mb if args.max_upload_mb is not None else DEFAULT_MAX_UPLOAD_MB
+    if max_upload_mb < 1:
+        raise ConfigError(f"--max-upload-mb {max_upload_mb}: expected an integer >= 1")
 
     overrides = {"temperature": args.temperature, "max_new_tokens": args.max_new_tokens}
     settings = GenerationSettings().with_overrides(**overrides)
@@ -76,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     demo = build_demo(engine, lang=args.lang, max_image_pixels=args.max_image_pixels or DEFAULT_MAX_PIXELS)
     if args.host not in ("127.0.0.1", "localhost", "::1") or args.share:
         log.warning("the demo is reachable beyond this machine: anyone with the link can use the model")
-    launch(demo, host=args.host, port=args.port, share=args.share)
+    launch(demo, host=args.host, port=args.port, share=args.share, max_upload_mb=max_upload_mb)
     return 0
 
 

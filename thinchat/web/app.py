@@ -7,6 +7,7 @@ more than ``ChatInterface`` lays out. Behaviour lives in :mod:`thinchat.web.chat
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -22,6 +23,10 @@ log = logging.getLogger(__name__)
 
 #: Example slides bundled with the repository (``examples/make_examples.py`` regenerates them).
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
+
+#: Largest upload gradio accepts (413 above it, nothing stored); ``--max-upload-mb`` changes it.
+DEFAULT_MAX_UPLOAD_MB = 25
+
 
 CSS = """
 #thinchat-title h1 { margin-bottom: 0.2em; }
@@ -137,6 +142,17 @@ def build_demo(
         if rows:
             gr.Examples(rows, inputs=[ppl, xpl, textbox], label=s["examples"], examples_per_page=6)
 
+        # Check each upload as it arrives (raw payload: gradio's own preprocessing would open the file and
+        # put its server path in the error); an unreadable one is cleared with a toast naming the view.
+        for view, component in (("ppl", ppl), ("xpl", xpl)):
+            component.upload(
+                functools.partial(chat.check_upload, view=view),
+                [component, language],
+                [component],
+                preprocess=False,
+                concurrency_limit=None,  # a cheap header check: never wait behind a generating request
+                show_progress="hidden",
+            )
         sliders = [temperature, top_p, max_tokens]
         ask_inputs = [textbox, ppl, xpl, chatbot, state, *sliders, language]
         for trigger in (send.click, textbox.submit):
@@ -209,8 +225,14 @@ def launch(
     share: bool = False,
     examples_dir: Path = EXAMPLES_DIR,
     prevent_thread_lock: bool = False,
+    max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB,
 ) -> Any:
-    """Start the gradio server (blocking unless ``prevent_thread_lock``)."""
+    """Start the gradio server (blocking unless ``prevent_thread_lock``).
+
+    Uploads over ``max_upload_mb`` are refused by gradio before they are stored. ``show_error`` is off:
+    the toasts the handlers raise (``gr.Error``) are still shown, but the text of an unexpected exception,
+    which may name server paths, stays in the server log.
+    """
     allowed = [str(examples_dir)] if examples_dir.is_dir() else []
     return demo.launch(
         server_name=host,
@@ -221,5 +243,6 @@ def launch(
         theme=gr.themes.Soft(),
         css=CSS,
         footer_links=["api"],
-        show_error=True,
+        show_error=False,
+        max_file_size=f"{max_upload_mb}mb",
     )

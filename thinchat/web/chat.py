@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
+from PIL import Image, UnidentifiedImageError
 
 from thinchat.errors import ImageError, ThinchatError
 from thinchat.images import DEFAULT_MAX_PIXELS, load_image
-from thinchat.web.strings import strings
+from thinchat.web.strings import DEFAULT_LANG, languages, strings
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,35 @@ class WebChat:
             try:
                 images.append(load_image(path, max_pixels=self.max_image_pixels, name=s[key]))
             except ImageError as exc:
-                raise gr.Error(s["bad_image"].format(view=s[key], error=exc), print_exception=False) from exc
+                # The upload's path is in gradio's temp folder on the server: never show it.
+                error = str(exc).replace(str(path), s[key])
+                raise gr.Error(
+                    s["bad_image"].format(view=s[key], error=error), print_exception=False
+                ) from exc
             names.append(short)
         return images, names
+
+    def check_upload(self, payload: Any, lang: str, *, view: str) -> Any:
+        """Keep an uploaded view that is a readable image within the pixel cap; clear it with a toast if not.
+
+        Gets gradio's raw upload payload (``preprocess=False``), so gradio never opens the file itself;
+        the toast names the view, never the file's path in gradio's temp folder on the server.
+        """
+        path = payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)
+        if not path:
+            return gr.skip()
+        s = strings(lang if lang in languages() else DEFAULT_LANG)
+        try:
+            with Image.open(path) as img:
+                width, height = img.size
+            if width * height > self.max_image_pixels:
+                error = s["too_large"].format(pixels=width * height, limit=self.max_image_pixels)
+            else:
+                return gr.skip()
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+            error = s["unreadable"]
+        gr.Warning(s["bad_image"].format(view=s[view], error=error))
+        return None
 
     @staticmethod
     def _overrides(temperature: float, top_p: float, max_tokens: float) -> dict[str, Any]:
