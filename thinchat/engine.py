@@ -52,12 +52,21 @@ _DTYPES = {
 }
 
 
-def resolve_dtype(dtype: Any):
-    """``None``/"auto" -> float32 (CPU-safe); names like "bf16" -> torch dtypes; torch dtypes pass through."""
+def default_device() -> str:
+    """The GPU when there is one, else the CPU: what every front end means by "no --device given"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: Any, device: str | None = None):
+    """``None``/"auto" -> bf16 on a GPU that supports it, else float32 (CPU-safe); names like "bf16" ->
+    torch dtypes; torch dtypes pass through."""
     import torch
 
     if dtype is None or dtype == "auto":
-        return torch.float32
+        on_gpu = str(device or "cpu").startswith("cuda") and torch.cuda.is_available()
+        return torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
     name = _DTYPES.get(str(dtype).lower())
@@ -116,10 +125,16 @@ class ChatEngine:
         dtype: Any = None,
         settings: GenerationSettings | None = None,
     ) -> ChatEngine:
-        """Load a base, stage-1, LoRA or merged checkpoint directory (LoRA is merged in memory)."""
+        """Load a base, stage-1, LoRA or merged checkpoint directory (LoRA is merged in memory).
+
+        ``device`` None: the GPU when there is one (a model left on the CPU of a GPU machine decodes
+        several times slower); ``dtype`` None / "auto": bf16 there, fp32 on CPU.
+        """
         from thinchat.loading import load_pretrained
 
-        model, processor = load_pretrained(path, device=device, dtype=resolve_dtype(dtype), merge=True)
+        device = device or default_device()
+        dtype = resolve_dtype(dtype, device)
+        model, processor = load_pretrained(path, device=device, dtype=dtype, merge=True)
         return cls(model, processor, name=Path(path).expanduser().resolve().name, settings=settings)
 
     # ----- sessions and one-shot calls -------------------------------------------------------------

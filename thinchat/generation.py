@@ -116,15 +116,25 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 
 
 def cancel_criteria(event: threading.Event):
-    """A ``StoppingCriteria`` that ends generation once ``event`` is set (a client went away, Ctrl-C)."""
+    """A ``StoppingCriteria`` that ends generation once ``event`` is set (a client went away, Ctrl-C).
+
+    Why the answer tensors are made once: this runs after every decoded token, and building a tensor
+    from a Python bool on the GPU each step is a fill kernel plus allocator work per token. The
+    all-False tensor is made on the first step and returned until the event is set.
+    """
     import torch
     from transformers import StoppingCriteria
 
     class _Cancel(StoppingCriteria):
+        def __init__(self) -> None:
+            self._answers: dict[tuple, torch.Tensor] = {}
+
         def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
-            return torch.full(
-                (input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device
-            )
+            stop = event.is_set()
+            key = (input_ids.shape[0], input_ids.device, stop)
+            if key not in self._answers:
+                self._answers[key] = torch.full((key[0],), stop, dtype=torch.bool, device=key[1])
+            return self._answers[key]
 
     return _Cancel()
 
