@@ -140,7 +140,10 @@ def is_main_process() -> bool:
 
 
 def resolve_resume(output_dir: Path, resume: str | bool | None, current: dict[str, Any]) -> str | None:
-    """The checkpoint path to resume from (``resume`` True: newest complete one in ``output_dir``)."""
+    """The checkpoint path to resume from (``resume`` True: newest complete one in ``output_dir``).
+
+    ``None`` (start from step 0) when the run directory holds no complete checkpoint yet.
+    """
     if not resume:
         return None
     run_dir = output_dir if resume is True else Path(resume)
@@ -158,6 +161,9 @@ def resolve_resume(output_dir: Path, resume: str | bool | None, current: dict[st
         set_aside_incomplete(run_dir)
     latest = newest_complete(run_dir)
     if latest is None:
-        raise ConfigError(f"{run_dir}: no complete checkpoint to resume from; start again without --resume")
+        # The run's first save failed (disk full) or it was stopped before one: there is nothing to lose,
+        # so --resume, which the failed save advises, starts the run again instead of refusing.
+        log.warning("%s: no complete checkpoint yet; starting the run again from step 0", run_dir)
+        return None
     log.info("resuming from %s", latest)
     return str(latest)
