@@ -19,10 +19,11 @@ from typing import Any
 
 from tqdm import tqdm
 
+from data_tools.grounded_qa import GroundedQA, QAOptions, TermPool
 from data_tools.imagecheck import VIEWS, ImageIndex
 from data_tools.lexicon import is_chinese, load_lexicon
 from data_tools.sources import FORMATS, READERS, Row, Skip, check_encoding, sniff_format
-from data_tools.turns import build_conversation, load_questions
+from data_tools.turns import build_exchanges, load_questions, place_turns
 from thinchat.errors import DataFormatError, ImageError
 from thinchat.images import DEFAULT_MAX_PIXELS
 
@@ -83,11 +84,18 @@ def convert(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     encoding: str = "utf-8",
     allow_outside_images: bool = False,
+    qa_turns: int = 0,
+    qa_negatives: bool = True,
+    lexicon_path: str | Path | None = None,
+    questions_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Convert captions + images to LLaVA JSON at ``out`` (or ``out``'s ``_train/_val/_test`` files).
 
-    Returns the summary (also written to ``<out stem>.summary.json``): outputs, counts per split and
-    language, turn counts, caption lengths, and the skip report.
+    ``qa_turns`` > 0 adds that many grounded question-answer turns per slide (``grounded_qa``: presence
+    questions half "yes" and half "no", which-of and attribute questions) and shuffles the turns; each
+    entry then lists its exchanges' types in ``turn_types``. Returns the summary (also written to
+    ``<out stem>.summary.json``): outputs, counts per split and language, turn counts, grounded-question
+    counts, caption lengths, and the skip report.
     """
     if fmt not in FORMATS:
         raise DataFormatError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
@@ -105,8 +113,10 @@ def convert(
     index = ImageIndex(images_dir, max_pixels, allow_outside=allow_outside_images)
     out_path = Path(out)
     out_dir = out_path.parent.resolve()
-    lexicon = load_lexicon()
-    pools = load_questions()
+    if qa_turns < 0:
+        raise DataFormatError(f"--qa-turns {qa_turns}: expected 0 or more")
+    lexicon = load_lexicon(Path(lexicon_path) if lexicon_path else None)
+    pools = load_questions(str(questions_path) if questions_path else None)
 
     skips: list[dict[str, Any]] = []
     accepted: list[tuple[Row, tuple[Path, ...]]] = []
@@ -157,6 +167,13 @@ def convert(
     for row, paths in accepted:
         per_image[paths].append(row)
     split_of = _assign_splits(list(per_image), ratios, seed)
+    qa_options = QAOptions.from_total(qa_turns, qa_negatives)
+    grounded = (
+        GroundedQA(lexicon, TermPool.from_reports((r.caption for r, _ in accepted), lexicon), pools)
+        if qa_turns
+        else None
+    )
+    qa_count: Counter[str] = Counter()
     entries: dict[str, list[dict[str, Any]]] = defaultdict(list)
     lengths: dict[str, list[int]] = defaultdict(list)
     turns_count: Counter[int] = Counter()
@@ -172,11 +189,21 @@ def convert(
             used_ids.add(entry_id)
             code = _detect_lang(row.caption, lang, row.lang)
             rng = random.Random(f"{seed}\0{entry_id}")
-            conv = build_conversation(row.caption, code, len(paths), rng, multi_turn, pools, lexicon)
+            exchanges = build_exchanges(row.caption, code, rng, multi_turn, pools, lexicon)
+            entry: dict[str, Any] = {"id": entry_id}
+            if grounded is not None:
+                items = grounded.items(row.caption, code, rng, qa_options)
+                if not items:
+                    qa_count["reports_without_terms"] += 1
+                for item in items:
+                    qa_count[f"{item.type}_{item.expected}" if item.type == "presence" else item.type] += 1
+                    exchanges.append((item.type, item.question, item.answer))
+                conv, entry["turn_types"] = place_turns(exchanges, len(paths), rng)
+            else:
+                conv, _ = place_turns(exchanges, len(paths))
             rel = [Path(os.path.relpath(p.resolve(), out_dir)).as_posix() for p in paths]
-            entries[split_of[paths]].append(
-                {"id": entry_id, "image": rel, "conversations": conv, "lang": code}
-            )
+            entry.update({"image": rel, "conversations": conv, "lang": code})
+            entries[split_of[paths]].append(entry)
             lengths[code].append(len(row.caption))
             turns_count[len(conv) // 2] += 1
             lang_count[code] += 1
@@ -196,6 +223,7 @@ def convert(
         },
         "languages": dict(lang_count),
         "turns": {str(k): v for k, v in sorted(turns_count.items())},
+        "grounded_questions": dict(sorted(qa_count.items())),
         "caption_chars": {
             code: {"min": min(v), "mean": round(statistics.fmean(v), 1), "max": max(v)}
             for code, v in lengths.items()
@@ -231,6 +259,11 @@ def format_summary(summary: dict[str, Any], max_skips: int = 20) -> str:
         f"rows in {summary['rows_in']} = out {summary['rows_out']} + skipped {summary['rows_skipped']}",
         f"splits: {summary['splits']}  images: {summary['images_per_split']}",
         f"languages: {summary['languages']}  turns: {summary['turns']}",
+        *(
+            [f"grounded questions: {summary['grounded_questions']}"]
+            if summary.get("grounded_questions")
+            else []
+        ),
         f"caption length (chars): {summary['caption_chars']}",
     ]
     for name, path in summary["outputs"].items():

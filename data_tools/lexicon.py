@@ -31,6 +31,9 @@ class Term:
     en: list[str]
     kind: str  # mineral | matrix | cement | alteration | texture | grain_size | pore | optics | rock | group
     facet: str  # composition, matrix, carbonate, silica, feldspar_alteration, accessory, fabric, ...
+    #: Ids of wider terms this one implies (plagioclase -> feldspar): a report naming plagioclase has
+    #: feldspar, so grounded questions never ask "is feldspar present?" expecting "no" there.
+    broader: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,22 @@ class Lexicon:
     def facet(self, term_id: str) -> str:
         return self.by_id[term_id].facet
 
+    def with_broader(self, term_ids: set[str]) -> set[str]:
+        """``term_ids`` plus every wider term they imply, transitively (plagioclase -> feldspar)."""
+        out, todo = set(term_ids), list(term_ids)
+        while todo:
+            term = self.by_id.get(todo.pop())
+            for wider in term.broader if term else ():
+                if wider not in out:
+                    out.add(wider)
+                    todo.append(wider)
+        return out
+
+    @property
+    def umbrella_ids(self) -> set[str]:
+        """Terms some other term names as ``broader``: too wide to be a clean "no" or a which-of option."""
+        return {wider for term in self.terms for wider in term.broader}
+
 
 def is_chinese(text: str, threshold: float = 0.2) -> bool:
     """True when CJK characters make up at least ``threshold`` of the letters (mixed zh/en text counts)."""
@@ -138,13 +157,29 @@ def is_chinese(text: str, threshold: float = 0.2) -> bool:
     return len(_CJK.findall(text)) / letters >= threshold
 
 
-def _parse(data: object, source: str) -> list[Term]:
+def _term_lines(text: str) -> list[int]:
+    """1-based line of each item of the top-level ``terms`` list, for error messages."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return []
+    if not isinstance(root, yaml.MappingNode):
+        return []
+    for key, value in root.value:
+        if key.value == "terms" and isinstance(value, yaml.SequenceNode):
+            return [item.start_mark.line + 1 for item in value.value]
+    return []
+
+
+def _parse(data: object, source: str, lines: list[int] | None = None) -> list[Term]:
     if not isinstance(data, dict) or not isinstance(data.get("terms"), list):
         raise DataFormatError(f"{source}: expected a mapping with a 'terms' list")
     terms: list[Term] = []
     seen: set[str] = set()
+    lines = lines or []
     for index, item in enumerate(data["terms"]):
-        where = f"{source}: terms[{index}]"
+        line = f":{lines[index]}" if index < len(lines) else ""
+        where = f"{source}{line}: terms[{index}]"
         if not isinstance(item, dict):
             raise DataFormatError(f"{where}: expected a mapping with id, kind, facet, zh, en")
         missing = [k for k in ("id", "kind", "facet", "zh", "en") if k not in item]
@@ -157,14 +192,31 @@ def _parse(data: object, source: str) -> list[Term]:
         en = [str(n) for n in item["en"]]
         if not zh and not en:
             raise DataFormatError(f"{where}: term {item['id']!r} has no names")
-        terms.append(Term(str(item["id"]), zh, en, str(item["kind"]), str(item["facet"])))
+        broader = item.get("broader", [])
+        if not isinstance(broader, list) or not all(isinstance(b, str) for b in broader):
+            raise DataFormatError(f"{where}: 'broader' must be a list of term ids, got {broader!r}")
+        terms.append(Term(str(item["id"]), zh, en, str(item["kind"]), str(item["facet"]), tuple(broader)))
+    ids = {t.id for t in terms}
+    for index, term in enumerate(terms):
+        unknown = [b for b in term.broader if b not in ids]
+        if unknown:
+            line = f":{lines[index]}" if index < len(lines) else ""
+            raise DataFormatError(
+                f"{source}{line}: terms[{index}] ({term.id}): broader names unknown id(s) {', '.join(unknown)}"
+            )
     return terms
 
 
 @lru_cache(maxsize=8)
 def _load_cached(path: str) -> Lexicon:
     text = Path(path).read_text(encoding="utf-8")
-    return Lexicon(_parse(yaml.safe_load(text), path))
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise DataFormatError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
+    return Lexicon(_parse(data, path, _term_lines(text)))
 
 
 def load_lexicon(path: Path | None = None) -> Lexicon:

@@ -36,10 +36,18 @@ FACETS = (
 _SPLIT = re.compile(r"(?<=[。！？；;!?])|(?<=\.)(?=\s)")
 
 
+#: Template keys of the ``grounded`` section (grounded_qa.py fills them in).
+GROUNDED_KEYS = (
+    "presence", "presence_alteration", "which", "percent", "grain_size", "roundness", "sorting",
+    "answer_yes", "answer_no", "answer_no_stated", "answer_which", "answer_percent",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class QuestionPools:
     describe: dict[str, list[str]]  # lang -> questions asking for the whole description
     facets: dict[str, dict[str, list[str]]]  # facet -> lang -> follow-up questions
+    grounded: dict[str, dict[str, list[str]]]  # template key -> lang -> questions or answer templates
 
 
 @lru_cache(maxsize=4)
@@ -53,14 +61,23 @@ def load_questions(path: str | None = None) -> QuestionPools:
             facet: {lang: [str(q) for q in pools[lang]] for lang in ("zh", "en")}
             for facet, pools in data["facets"].items()
         }
+        grounded = {
+            key: {lang: [str(q) for q in data["grounded"][key][lang]] for lang in ("zh", "en")}
+            for key in GROUNDED_KEYS
+        }
     except (KeyError, TypeError) as exc:
         raise DataFormatError(
-            f"{source}: expected describe.zh/en and facets.<facet>.zh/en lists ({exc})"
+            f"{source}: expected describe.zh/en, facets.<facet>.zh/en and grounded.<key>.zh/en lists "
+            f"(keys: {', '.join(GROUNDED_KEYS)}); missing or malformed: {exc}"
         ) from exc
     for lang, questions in describe.items():
         if not questions:
             raise DataFormatError(f"{source}: describe.{lang} is empty")
-    return QuestionPools(describe, facets)
+    for key, langs in grounded.items():
+        for lang, questions in langs.items():
+            if not questions:
+                raise DataFormatError(f"{source}: grounded.{key}.{lang} is empty")
+    return QuestionPools(describe, facets, grounded)
 
 
 def split_clauses(text: str) -> list[str]:
@@ -104,6 +121,47 @@ def facet_answers(caption: str, lexicon: Lexicon, lang: str) -> dict[str, str]:
     return {facet: sep.join(clauses) for facet, clauses in grouped.items()}
 
 
+def build_exchanges(
+    caption: str,
+    lang: str,
+    rng: random.Random,
+    multi_turn: bool = False,
+    pools: QuestionPools | None = None,
+    lexicon: Lexicon | None = None,
+) -> list[tuple[str, str, str]]:
+    """``(type, question, answer)`` for one caption: the description, then facet follow-ups if asked."""
+    pools = pools or load_questions()
+    exchanges = [("describe", rng.choice(pools.describe[lang]), caption)]
+    if not multi_turn:
+        return exchanges
+    answers = facet_answers(caption, lexicon or load_lexicon(), lang)
+    if len(answers) < 2:
+        return exchanges  # a single-facet caption: a follow-up would repeat the description
+    for facet, answer in answers.items():
+        questions = pools.facets.get(facet, {}).get(lang)
+        if questions:
+            exchanges.append(("facet", rng.choice(questions), answer))
+    return exchanges
+
+
+def place_turns(
+    exchanges: list[tuple[str, str, str]], n_images: int, rng: random.Random | None = None
+) -> tuple[list[dict[str, str]], list[str]]:
+    """LLaVA ``conversations`` and the type of each exchange; shuffled when ``rng`` is given.
+
+    The images always go with the first human turn, whichever question comes first, so a grounded
+    question is trained both as an opening question and as a follow-up after the description.
+    """
+    order = list(exchanges)
+    if rng is not None:
+        rng.shuffle(order)
+    turns: list[dict[str, str]] = []
+    for k, (_, question, answer) in enumerate(order):
+        turns.append({"from": "human", "value": ("<image>\n" * n_images if k == 0 else "") + question})
+        turns.append({"from": "gpt", "value": answer})
+    return turns, [kind for kind, _, _ in order]
+
+
 def build_conversation(
     caption: str,
     lang: str,
@@ -114,20 +172,4 @@ def build_conversation(
     lexicon: Lexicon | None = None,
 ) -> list[dict[str, str]]:
     """LLaVA ``conversations`` for one caption: the description turn, then facet follow-ups if asked."""
-    pools = pools or load_questions()
-    question = rng.choice(pools.describe[lang])
-    turns = [
-        {"from": "human", "value": "<image>\n" * n_images + question},
-        {"from": "gpt", "value": caption},
-    ]
-    if not multi_turn:
-        return turns
-    answers = facet_answers(caption, lexicon or load_lexicon(), lang)
-    if len(answers) < 2:
-        return turns  # a single-facet caption: a follow-up would repeat the description
-    for facet, answer in answers.items():
-        questions = pools.facets.get(facet, {}).get(lang)
-        if questions:
-            turns.append({"from": "human", "value": rng.choice(questions)})
-            turns.append({"from": "gpt", "value": answer})
-    return turns
+    return place_turns(build_exchanges(caption, lang, rng, multi_turn, pools, lexicon), n_images)[0]

@@ -1,0 +1,268 @@
+"""Grounded question-answer turns from a report: presence (yes and no), which-of and attribute questions.
+
+Why: a model trained only on "describe this slide" learns to replay its caption whatever it is asked.
+Questions whose answer depends on the question (and on the slide) make it read both. Every answer is
+derived from the report and the lexicon alone:
+
+- presence: "Is calcite present?" -> "Yes. <the report's clause naming calcite>" for a term the report
+  names, and as many questions about terms it does *not* name -> "No, ..."; the negatives are drawn from
+  terms that occur elsewhere in the same dataset (weighted by how often), so "yes" is no prior. A "no"
+  means "not in the report": it is only as good as the reports (a mineral the petrographer did not
+  mention counts as absent). Terms a named term implies (plagioclase -> feldspar, lexicon ``broader``)
+  are never expected to be absent;
+- which-of: two or three candidates of the same kind (two alterations, two carbonates), exactly one of
+  them in the report;
+- attribute: a stated percentage ("About how much quartz?"), grain size, roundness, sorting, answered
+  with the report's own clause.
+
+Questions and answer templates are data (``questions.yaml``, section ``grounded``), in the caption's
+language; the choice is deterministic in the ``random.Random`` the caller passes.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from data_tools.lexicon import Lexicon
+from data_tools.report import parse_proportions
+from data_tools.turns import QuestionPools, split_clauses
+
+#: Lexicon kinds a presence or which-of question may ask about.
+ASK_KINDS = frozenset({"mineral", "matrix", "cement", "alteration"})
+#: Attribute questions and the lexicon term whose clause answers them.
+ATTRIBUTE_TERMS = {"grain_size": ("grain_size",), "roundness": ("rounded", "subrounded", "subangular",
+                   "angular"), "sorting": ("sorting",)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class QAItem:
+    """One grounded exchange. ``expected`` is "yes"/"no" (presence) or the right term id (which-of)."""
+
+    type: str  # presence | which | attribute
+    question: str
+    answer: str
+    term: str | None = None
+    expected: str | None = None
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class QAOptions:
+    """How many grounded turns each slide gets (``thinchat data convert --qa-turns`` and friends)."""
+
+    presence: int = 4  # presence questions per slide, half expecting "yes" and half "no"
+    which: int = 1
+    attribute: int = 1
+    negatives: bool = True  # False: presence questions only about terms the report names
+
+    @classmethod
+    def from_total(cls, turns: int, negatives: bool = True) -> QAOptions:
+        """Split ``turns`` QA turns per slide: one which-of and one attribute question, the rest presence."""
+        if turns <= 0:
+            return cls(0, 0, 0, negatives)
+        which = 1 if turns >= 3 else 0
+        attribute = 1 if turns >= 4 else 0
+        return cls(turns - which - attribute, which, attribute, negatives)
+
+    @property
+    def total(self) -> int:
+        return self.presence + self.which + self.attribute
+
+
+class TermPool:
+    """How many reports of a dataset name each askable term: where negatives and distractors come from."""
+
+    def __init__(self, counts: Counter[str]) -> None:
+        self.counts = counts
+
+    @classmethod
+    def from_reports(cls, reports: Iterable[str], lexicon: Lexicon) -> TermPool:
+        counts: Counter[str] = Counter()
+        for report in reports:
+            counts.update(lexicon.find(report, kinds=set(ASK_KINDS)))
+        for umbrella in lexicon.umbrella_ids:
+            counts.pop(umbrella, None)
+        return cls(counts)
+
+    def draw(
+        self, rng: random.Random, exclude: set[str], k: int, where: Iterable[str] | None = None
+    ) -> list[str]:
+        """Up to ``k`` distinct terms not in ``exclude``, drawn in proportion to their counts."""
+        allowed = set(where) if where is not None else None
+        pool = [
+            (t, c)
+            for t, c in sorted(self.counts.items())
+            if t not in exclude and (allowed is None or t in allowed)
+        ]
+        out: list[str] = []
+        while pool and len(out) < k:
+            pick = rng.choices(range(len(pool)), weights=[c for _, c in pool])[0]
+            out.append(pool.pop(pick)[0])
+        return out
+
+
+def _group(lexicon: Lexicon, term_id: str) -> str:
+    """Which-of candidates share a group: their wider term (mica: muscovite, biotite), all alterations
+    together, else the report facet."""
+    term = lexicon.by_id[term_id]
+    if term.broader:
+        return term.broader[0]
+    return "alteration" if term.kind == "alteration" else term.facet
+
+
+_SEGMENT = re.compile(r"[，,；;：:]\s*")
+_END = "。.！!？?"
+
+
+def _clause_of(clauses: Sequence[str], term_id: str, lexicon: Lexicon, negated: bool = False) -> str | None:
+    """The report's words about ``term_id``: from the comma-separated segment naming it up to the segment
+    naming the next askable term ("碎屑成分：石英约占34%，斜长石约占14%" -> "斜长石约占14%"; "方解石约占8%，
+    呈连晶状胶结。" stays whole), so an answer quotes the report without its neighbours' facts."""
+    for clause in clauses:
+        spans = [s for s in lexicon.find_spans(clause) if lexicon.by_id[s.term_id].kind in ASK_KINDS]
+        hit = next((s for s in spans if s.term_id == term_id and s.negated == negated), None)
+        if hit is None:
+            continue
+        cuts = list(_SEGMENT.finditer(clause))
+        start = max([0] + [m.end() for m in cuts if m.end() <= hit.start])
+        following = next((s.start for s in spans if s.start >= hit.end and s.term_id != term_id), None)
+        end = len(clause)
+        if following is not None:
+            end = max((m.start() for m in cuts if hit.end <= m.start() < following), default=len(clause))
+        text = clause[start:end].strip()
+        return text if text[-1:] in _END else text + ("。" if _is_zh(text) else ".")
+    return None
+
+
+def _is_zh(text: str) -> bool:
+    return any("\u3400" <= ch <= "\u9fff" for ch in text)
+
+
+def _join_options(names: Sequence[str], lang: str) -> str:
+    if lang == "zh":
+        return "、".join(names[:-1]) + "还是" + names[-1]
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+class GroundedQA:
+    """Builds the grounded items for one report; holds the lexicon, the dataset's term pool and templates."""
+
+    def __init__(self, lexicon: Lexicon, pool: TermPool, pools: QuestionPools) -> None:
+        self.lexicon = lexicon
+        self.pool = pool
+        self.templates = pools.grounded
+
+    def _pick(self, rng: random.Random, key: str, lang: str) -> str:
+        return rng.choice(self.templates[key][lang])
+
+    def _name(self, term_id: str, lang: str) -> str:
+        return self.lexicon.name(term_id, lang)
+
+    def items(self, report: str, lang: str, rng: random.Random, options: QAOptions) -> list[QAItem]:
+        """The grounded items for ``report``; a report naming no askable term gets none."""
+        lex = self.lexicon
+        spans = lex.find_spans(report)
+        named = {s.term_id for s in spans if not s.negated and lex.by_id[s.term_id].kind in ASK_KINDS}
+        if not named:
+            return []
+        present = lex.with_broader(named)
+        stated_absent = {s.term_id for s in spans if s.negated} - present
+        clauses = split_clauses(report)
+        items = self._presence(report, clauses, lang, rng, options, named, present, stated_absent)
+        items += self._which(clauses, lang, rng, options.which, named, present)
+        items += self._attributes(report, clauses, lang, rng, options.attribute, named)
+        return items
+
+    def _presence(self, report, clauses, lang, rng, options, named, present, stated_absent) -> list[QAItem]:
+        lex = self.lexicon
+        askable = sorted(named - lex.umbrella_ids)
+        n_yes = (options.presence + rng.randrange(2)) // 2 if options.negatives else options.presence
+        yes_terms = rng.sample(askable, min(n_yes, len(askable)))
+        no_terms: list[str] = []
+        if options.negatives:
+            # As many "no" as "yes" on every slide, so the answer is never predictable from the count.
+            n_no = len(yes_terms)
+            no_terms = rng.sample(sorted(stated_absent), min(n_no, len(stated_absent)))
+            no_terms += self.pool.draw(rng, present | set(no_terms) | lex.umbrella_ids, n_no - len(no_terms))
+            yes_terms = yes_terms[: len(no_terms)]
+        items = []
+        for term in yes_terms:
+            key = "presence_alteration" if lex.by_id[term].kind == "alteration" else "presence"
+            clause = _clause_of(clauses, term, lex) or report
+            items.append(
+                QAItem(
+                    "presence",
+                    self._pick(rng, key, lang).format(term=self._name(term, lang)),
+                    self._pick(rng, "answer_yes", lang).format(clause=_cap(clause)),
+                    term,
+                    "yes",
+                )
+            )
+        for term in no_terms:
+            key = "presence_alteration" if lex.by_id[term].kind == "alteration" else "presence"
+            clause = _clause_of(clauses, term, lex, negated=True)
+            name = self._name(term, lang)
+            answer = (
+                self._pick(rng, "answer_no_stated", lang).format(clause=_cap(clause))
+                if clause
+                else self._pick(rng, "answer_no", lang).format(term=name)
+            )
+            items.append(QAItem("presence", self._pick(rng, key, lang).format(term=name), answer, term, "no"))
+        return items
+
+    def _which(self, clauses, lang, rng, count, named, present) -> list[QAItem]:
+        lex = self.lexicon
+        items: list[QAItem] = []
+        candidates = sorted(named - lex.umbrella_ids)
+        rng.shuffle(candidates)
+        for term in candidates:
+            if len(items) >= count:
+                break
+            group = [t for t in self.pool.counts if _group(lex, t) == _group(lex, term)]
+            distractors = self.pool.draw(rng, present | lex.umbrella_ids, rng.choice((1, 2)), where=group)
+            if not distractors:
+                continue
+            options = [term, *distractors]
+            rng.shuffle(options)
+            names = [self._name(t, lang) for t in options]
+            clause = _clause_of(clauses, term, lex) or ""
+            name = self._name(term, lang)
+            if clause.lower().startswith(name.lower()):
+                answer = _cap(clause)  # "K-feldspar (about 7%)." already names the answer first
+            else:
+                answer = self._pick(rng, "answer_which", lang).format(
+                    term=name, Term=_cap(name), clause=_cap(clause)
+                )
+            question = self._pick(rng, "which", lang).format(options=_join_options(names, lang))
+            items.append(QAItem("which", question, answer.strip(), term, term, tuple(options)))
+        return items
+
+    def _attributes(self, report, clauses, lang, rng, count, named) -> list[QAItem]:
+        lex = self.lexicon
+        choices: list[QAItem] = []
+        for term, value in sorted(parse_proportions(report, lex).items()):
+            if term in named and term not in lex.umbrella_ids:
+                name = self._name(term, lang)
+                choices.append(
+                    QAItem(
+                        "attribute",
+                        self._pick(rng, "percent", lang).format(term=name),
+                        self._pick(rng, "answer_percent", lang).format(
+                            term=name, Term=_cap(name), value=f"{value:g}"
+                        ),
+                        term,
+                    )
+                )
+        for attribute, terms in ATTRIBUTE_TERMS.items():
+            clause = next((c for t in terms if (c := _clause_of(clauses, t, lex))), None)
+            if clause:
+                choices.append(QAItem("attribute", self._pick(rng, attribute, lang), clause, attribute))
+        return rng.sample(choices, min(count, len(choices)))

@@ -1,0 +1,180 @@
+"""Grounded question-answer turns: balanced yes/no, answers quoting the report, "no" terms truly absent."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_tools.convert import convert
+from data_tools.grounded_qa import ASK_KINDS, GroundedQA, QAOptions, TermPool
+from data_tools.lexicon import load_lexicon
+from data_tools.turns import load_questions
+from thinchat.errors import DataFormatError
+
+ZH = [
+    "泥质约占20%，呈隐晶状，大部分已绢云母化。方解石约占8%，呈连晶状胶结。长石具粘土化。少见锆石、电气石。颗粒呈次圆状，分选好。",
+    "碎屑成分：石英约占60%，斜长石约占10%。硅质约占5%，呈石英次生加大边围绕颗粒分布。未见黄铁矿。碎屑粒径0.10-0.30mm。",
+    "白云石约占85%，呈细晶镶嵌状。孔隙约占6%，以溶孔为主。",
+]
+EN = [
+    "Framework grains: quartz (about 55%), K-feldspar (about 12%). K-feldspar shows argillization. "
+    "Calcite (about 9%) forms poikilotopic cement. Grain size is 0.10-0.25 mm, mainly fine sand, well sorted.",
+    "Dolomite (about 80%) forms a fine crystalline mosaic. Accessory minerals: pyrite (trace). No chlorite.",
+    "Quartz (about 70%) with siliceous cement (about 6%). Platy minerals: muscovite (about 2%), biotite (about 1%).",
+]
+NO_TERMS = "Nothing diagnostic can be seen in this photograph."
+
+
+def _grounded(reports: list[str]) -> GroundedQA:
+    lex = load_lexicon()
+    return GroundedQA(lex, TermPool.from_reports(reports, lex), load_questions())
+
+
+def _present(report: str) -> set[str]:
+    lex = load_lexicon()
+    return lex.with_broader(lex.find(report, kinds=set(ASK_KINDS)))
+
+
+@pytest.mark.parametrize(("reports", "lang"), [(ZH, "zh"), (EN, "en")])
+def test_presence_is_balanced_and_grounded(reports: list[str], lang: str) -> None:
+    grounded = _grounded(reports)
+    lex = load_lexicon()
+    counts: Counter[str] = Counter()
+    for k, report in enumerate(reports * 4):
+        items = grounded.items(report, lang, random.Random(k), QAOptions(presence=4, which=1, attribute=1))
+        for item in items:
+            if item.type != "presence":
+                continue
+            counts[item.expected] += 1
+            if item.expected == "yes":
+                assert item.term in lex.find(report)
+                quoted = item.answer.split("。", 1)[1] if lang == "zh" else item.answer.split(". ", 1)[1]
+                assert (
+                    quoted.rstrip("。.") and quoted.rstrip("。.").lower() in report.lower()
+                )  # the report's words
+            else:
+                assert item.term not in _present(report)
+                assert item.answer.startswith("没有" if lang == "zh" else "No")
+                assert lex.name(item.term, lang) in item.question
+    assert counts["yes"] == counts["no"]
+    assert counts["yes"] >= len(reports) * 4
+
+
+def test_stated_absence_gives_a_quoted_no() -> None:
+    grounded = _grounded(ZH)
+    found = False
+    for k in range(40):
+        for item in grounded.items(
+            ZH[1], "zh", random.Random(k), QAOptions(presence=8, which=0, attribute=0)
+        ):
+            if item.term == "pyrite":
+                assert item.expected == "no" and item.answer == "没有。未见黄铁矿。"
+                found = True
+    assert found
+
+
+def test_broader_terms_are_never_expected_absent() -> None:
+    # Plagioclase implies feldspar: "is there feldspar?" must never expect "no" for that report.
+    lex = load_lexicon()
+    grounded = _grounded([*EN, "Feldspar grains are altered. Mica flakes occur."])
+    report = (
+        "Framework grains: quartz (about 50%), plagioclase (about 20%). Platy minerals: biotite (about 3%)."
+    )
+    for k in range(50):
+        for item in grounded.items(
+            report, "en", random.Random(k), QAOptions(presence=6, which=1, attribute=0)
+        ):
+            assert not (item.expected == "no" and item.term in {"feldspar", "mica"})
+            if item.type == "which":
+                assert item.expected in item.options
+                assert len(set(item.options) & lex.find(report)) == 1
+
+
+def test_which_and_attribute_questions() -> None:
+    grounded = _grounded(EN)
+    lex = load_lexicon()
+    seen: Counter[str] = Counter()
+    for k in range(30):
+        for item in grounded.items(
+            EN[0], "en", random.Random(k), QAOptions(presence=0, which=1, attribute=1)
+        ):
+            seen[item.type] += 1
+            if item.type == "which":
+                assert 2 <= len(item.options) <= 3
+                others = set(item.options) - {item.expected}
+                assert not others & _present(EN[0])
+                assert item.answer.lower().startswith(lex.name(item.expected, "en").lower())
+            elif item.term == "quartz":
+                assert item.answer == "Quartz makes up about 55% of the slide."
+    assert seen["which"] == 30 and seen["attribute"] == 30
+
+
+def test_same_seed_same_items_and_no_terms_no_items() -> None:
+    grounded = _grounded(EN)
+    a = grounded.items(EN[0], "en", random.Random(3), QAOptions())
+    b = grounded.items(EN[0], "en", random.Random(3), QAOptions())
+    assert a == b and a
+    assert grounded.items(NO_TERMS, "en", random.Random(0), QAOptions()) == []
+
+
+def test_negatives_off() -> None:
+    grounded = _grounded(EN)
+    items = grounded.items(
+        EN[0], "en", random.Random(0), QAOptions(presence=3, which=0, attribute=0, negatives=False)
+    )
+    assert [i.expected for i in items] == ["yes", "yes", "yes"]
+
+
+def _images(folder: Path, n: int) -> None:
+    folder.mkdir()
+    for i in range(1, n + 1):
+        rng = np.random.default_rng(i)
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i:04d}.png")
+
+
+def test_convert_with_qa_turns(tmp_path: Path) -> None:
+    _images(tmp_path / "img", 7)
+    rows = [*ZH, *EN, NO_TERMS]
+    cap = tmp_path / "captions.tsv"
+    cap.write_text("".join(f"{i:04d}\t{r}\n" for i, r in enumerate(rows, 1)), encoding="utf-8")
+    out = tmp_path / "conv.json"
+    summary = convert(cap, tmp_path / "img", out, qa_turns=6, seed=5)
+    entries = json.loads(out.read_text(encoding="utf-8"))
+    qa = summary["grounded_questions"]
+    assert qa["reports_without_terms"] == 1
+    assert qa["presence_yes"] == qa["presence_no"] > 0
+    for entry, report in zip(entries, rows, strict=True):
+        conv, types = entry["conversations"], entry["turn_types"]
+        assert len(conv) == 2 * len(types) and types.count("describe") == 1
+        assert conv[0]["value"].startswith("<image>\n")
+        assert sum(t["value"].count("<image>") for t in conv) == 1
+        assert conv[2 * types.index("describe") + 1]["value"] == report
+    assert entries[-1]["turn_types"] == ["describe"]
+    again = tmp_path / "again.json"
+    convert(cap, tmp_path / "img", again, qa_turns=6, seed=5)
+    assert again.read_text(encoding="utf-8") == out.read_text(encoding="utf-8")
+
+
+def test_user_lexicon_error_names_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "lexicon.yaml"
+    bad.write_text(
+        "terms:\n"
+        "  - {id: quartz, kind: mineral, facet: composition, zh: [石英], en: [quartz]}\n"
+        "  - {id: calcite, kind: mineral, zh: [方解石], en: [calcite]}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(DataFormatError, match=r"lexicon\.yaml:3: terms\[1\]: missing facet"):
+        load_lexicon(bad)
+    unknown = tmp_path / "broader.yaml"
+    unknown.write_text(
+        "terms:\n  - {id: quartz, kind: mineral, facet: composition, zh: [石英], en: [quartz], broader: [silica]}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(DataFormatError, match=r"broader\.yaml:2: .*unknown id\(s\) silica"):
+        load_lexicon(unknown)
