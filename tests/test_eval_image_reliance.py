@@ -56,6 +56,35 @@ def test_needs_two_samples_with_the_same_image_count(tmp_path):
     assert image_reliance(model.eval(), processor, samples(tmp_path, n=4), limit=1) is None
 
 
+def test_samples_are_drawn_across_the_set(tmp_path, monkeypatch):
+    # A class-sorted test file: the first 8 samples alone would all be of one class.
+    import thinchat.eval.image_reliance as mod
+
+    base = samples(tmp_path, n=4)
+    items = [
+        EvalSample(
+            f"s{k}", base[k % 4].images, base[k % 4].image_names, "<image>\nDescribe.", [f"ref {k}"], "en"
+        )
+        for k in range(40)
+    ]
+
+    def scored(seed: int) -> list[int]:
+        seen: list[int] = []
+
+        def fake_loss(model, processor, messages, images):
+            seen.append(int(messages[-1]["content"][0]["text"].split()[1]))
+            return 1.0, 1
+
+        monkeypatch.setattr(mod, "answer_loss", fake_loss)
+        assert image_reliance(None, None, items, limit=8, seed=seed)["n_samples"] == 8
+        return sorted(set(seen))
+
+    first = scored(1)
+    assert len(first) == 8 and max(first) >= 8  # not the first 8
+    assert scored(1) == first  # seeded
+    assert scored(2) != first
+
+
 def test_evaluate_reports_reliance_per_checkpoint(tmp_path):
     model, processor = tiny_llava(seed=0)
     model.save_pretrained(tmp_path / "base")

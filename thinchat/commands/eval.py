@@ -29,6 +29,8 @@ def _run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         limit=args.limit,
         reliance_samples=args.reliance_samples,
+        question_probes=args.question_probes,
+        text_data=args.text_data,
         meteor=args.meteor,
         device=args.device,
     )
@@ -65,6 +67,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=16,
         help="samples for the image-reliance check (answer loss with own vs another slide's images; 0: off)",
+    )
+    parser.add_argument(
+        "--question-probes",
+        dest="question_probes",
+        type=int,
+        default=4,
+        help="grounded yes/no questions per held-out slide (half 'yes', half 'no') plus one which-of "
+        "question, scored in the report's question-following section (0: off)",
+    )
+    parser.add_argument(
+        "--text-data",
+        default=None,
+        help="text-only LLaVA JSON (e.g. held-out `thinchat data replay` answers of the base model): "
+        "reports each model's answer loss on it, the general chat retention",
     )
     parser.add_argument(
         "--meteor",

@@ -69,3 +69,41 @@ def plot_comparison(report: dict, path: str | Path) -> Path:
     fig.savefig(out, dpi=100, metadata={"Software": None})
     plt.close(fig)
     return out
+
+
+def plot_question_following(report: dict, path: str | Path) -> Path:
+    """Grouped bars of the question-following scores, one panel per language (0-1 scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    following = report["question_following"]
+    names = list(following)
+    keys = [
+        ("yes/no acc.", "yes_no_accuracy"),
+        ("answer form", "answer_form"),
+        ("which-of", "which_accuracy"),
+    ]
+    langs = [k for k in following[names[0]] if k != "all"]
+    fig, axes = plt.subplots(1, len(langs), figsize=(1.5 + 3.2 * len(langs), 3.8), squeeze=False)
+    bar = 0.8 / max(len(names), 1)
+    for ax, lang in zip(axes[0], langs, strict=True):
+        for k, name in enumerate(names):
+            xs = [i - 0.4 + bar * (k + 0.5) for i in range(len(keys))]
+            values = [following[name][lang].get(key) or 0.0 for _, key in keys]
+            ax.bar(xs, values, width=bar, label=name)
+        ax.set_xticks(range(len(keys)))
+        ax.set_xticklabels([label for label, _ in keys], fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_title(f"question following ({lang})", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("share right (0-1; dotted: chance for yes/no)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=max(len(names), 1), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.88))
+    out = Path(path)
+    fig.savefig(out, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return out

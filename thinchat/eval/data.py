@@ -1,7 +1,8 @@
 """Turn a LLaVA-format test JSON into evaluation samples: one prompt, its images, and its references.
 
-Each entry contributes its first human turn (the question, with its ``<image>`` placeholders) and its
-first gpt turn (the reference answer). Entries that show the same images with the same question are one
+Each entry contributes its description exchange: the first human turn and first gpt turn, or, where the
+converter shuffled grounded questions around it (``turn_types``), the exchange typed "describe", asked
+with the entry's ``<image>`` placeholders in front as a user opening the chat would. Entries that show the same images with the same question are one
 sample with several references, the multi-reference setting caption metrics are defined for. Samples
 whose images are missing or unreadable are skipped and reported with the reason, never silently dropped.
 """
@@ -44,10 +45,26 @@ class Skipped:
     reason: str
 
 
-def _first_turns(entry: dict, where: str) -> tuple[str, str]:
+def _describe_turns(entry: dict, where: str) -> tuple[str, str]:
     convs = entry.get("conversations")
     if not isinstance(convs, list) or not convs:
         raise DataFormatError(f"{where}: missing or empty 'conversations' list")
+    types = entry.get("turn_types")
+    if isinstance(types, list) and "describe" in types:
+        k = types.index("describe")
+        if 2 * k + 1 >= len(convs) or not all(isinstance(t, dict) for t in convs[2 * k : 2 * k + 2]):
+            raise DataFormatError(f"{where}: 'turn_types' names exchange {k} but 'conversations' is shorter")
+        human, gpt = convs[2 * k].get("value"), convs[2 * k + 1].get("value")
+        first = convs[0].get("value") if isinstance(convs[0], dict) else None
+        if not isinstance(human, str) or not isinstance(gpt, str) or not isinstance(first, str):
+            raise DataFormatError(f"{where}: turn values must be strings")
+        images = IMAGE_TOKEN + "\n"
+        question = images * first.count(IMAGE_TOKEN) + human.replace(images, "").replace(IMAGE_TOKEN, "")
+        return question, gpt
+    return _first_turns(convs, where)
+
+
+def _first_turns(convs: list, where: str) -> tuple[str, str]:
     human = next((t for t in convs if isinstance(t, dict) and t.get("from") == "human"), None)
     gpt = next((t for t in convs if isinstance(t, dict) and t.get("from") == "gpt"), None)
     if human is None or not isinstance(human.get("value"), str):
@@ -86,7 +103,7 @@ def load_eval_set(data_path: str | Path, limit: int | None = None) -> tuple[list
         where = f"{path}: entry {index}" + (f" (id {entry.get('id')!r})" if isinstance(entry, dict) else "")
         if not isinstance(entry, dict):
             raise DataFormatError(f"{where}: expected an object with 'conversations'")
-        question, reference = _first_turns(entry, where)
+        question, reference = _describe_turns(entry, where)
         raw = entry.get("image", [])
         image_list = [raw] if isinstance(raw, str) else raw
         if not isinstance(image_list, list) or not all(isinstance(p, str) for p in image_list):

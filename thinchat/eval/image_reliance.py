@@ -18,7 +18,7 @@ from thinchat.eval.data import EvalSample
 DEFAULT_SAMPLES = 16
 
 
-def _answer_loss(model: Any, processor: Any, messages: list[dict], images: list[Any]) -> tuple[float, int]:
+def answer_loss(model: Any, processor: Any, messages: list[dict], images: list[Any]) -> tuple[float, int]:
     """Summed negative log-likelihood of the assistant tokens, and how many there are."""
     import torch
 
@@ -41,17 +41,23 @@ def _answer_loss(model: Any, processor: Any, messages: list[dict], images: list[
 
 
 def image_reliance(
-    model: Any, processor: Any, samples: list[EvalSample], limit: int = DEFAULT_SAMPLES
+    model: Any, processor: Any, samples: list[EvalSample], limit: int = DEFAULT_SAMPLES, seed: int = 0
 ) -> dict[str, Any] | None:
-    """Mean answer loss (nats/token) with own vs rotated images over the first ``limit`` image samples.
+    """Mean answer loss (nats/token) with own vs rotated images over ``limit`` image samples.
 
+    The samples are drawn across the whole set (seeded), not the first ``limit``: a test file sorted by
+    class would otherwise pair slides of one class, whose swapped images tell the model nothing new.
     Samples are grouped by image count so a rotated sample always gets as many images as it has
     ``<image>`` tokens. Returns None when fewer than two samples have images (nothing to swap).
     """
+    import random
+
     from thinchat.conversation import llava_to_messages
     from thinchat.images import load_image
 
-    chosen = [s for s in samples if s.images and s.references][:limit]
+    eligible = [s for s in samples if s.images and s.references]
+    picked = sorted(random.Random(seed).sample(range(len(eligible)), min(limit, len(eligible))))
+    chosen = [eligible[i] for i in picked]
     groups: dict[int, list[EvalSample]] = {}
     for sample in chosen:
         groups.setdefault(len(sample.images), []).append(sample)
@@ -69,8 +75,8 @@ def image_reliance(
         messages = llava_to_messages(
             [*sample.conversation(), {"from": "gpt", "value": sample.references[0]}], where=sample.id
         )
-        nll, count = _answer_loss(model, processor, messages, [load_image(p) for p in sample.images])
-        swapped, _ = _answer_loss(model, processor, messages, [load_image(p) for p in donor.images])
+        nll, count = answer_loss(model, processor, messages, [load_image(p) for p in sample.images])
+        swapped, _ = answer_loss(model, processor, messages, [load_image(p) for p in donor.images])
         own_nll, other_nll, n_tokens = own_nll + nll, other_nll + swapped, n_tokens + count
     own, other = own_nll / n_tokens, other_nll / n_tokens
     return {

@@ -137,6 +137,8 @@ def render_markdown(report: dict) -> str:
             f"over {first['proportions']['n_samples']} samples whose references state percentages.",
         ]
     lines += _reliance_lines(report.get("image_reliance"), names, head)
+    lines += _following_lines(report.get("question_following"), names, head)
+    lines += _retention_lines(report.get("text_retention"), names, head)
     lines += ["", "## How these numbers were computed", "", f"- Tokenization: {report['tokenization']}"]
     lines.append(f"- METEOR: {report['meteor_variant']}")
     for lang, sigs in report["signatures"].items():
@@ -171,14 +173,79 @@ def _reliance_lines(reliance: dict | None, names: list[str], head: str) -> list[
     return lines
 
 
+#: Question-following rows of the report: (label, key in each language's scores).
+FOLLOWING_ROWS = (
+    ("yes/no accuracy (balanced)", "yes_no_accuracy"),
+    ("  on 'yes' questions", "yes_accuracy"),
+    ("  on 'no' questions", "no_accuracy"),
+    ("answered in the form asked", "answer_form"),
+    ("which-of accuracy", "which_accuracy"),
+)
+
+
+def _following_lines(following: dict | None, names: list[str], head: str) -> list[str]:
+    """Question following per language: does the model answer the question asked, and rightly?"""
+    if not following:
+        return []
+    lines = ["", "## Question following (grounded questions about each held-out slide, 0-1)"]
+    first = next(iter(following.values()))
+    for lang in [k for k in first if k != "all"] + ["all"]:
+        if lang == "all" and len(first) == 2:
+            continue  # one language: "all" repeats it
+        counts = first[lang]
+        lines += [
+            "",
+            f"### {lang} ({counts['n_yes']} yes, {counts['n_no']} no, {counts['n_which']} which-of)",
+        ]
+        lines += ["", head]
+        for label, key in FOLLOWING_ROWS:
+            lines.append(
+                f"| {label} | " + " | ".join(_fmt(following[n][lang].get(key), 3) for n in names) + " |"
+            )
+    lines += [
+        "",
+        "Presence questions ask about terms the slide's reference report names (right answer: yes) and, as "
+        "many, about terms other test reports name but this one does not (right answer: no, meaning 'not "
+        "in the report'). Balanced accuracy averages the two, so always answering 'yes' scores 0.5. An "
+        "answer counts in the form asked when it starts with yes/no (是/否/有/没有). A which-of answer is "
+        "right when the first option it names is the one in the report. Every question and answer is in "
+        "questions_<name>.jsonl.",
+    ]
+    return lines
+
+
+def _retention_lines(retention: dict | None, names: list[str], head: str) -> list[str]:
+    """General chat retention: loss of the base model's own held-out text answers under each model."""
+    if not retention:
+        return []
+    cells = [_fmt((retention.get(n) or {}).get("loss"), 3) for n in names]
+    counted = next(iter(retention.values()))
+    return [
+        "",
+        "## General chat retention (text only)",
+        "",
+        head,
+        "| answer loss on the base model's own answers (nats/token) | " + " | ".join(cells) + " |",
+        "",
+        f"{counted['n_samples']} held-out general questions ({counted['answer_tokens']} answer tokens), answered "
+        "greedily by the base model before finetuning. The base scores low by construction; the rise under a "
+        "finetuned model measures how far it drifted from what it could say before.",
+    ]
+
+
 def safe_name(name: str) -> str:
     """A checkpoint name usable in a file name."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "checkpoint"
 
 
-def write_report(report: dict, records: Mapping[str, list[dict]], out_dir: str | Path) -> dict[str, Path]:
-    """Write report.json, report.md, generations_<name>.jsonl and chart.png under ``out_dir``."""
-    from thinchat.eval.chart import plot_comparison
+def write_report(
+    report: dict,
+    records: Mapping[str, list[dict]],
+    out_dir: str | Path,
+    question_records: Mapping[str, list[dict]] | None = None,
+) -> dict[str, Path]:
+    """Write report.json, report.md, generations_<name>.jsonl, questions_<name>.jsonl and the charts."""
+    from thinchat.eval.chart import plot_comparison, plot_question_following
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,5 +260,13 @@ def write_report(report: dict, records: Mapping[str, list[dict]], out_dir: str |
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
         paths[f"generations:{name}"] = path
+    for name, rows in (question_records or {}).items():
+        path = out / f"questions_{safe_name(name)}.jsonl"
+        with path.open("w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+        paths[f"questions:{name}"] = path
     plot_comparison(report, paths["chart"])
+    if report.get("question_following"):
+        paths["question_chart"] = plot_question_following(report, out / "question_following.png")
     return paths

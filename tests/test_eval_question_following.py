@@ -1,0 +1,139 @@
+"""Question-following scores on hand-made answers with known results, and their report section."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from data_tools.lexicon import load_lexicon
+from thinchat.eval.data import EvalSample
+from thinchat.eval.question_following import Probe, build_probes, parse_yes_no, score_probes
+from thinchat.eval.report import render_markdown, write_report
+
+EN = "Framework grains: quartz (about 55%), K-feldspar (about 12%). Calcite (about 9%) forms poikilotopic cement."
+EN2 = "Dolomite (about 80%) forms a fine crystalline mosaic. Platy minerals: muscovite (about 2%)."
+ZH = "方解石约占70%，呈亮晶镶嵌状。副矿物见黄铁矿少量。"
+ZH2 = "碎屑成分：石英约占60%，斜长石约占10%。泥质约占20%。"
+
+
+def _sample(sid: str, text: str, lang: str) -> EvalSample:
+    return EvalSample(sid, [Path(f"{sid}.png")], [f"{sid}.png"], "<image>\nDescribe.", [text], lang, [sid])
+
+
+@pytest.mark.parametrize(
+    ("answer", "parsed"),
+    [
+        ("Yes. Calcite forms cement.", "yes"),
+        ("yes", "yes"),
+        ("No, there is no pyrite in this slide.", "no"),
+        ("Not present.", "no"),
+        ("有。方解石约占9%。", "yes"),
+        ("是的，见到方解石。", "yes"),
+        ("没有。薄片中未见黄铁矿。", "no"),
+        ("未见黄铁矿。", "no"),
+        ("否", "no"),
+        ("Framework grains: quartz (about 55%).", None),
+        ("碎屑成分：石英约占60%。", None),
+        ("", None),
+    ],
+)
+def test_parse_yes_no(answer: str, parsed: str | None) -> None:
+    assert parse_yes_no(answer) == parsed
+
+
+def _probe(sample: EvalSample, index: int, kind: str, expected: str, options: tuple[str, ...] = ()) -> Probe:
+    return Probe(sample, index, kind, "q", expected, options)
+
+
+def test_scores_on_hand_made_answers() -> None:
+    en, zh = _sample("a", EN, "en"), _sample("b", ZH, "zh")
+    probes = [
+        _probe(en, 0, "presence", "yes"),
+        _probe(en, 1, "presence", "yes"),
+        _probe(en, 2, "presence", "no"),
+        _probe(en, 3, "presence", "no"),
+        _probe(en, 4, "which", "calcite", ("dolomite", "calcite")),
+        _probe(zh, 0, "presence", "yes"),
+        _probe(zh, 1, "presence", "no"),
+        _probe(zh, 2, "which", "pyrite", ("pyrite", "zircon")),
+    ]
+    answers = {
+        "a#q0": "Yes. Quartz.",
+        "a#q1": "No.",  # wrong
+        "a#q2": "No, there is none.",
+        "a#q3": "Framework grains: quartz (about 55%).",  # not in the form asked (and so not right)
+        "a#q4": "Calcite, not dolomite.",
+        "b#q0": "有。",
+        "b#q1": "有。",  # wrong
+        "b#q2": "锆石。",  # wrong option
+    }
+    scores = score_probes(probes, answers)
+    en_s, zh_s, all_s = scores["en"], scores["zh"], scores["all"]
+    assert en_s["yes_accuracy"] == 0.5 and en_s["no_accuracy"] == 0.5 and en_s["yes_no_accuracy"] == 0.5
+    assert en_s["answer_form"] == 0.75 and en_s["which_accuracy"] == 1.0
+    assert zh_s["yes_no_accuracy"] == 0.5 and zh_s["answer_form"] == 1.0 and zh_s["which_accuracy"] == 0.0
+    assert all_s["yes_accuracy"] == 2 / 3 and all_s["no_accuracy"] == 1 / 3
+    assert all_s["yes_no_accuracy"] == pytest.approx(0.5)
+    assert all_s["answer_form"] == pytest.approx(5 / 6) and all_s["which_accuracy"] == 0.5
+    assert (all_s["n_yes"], all_s["n_no"], all_s["n_which"]) == (3, 3, 2)
+    assert [r["parsed"] for r in scores["records"]][:5] == ["yes", "no", "no", None, "calcite"]
+
+
+def test_always_yes_scores_chance() -> None:
+    samples = [
+        _sample("a", EN, "en"),
+        _sample("b", EN2, "en"),
+        _sample("c", ZH, "zh"),
+        _sample("d", ZH2, "zh"),
+    ]
+    probes = build_probes(samples, presence=4, which=1)
+    yes = [p for p in probes if p.expected == "yes"]
+    assert len(yes) == len([p for p in probes if p.expected == "no"]) > 0
+    scores = score_probes(probes, {p.id: "Yes." for p in probes})
+    assert scores["all"]["yes_no_accuracy"] == 0.5 and scores["all"]["answer_form"] == 1.0
+    lex = load_lexicon()
+    right = {p.id: f"{p.expected}." if p.type == "presence" else lex.name(p.expected, "zh") for p in probes}
+    perfect = score_probes(probes, right)
+    assert perfect["all"]["yes_no_accuracy"] == 1.0 and perfect["all"]["which_accuracy"] == 1.0
+    assert build_probes(samples, presence=4, which=1) == probes  # deterministic
+
+
+def test_report_section_and_chart(tmp_path: Path) -> None:
+    samples = [_sample("a", EN, "en"), _sample("b", EN2, "en")]
+    probes = build_probes(samples)
+    base = score_probes(probes, {p.id: "Framework grains: quartz." for p in probes})
+    tuned = score_probes(probes, {p.id: "Yes." for p in probes})
+    following = {
+        n: {k: v for k, v in s.items() if k != "records"} for n, s in (("base", base), ("ft", tuned))
+    }
+    report = {
+        "checkpoints": {"base": "b", "ft": "f"},
+        "counts": {"scored": 2, "skipped": 0, "references": 2, "by_language": {"en": 2}},
+        "metrics": {},
+        "domain": {
+            n: {
+                "micro": {"precision": 0, "recall": 0, "f1": 0},
+                "macro": {"f1": 0, "n_samples": 0},
+                "proportions": {"mae": None, "n_matched": 0, "n_missing": 0, "n_extra": 0, "n_samples": 0},
+                "n_empty_answers": 0,
+                "kinds": ["mineral"],
+                "n_no_reference_terms": 0,
+            }
+            for n in ("base", "ft")
+        },
+        "signatures": {},
+        "tokenization": "t",
+        "meteor_variant": "m",
+        "skipped": [],
+        "question_following": following,
+    }
+    md = render_markdown(report)
+    assert "## Question following" in md
+    assert "| yes/no accuracy (balanced) | 0.000 | 0.500 |" in md
+    assert "| answered in the form asked | 0.000 | 1.000 |" in md
+    paths = write_report(report, {}, tmp_path, {"ft": tuned["records"]})
+    assert paths["question_chart"].stat().st_size > 1000
+    rows = [json.loads(line) for line in paths["questions:ft"].read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == len(probes) and rows[0]["answer"] == "Yes."

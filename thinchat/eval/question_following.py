@@ -1,0 +1,159 @@
+"""Question following: does the model answer the question asked, and answer it right?
+
+A captioner replays its training report whatever it is asked; an assistant answers "Is calcite present?"
+with yes or no, and with the right one. For every held-out slide this module asks grounded questions
+derived from the slide's reference report (``data_tools.grounded_qa``, the same generator that makes the
+training turns, with its own seed): presence questions, balanced between terms the report names ("yes")
+and terms named elsewhere in the test set but not in this report ("no"), and which-of questions with
+exactly one right option. Scores, per language and overall:
+
+- ``yes_no_accuracy``: balanced accuracy (mean of the accuracy on "yes" and on "no" questions), so a
+  model that always says "yes" scores 0.5, not the share of "yes" questions;
+- ``answer_form``: share of yes/no questions answered with a yes or a no first (yes/no, 是/否/有/没有);
+- ``which_accuracy``: share of which-of questions whose first named option is the right one.
+
+Ground truth is the reference report: "no" means "not in the report".
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from thinchat.eval.data import EvalSample
+
+#: Presence and which-of questions per held-out slide.
+DEFAULT_PRESENCE = 4
+DEFAULT_WHICH = 1
+#: Answers are judged on their first words; the rest of a longer answer need not be generated.
+DEFAULT_MAX_NEW_TOKENS = 24
+
+_YES = re.compile(r"^\W*(?:yes|yeah|yep|correct|present|是的|是|有|对|存在|含有|见到|可见)", re.IGNORECASE)
+_NO = re.compile(
+    r"^\W*(?:no\b|not\b|none\b|absent|没有|没|否|无|不|未见|未)",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One grounded question about one held-out slide, with what a right answer contains."""
+
+    sample: EvalSample
+    index: int
+    type: str  # presence | which
+    question: str
+    expected: str  # "yes" / "no" (presence) or the right term id (which)
+    options: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return f"{self.sample.id}#q{self.index}"
+
+    def as_sample(self) -> EvalSample:
+        """The probe as an evaluation sample (images first, then the question), for batched generation."""
+        question = "<image>\n" * len(self.sample.images) + self.question
+        return EvalSample(
+            self.id, self.sample.images, self.sample.image_names, question, [self.expected], self.sample.lang
+        )
+
+
+def parse_yes_no(answer: str) -> str | None:
+    """ "yes", "no" or None (not a yes/no answer) from the first words of ``answer`` (zh or en).
+
+    "no"/"没有"/"不" are tested first: 没有 starts like 有 would not, but "not present" must not read as yes.
+    """
+    if _NO.match(answer):
+        return "no"
+    if _YES.match(answer):
+        return "yes"
+    return None
+
+
+def first_option(answer: str, options: Sequence[str], lexicon: Any) -> str | None:
+    """The option (term id) the answer names first, or None when it names none of them."""
+    for span in lexicon.find_spans(answer):
+        if span.term_id in options and not span.negated:
+            return span.term_id
+    return None
+
+
+def build_probes(
+    samples: Sequence[EvalSample],
+    lexicon: Any = None,
+    seed: int = 0,
+    presence: int = DEFAULT_PRESENCE,
+    which: int = DEFAULT_WHICH,
+) -> list[Probe]:
+    """Grounded questions for each sample, from its first reference; deterministic in ``seed``."""
+    from data_tools.grounded_qa import GroundedQA, QAOptions, TermPool
+    from data_tools.lexicon import load_lexicon
+    from data_tools.turns import load_questions
+
+    lexicon = lexicon or load_lexicon()
+    pool = TermPool.from_reports((s.references[0] for s in samples), lexicon)
+    grounded = GroundedQA(lexicon, pool, load_questions())
+    options = QAOptions(presence=presence, which=which, attribute=0, negatives=True)
+    probes: list[Probe] = []
+    for sample in samples:
+        rng = random.Random(f"probe\0{seed}\0{sample.id}")
+        for k, item in enumerate(grounded.items(sample.references[0], sample.lang, rng, options)):
+            probes.append(Probe(sample, k, item.type, item.question, str(item.expected), item.options))
+    return probes
+
+
+def _share(hits: int, total: int) -> float | None:
+    return hits / total if total else None
+
+
+def _scores(probes: Sequence[Probe], answers: Mapping[str, str], lexicon: Any) -> dict[str, Any]:
+    yes = [p for p in probes if p.type == "presence" and p.expected == "yes"]
+    no = [p for p in probes if p.type == "presence" and p.expected == "no"]
+    which = [p for p in probes if p.type == "which"]
+    said = {p.id: parse_yes_no(answers[p.id]) for p in yes + no}
+    acc_yes = _share(sum(said[p.id] == "yes" for p in yes), len(yes))
+    acc_no = _share(sum(said[p.id] == "no" for p in no), len(no))
+    balanced = (acc_yes + acc_no) / 2 if acc_yes is not None and acc_no is not None else None
+    return {
+        "yes_no_accuracy": balanced,
+        "yes_accuracy": acc_yes,
+        "no_accuracy": acc_no,
+        "answer_form": _share(sum(v is not None for v in said.values()), len(said)),
+        "which_accuracy": _share(
+            sum(first_option(answers[p.id], p.options, lexicon) == p.expected for p in which), len(which)
+        ),
+        "n_yes": len(yes),
+        "n_no": len(no),
+        "n_which": len(which),
+    }
+
+
+def score_probes(probes: Sequence[Probe], answers: Mapping[str, str], lexicon: Any = None) -> dict[str, Any]:
+    """Scores overall (``"all"``) and per language, plus per-probe records for the report."""
+    if lexicon is None:
+        from data_tools.lexicon import load_lexicon
+
+        lexicon = load_lexicon()
+    langs = sorted({p.sample.lang for p in probes})
+    out: dict[str, Any] = {"all": _scores(probes, answers, lexicon)}
+    for lang in langs:
+        out[lang] = _scores([p for p in probes if p.sample.lang == lang], answers, lexicon)
+    out["records"] = [
+        {
+            "id": p.id,
+            "lang": p.sample.lang,
+            "type": p.type,
+            "question": p.question,
+            "expected": p.expected,
+            "options": list(p.options),
+            "answer": answers[p.id],
+            "parsed": parse_yes_no(answers[p.id])
+            if p.type == "presence"
+            else first_option(answers[p.id], p.options, lexicon),
+        }
+        for p in probes
+    ]
+    return out
