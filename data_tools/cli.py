@@ -43,7 +43,15 @@ def _synth(args: argparse.Namespace) -> int:
 def _import_clipcap(args: argparse.Namespace) -> int:
     from data_tools.clipcap import import_clipcap
 
-    summary = import_clipcap(args.file, args.out, seed=args.seed, lang=args.lang)
+    summary = import_clipcap(
+        args.file,
+        args.out,
+        seed=args.seed,
+        lang=args.lang,
+        split=args.split,
+        test_ids=args.test_ids,
+        encoder=args.encoder,
+    )
     print(json.dumps(summary, ensure_ascii=False, indent=1))
     return 0
 
@@ -123,6 +131,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     clip.add_argument("--out", required=True, help="output directory")
     clip.add_argument("--seed", type=int, default=0)
     clip.add_argument("--lang", default="auto", choices=["auto", "zh", "en"])
+    clip.add_argument(
+        "--split",
+        default=None,
+        help="train,test or train,val,test ratios by image (e.g. 0.9,0.1): writes OUT/train, OUT/val, OUT/test",
+    )
+    clip.add_argument(
+        "--test-ids",
+        default=None,
+        metavar="FILE|ID,ID",
+        help="image ids held out as OUT/test (a file, one id a line, or a comma list); the rest is OUT/train "
+        "(with --split train,val: also OUT/val)",
+    )
+    clip.add_argument(
+        "--encoder",
+        default="openai/clip-vit-base-patch32",
+        help="tower the embeddings came from (hub id or directory), recorded for encoding new images "
+        "(default: ThinGPT's CLIP ViT-B/32)",
+    )
     clip.set_defaults(func=_import_clipcap)
 
     pl = sub.add_parser("pseudo-label", help="describe/translate/expand captions with a teacher model")

@@ -7,15 +7,24 @@ an unpickler that resolves only the globals a tensor pickle needs and refuses ev
 forbidden global. The storage bytes inside (``torch.storage._load_from_bytes``) are loaded with
 ``torch.load(weights_only=True)`` rather than torch's unrestricted legacy loader.
 
+A pickle also says how big each tensor is (size and stride) independently of the bytes it stores: a
+435-byte file can describe a stride-0 view of 2^28 elements, which copying would blow up to 1 GB. Each
+rebuilt tensor is therefore checked against its own storage (no element without a stored byte behind
+it), and the running total of tensor bytes against the file's size, before anything is materialised.
+
 Output in ``out_dir``: ``clip_embeddings.safetensors`` (key = image id as a string, float32 tensor as
-stored, usually (1, 512)) and ``conversations.json`` (one entry per caption; the human turn has one
-``<image>`` placeholder standing for the embedding named by ``image_embedding``; no ``image`` key).
+stored, usually (1, 512)), ``conversations.json`` (one entry per caption; the human turn has one
+``<image>`` placeholder standing for the embedding named by ``image_embedding``; no ``image`` key) and
+``clipcap_import.json`` (the tower that made the embeddings, for encoding new images). With ``split``
+or ``test_ids`` the three files go to ``out_dir/train``, ``out_dir/val``, ``out_dir/test`` instead,
+split by image so every caption of an image lands in the same part.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import pickle
 import random
 from pathlib import Path
@@ -61,11 +70,13 @@ def _load_storage_bytes(data: bytes) -> Any:
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only :data:`ALLOWED_GLOBALS`."""
+    """Unpickler that resolves only :data:`ALLOWED_GLOBALS`, with tensor sizes bounded by the file's bytes."""
 
-    def __init__(self, file: io.BufferedIOBase, source: str) -> None:
+    def __init__(self, file: io.BufferedIOBase, source: str, file_bytes: int) -> None:
         super().__init__(file)
         self.source = source
+        self.file_bytes = file_bytes
+        self.tensor_bytes = 0
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in ALLOWED_GLOBALS:
@@ -76,7 +87,42 @@ class RestrictedUnpickler(pickle.Unpickler):
             )
         if (module, name) == ("torch.storage", "_load_from_bytes"):
             return _load_storage_bytes
+        if module == "torch._utils":
+            return self._checked_rebuild(super().find_class(module, name))
         return super().find_class(module, name)
+
+    def _checked_rebuild(self, rebuild: Any) -> Any:
+        """``torch._utils._rebuild_tensor(_v2)`` that first checks size and stride against the bytes stored."""
+
+        def checked(storage: Any, offset: Any, size: Any, stride: Any, *rest: Any) -> Any:
+            shape_ok = (
+                isinstance(size, tuple)
+                and isinstance(stride, tuple)
+                and len(size) == len(stride)
+                and all(isinstance(v, int) and v >= 0 for v in (offset, *size, *stride))
+            )
+            untyped = getattr(storage, "_untyped_storage", None)
+            if not shape_ok or untyped is None:
+                raise DataFormatError(
+                    f"{self.source}: a tensor has a malformed size, stride or storage; not a feature pickle"
+                )
+            numel = math.prod(size)
+            item = storage.dtype.itemsize
+            stored = untyped.nbytes() // item - offset
+            if numel > max(stored, 0):
+                raise DataFormatError(
+                    f"{self.source}: a tensor claims {numel} elements but its storage holds {max(stored, 0)} "
+                    "(a stride-0 or overlapping view); refusing to expand it"
+                )
+            self.tensor_bytes += numel * item
+            if self.tensor_bytes > self.file_bytes:
+                raise DataFormatError(
+                    f"{self.source}: the tensors add up to {self.tensor_bytes} bytes, more than the "
+                    f"{self.file_bytes}-byte file can hold; refusing to expand them"
+                )
+            return rebuild(storage, offset, size, stride, *rest)
+
+        return checked
 
     def persistent_load(self, pid: Any) -> Any:
         raise ForbiddenPickleError(f"{self.source}: refusing to load: unexpected persistent id {pid!r}")
@@ -89,11 +135,13 @@ def load_clipcap_pickle(path: str | Path) -> tuple[list[tuple[str, str]], dict[s
         raise DataFormatError(f"{source}: file not found")
     try:
         with source.open("rb") as handle:
-            data = RestrictedUnpickler(handle, str(source)).load()
+            data = RestrictedUnpickler(handle, str(source), source.stat().st_size).load()
     except ForbiddenPickleError as exc:
         if str(exc).startswith(str(source)):
             raise
         raise ForbiddenPickleError(f"{source}: {exc}") from exc
+    except DataFormatError:
+        raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, RuntimeError) as exc:
         raise DataFormatError(f"{source}: not a readable ClipCap feature pickle ({exc})") from exc
     if not (isinstance(data, (list, tuple)) and len(data) == 2 and isinstance(data[1], dict)):
@@ -109,23 +157,112 @@ def load_clipcap_pickle(path: str | Path) -> tuple[list[tuple[str, str]], dict[s
     return captions, {str(k): v for k, v in embeds_raw.items()}
 
 
-def import_clipcap(
-    path: str | Path, out_dir: str | Path, seed: int = 0, lang: str = "auto"
+def parse_split(text: str | None) -> tuple[float, float, float] | None:
+    """``"0.9,0.1"`` (train,test) or ``"0.8,0.1,0.1"`` (train,val,test) -> fractions summing to 1."""
+    if text is None:
+        return None
+    try:
+        parts = [float(x) for x in text.split(",")]
+    except ValueError as exc:
+        raise DataFormatError(f"--split {text!r}: expected ratios like 0.9,0.1 or 0.8,0.1,0.1") from exc
+    if len(parts) == 2:
+        parts = [parts[0], 0.0, parts[1]]
+    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0 or parts[0] <= 0:
+        raise DataFormatError(f"--split {text!r}: expected 2 or 3 non-negative ratios (train first, > 0)")
+    total = sum(parts)
+    return parts[0] / total, parts[1] / total, parts[2] / total
+
+
+def read_test_ids(spec: str | Path) -> set[str]:
+    """Image ids from a file (one per line, ``#`` comments) or a comma-separated list."""
+    path = Path(spec)
+    text = path.read_text(encoding="utf-8") if path.is_file() else str(spec).replace(",", "\n")
+    ids = {line.split("#", 1)[0].strip() for line in text.splitlines()}
+    ids.discard("")
+    if not ids:
+        raise DataFormatError(f"--test-ids {spec}: no image ids")
+    return ids
+
+
+def assign_parts(
+    image_ids: list[str], split: tuple[float, float, float] | None, test_ids: set[str] | None, seed: int
+) -> dict[str, str]:
+    """``{image id: "train" | "val" | "test"}``; by image, seeded; ``test_ids`` fixes the test part."""
+    if test_ids is not None:
+        unknown = sorted(test_ids - set(image_ids))
+        if unknown:
+            raise DataFormatError(
+                f"--test-ids: {len(unknown)} id(s) have no captioned embedding in the pickle, e.g. {unknown[:3]}"
+            )
+        rest = [i for i in image_ids if i not in test_ids]
+        parts = {i: "test" for i in test_ids}
+        n_val = round(len(rest) * split[1] / max(split[0] + split[1], 1e-9)) if split else 0
+    else:
+        assert split is not None
+        rest = list(image_ids)
+        n_test = max(1, round(len(rest) * split[2])) if split[2] > 0 else 0
+        n_val = max(1, round(len(rest) * split[1])) if split[1] > 0 else 0
+        random.Random(seed).shuffle(rest)
+        parts = {i: "test" for i in rest[:n_test]}
+        rest = rest[n_test:]
+    random.Random(f"{seed}:val").shuffle(rest)
+    parts.update({i: "val" for i in rest[:n_val]})
+    parts.update({i: "train" for i in rest[n_val:]})
+    if not any(v == "train" for v in parts.values()):
+        raise DataFormatError("the split leaves no image to train on; lower the val/test share")
+    return parts
+
+
+def _write_part(
+    out: Path, entries: list[dict[str, Any]], tensors: dict[str, Any], encoder: str
 ) -> dict[str, Any]:
-    """Write ``conversations.json`` + ``clip_embeddings.safetensors`` to ``out_dir``; return a summary."""
-    import torch
     from safetensors.torch import save_file
 
-    captions, embeds = load_clipcap_pickle(path)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    keep = {e["image_embedding"] for e in entries}
+    save_file({k: v for k, v in tensors.items() if k in keep}, str(out / "clip_embeddings.safetensors"))
+    (out / "conversations.json").write_text(
+        json.dumps(entries, ensure_ascii=False, indent=1), encoding="utf-8"
+    )
+    (out / "clipcap_import.json").write_text(
+        json.dumps({"encoder": encoder, "embeddings": len(keep), "entries": len(entries)}, indent=1),
+        encoding="utf-8",
+    )
+    return {"dir": str(out), "entries": len(entries), "embeddings": len(keep)}
+
+
+def import_clipcap(
+    path: str | Path,
+    out_dir: str | Path,
+    seed: int = 0,
+    lang: str = "auto",
+    split: str | None = None,
+    test_ids: str | Path | None = None,
+    encoder: str = "openai/clip-vit-base-patch32",
+) -> dict[str, Any]:
+    """Write the import (see module docstring) to ``out_dir``; return a summary with every skipped row.
+
+    ``encoder`` is the tower that made the embeddings (hub id or directory), recorded so a trained
+    model can encode new images the same way. Raises ``DataFormatError`` for embeddings of different
+    widths or a pickle whose captions name no stored embedding at all.
+    """
+    import torch
+
+    captions, embeds = load_clipcap_pickle(path)
+    parts_wanted = parse_split(split) if split else None
+    wanted_test = read_test_ids(test_ids) if test_ids is not None else None
     tensors: dict[str, torch.Tensor] = {}
+    widths: dict[int, str] = {}
     for key, value in embeds.items():
         if not isinstance(value, torch.Tensor):
             raise DataFormatError(
                 f"{path}: embedding of {key!r} is {type(value).__name__}, expected a tensor"
             )
         tensors[key] = value.detach().to(torch.float32).clone().contiguous()  # no shared storage
+        widths.setdefault(int(value.numel()), key)
+    if len(widths) > 1:
+        shown = ", ".join(f"{w} (e.g. {k!r})" for w, k in sorted(widths.items()))
+        raise DataFormatError(f"{path}: embeddings have different widths {shown}; one tower's are expected")
     pools = load_questions()
     entries, skipped = [], []
     counts: dict[str, int] = {}
@@ -154,20 +291,31 @@ def import_clipcap(
             }
         )
     assert len(captions) == len(entries) + len(skipped)
-    save_file(tensors, str(out / "clip_embeddings.safetensors"))
-    (out / "conversations.json").write_text(
-        json.dumps(entries, ensure_ascii=False, indent=1), encoding="utf-8"
-    )
-    shapes = sorted({tuple(t.shape) for t in tensors.values()})
+    if not entries:
+        raise DataFormatError(
+            f"{path}: none of the {len(captions)} captions has an embedding with its image id "
+            f"({len(tensors)} embeddings, e.g. ids {sorted(tensors)[:3]}); the two lists do not match"
+        )
+    uncaptioned = sorted(set(tensors) - set(counts))
+    out = Path(out_dir)
+    if parts_wanted is None and wanted_test is None:
+        outputs = {"all": _write_part(out, entries, tensors, encoder)}
+    else:
+        parts = assign_parts(list(counts), parts_wanted, wanted_test, seed)
+        outputs = {}
+        for part in ("train", "val", "test"):
+            chosen = [e for e in entries if parts[e["image_embedding"]] == part]
+            if chosen:
+                outputs[part] = _write_part(out / part, chosen, tensors, encoder)
     return {
         "rows_in": len(captions),
         "rows_out": len(entries),
         "rows_skipped": len(skipped),
         "skipped": skipped,
         "embeddings": len(tensors),
-        "embedding_shapes": [list(s) for s in shapes],
-        "outputs": {
-            "conversations": str(out / "conversations.json"),
-            "embeddings": str(out / "clip_embeddings.safetensors"),
-        },
+        "embeddings_without_captions": len(uncaptioned),
+        "uncaptioned_examples": uncaptioned[:5],
+        "embedding_width": next(iter(widths)),
+        "encoder": encoder,
+        "outputs": outputs,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,71 @@ def test_wrong_structure(tmp_path: Path) -> None:
     (tmp_path / "trunc.pkl").write_bytes(pickle.dumps([[], {}])[:-3])
     with pytest.raises(DataFormatError, match="not a readable ClipCap feature pickle"):
         load_clipcap_pickle(tmp_path / "trunc.pkl")
+
+
+def test_stride0_tensor_is_refused_before_expanding(tmp_path: Path) -> None:
+    """#16 item 10: a few hundred bytes must not describe (and write) a 1 GB tensor."""
+    for numel in (2**28, 2**40):
+        pkl = tmp_path / f"stride0_{numel}.pkl"
+        pkl.write_bytes(pickle.dumps([[("1", "quartz")], {"1": torch.zeros(1).expand(numel)}]))
+        assert pkl.stat().st_size < 1000
+        with pytest.raises(DataFormatError, match="stride-0 or overlapping view"):
+            import_clipcap(pkl, tmp_path / "out")
+        assert not (tmp_path / "out" / "clip_embeddings.safetensors").exists()
+    # many views of one stored storage (pickled once): each fits it, together they exceed the file
+    storage = torch.zeros(64).storage()
+
+    class _View:
+        def __reduce__(self):
+            return (torch._utils._rebuild_tensor_v2, (storage, 0, (64,), (1,), False, OrderedDict()))
+
+    views = {str(i): _View() for i in range(200)}
+    pkl = tmp_path / "shared.pkl"
+    pkl.write_bytes(pickle.dumps([[(k, "quartz") for k in views], views]))
+    with pytest.raises(DataFormatError, match="more than the .*-byte file can hold"):
+        load_clipcap_pickle(pkl)
+
+
+def test_bad_embedding_sets(tmp_path: Path) -> None:
+    pkl = tmp_path / "widths.pkl"
+    pkl.write_bytes(
+        pickle.dumps([[("a", "x"), ("b", "y")], {"a": torch.zeros(1, 512), "b": torch.zeros(1, 768)}])
+    )
+    with pytest.raises(DataFormatError, match=r"different widths 512 \(e.g. 'a'\), 768 \(e.g. 'b'\)"):
+        import_clipcap(pkl, tmp_path / "out")
+    pkl.write_bytes(pickle.dumps([[("x1", "quartz")], {"a": torch.zeros(1, 8)}]))
+    with pytest.raises(DataFormatError, match="none of the 1 captions has an embedding"):
+        import_clipcap(pkl, tmp_path / "out")
+    pkl.write_bytes(pickle.dumps([[("a", "quartz")], {"a": torch.zeros(1, 8), "b": torch.ones(1, 8)}]))
+    summary = import_clipcap(pkl, tmp_path / "out")
+    assert summary["embeddings_without_captions"] == 1 and summary["uncaptioned_examples"] == ["b"]
+    assert set(load_file(str(tmp_path / "out" / "clip_embeddings.safetensors"))) == {"a"}
+
+
+def test_split_and_test_ids(tmp_path: Path) -> None:
+    embeds = {f"{i:03d}": torch.randn(1, 16) for i in range(40)}
+    captions = [(k, f"quartz {k}") for k in embeds] + [("000", "second caption of 000")]
+    pkl = tmp_path / "f.pkl"
+    pkl.write_bytes(pickle.dumps([captions, embeds]))
+    summary = import_clipcap(pkl, tmp_path / "s", split="0.8,0.1,0.1", seed=3)
+    parts = {
+        p: json.loads((tmp_path / "s" / p / "conversations.json").read_text())
+        for p in ("train", "val", "test")
+    }
+    ids = {p: {e["image_embedding"] for e in rows} for p, rows in parts.items()}
+    assert [len(ids[p]) for p in ("train", "val", "test")] == [32, 4, 4]
+    assert not (ids["train"] & ids["test"]) and not (ids["val"] & ids["test"])
+    assert sum(len(r) for r in parts.values()) == summary["rows_out"] == 41  # both captions of 000 together
+    for p in parts:
+        stored = load_file(str(tmp_path / "s" / p / "clip_embeddings.safetensors"))
+        assert set(stored) == ids[p]
+        assert json.loads((tmp_path / "s" / p / "clipcap_import.json").read_text())["encoder"] == (
+            "openai/clip-vit-base-patch32"
+        )
+    (tmp_path / "held.txt").write_text("003\n007  # noted\n")
+    import_clipcap(pkl, tmp_path / "t", test_ids=tmp_path / "held.txt", encoder="some/tower")
+    test = json.loads((tmp_path / "t" / "test" / "conversations.json").read_text())
+    assert {e["image_embedding"] for e in test} == {"003", "007"}
+    assert not (tmp_path / "t" / "val").exists()
+    with pytest.raises(DataFormatError, match="no captioned embedding"):
+        import_clipcap(pkl, tmp_path / "u", test_ids="003,999")

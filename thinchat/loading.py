@@ -47,8 +47,15 @@ def base_model_path(adapter_dir: Path) -> Path:
     return base_path
 
 
-def load_pretrained(path: str | Path, device: str | None = None, dtype=None, merge: bool = False):
-    """Return ``(model, processor)`` in eval mode; a LoRA checkpoint is wrapped in peft (or merged)."""
+def load_pretrained(
+    path: str | Path, device: str | None = None, dtype=None, merge: bool = False, clipcap: bool = True
+):
+    """Return ``(model, processor)`` in eval mode; a LoRA checkpoint is wrapped in peft (or merged).
+
+    A ``clipcap`` stage output (``clipcap_prefix.json``) comes back as the adapter pair of
+    ``thinchat.clipcap.model`` (``clipcap=False``: its Llava part alone), which every front end drives
+    like a Llava.
+    """
     import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
@@ -57,6 +64,13 @@ def load_pretrained(path: str | Path, device: str | None = None, dtype=None, mer
         raise ModelSpecError(
             f"{path}: checkpoint directory not found (expected the output of thinchat build/train/export)"
         )
+    if clipcap:
+        from thinchat.clipcap.prefix import is_clipcap_dir
+
+        if is_clipcap_dir(path):
+            from thinchat.clipcap.model import load_clipcap
+
+            return load_clipcap(path, device=device, dtype=dtype, merge=merge)
     adapter = is_adapter_dir(path)
     base = base_model_path(path) if adapter else path
     if not (base / "config.json").is_file():

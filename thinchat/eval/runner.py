@@ -29,11 +29,23 @@ def check_checkpoint(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if not p.is_dir():
         raise ModelSpecError(f"{p}: checkpoint directory not found; pass --from_pretrained DIR")
-    if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
+    if not any(
+        (p / name).is_file() for name in ("config.json", "adapter_config.json", "clipcap_prefix.json")
+    ):
         raise ModelSpecError(
-            f"{p}: neither config.json (Llava checkpoint) nor adapter_config.json (LoRA checkpoint) found"
+            f"{p}: neither config.json (Llava checkpoint), adapter_config.json (LoRA checkpoint) nor "
+            "clipcap_prefix.json (ClipCap checkpoint) found"
         )
     return p
+
+
+def sample_inputs(sample: EvalSample) -> list[Any]:
+    """What stands for the sample's ``<image>`` placeholders: its decoded images, or its stored
+    ClipCap embeddings (``thinchat.clipcap.evaldata``), which a ClipCap checkpoint's processor takes."""
+    from thinchat.images import load_image
+
+    stored = getattr(sample, "embeddings", None)
+    return list(stored) if stored else [load_image(p) for p in sample.images]
 
 
 def generate_for_samples(
@@ -48,14 +60,13 @@ def generate_for_samples(
     from tqdm import tqdm
 
     from thinchat.eval.generate import generate_batch, prepare_processor
-    from thinchat.images import load_image
 
     prepare_processor(processor)
     answers: dict[str, str] = {}
     with tqdm(total=len(samples), desc=desc, unit="sample") as bar:
         for start in range(0, len(samples), batch_size):
             batch = samples[start : start + batch_size]
-            images = [[load_image(p) for p in s.images] for s in batch]
+            images = [sample_inputs(s) for s in batch]
             outs = generate_batch(model, processor, [s.conversation() for s in batch], images, max_new_tokens)
             answers.update({s.id: a for s, a in zip(batch, outs, strict=True)})
             bar.update(len(batch))
@@ -89,7 +100,19 @@ def evaluate(
         raise DataFormatError("--batch-size and --max-new-tokens must be at least 1")
     for path in checkpoints.values():
         check_checkpoint(path)
-    samples, skipped = load_eval_set(data_path, limit=limit)
+    from thinchat.clipcap.evaldata import is_clipcap_eval_file, load_clipcap_eval_set
+    from thinchat.clipcap.prefix import is_clipcap_dir
+
+    embedded = is_clipcap_eval_file(data_path)
+    if embedded:  # an imported ThinGPT test set: stored embeddings, which only a ClipCap checkpoint takes
+        plain = [p for p in checkpoints.values() if not is_clipcap_dir(Path(p).expanduser())]
+        if plain:
+            raise ModelSpecError(
+                f"{data_path} holds ClipCap embeddings (image_embedding), which only a checkpoint of the "
+                f"clipcap stage reads; {plain[0]} is not one"
+            )
+    load = load_clipcap_eval_set if embedded else load_eval_set
+    samples, skipped = load(data_path, limit=limit)
     if not samples:
         reasons = "; ".join(f"{s.id}: {s.reason}" for s in skipped[:3])
         raise DataFormatError(f"{data_path}: no sample left to score, all {len(skipped)} skipped ({reasons})")
@@ -104,7 +127,9 @@ def evaluate(
         generations[name] = generate_for_samples(
             model, processor, samples, batch_size, max_new_tokens, desc=f"eval {name}"
         )
-        if reliance_samples > 0:
+        if reliance_samples > 0 and is_clipcap_dir(Path(path).expanduser()):
+            log.info("%s: image reliance is computed for Llava checkpoints only, not ClipCap", name)
+        elif reliance_samples > 0:
             reliance[name] = image_reliance(model, processor, samples, limit=reliance_samples)
         del model, processor
     scorer = MeteorScorer(meteor)

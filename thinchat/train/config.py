@@ -222,31 +222,53 @@ class FullConfig(TrainConfig):
 
 @dataclass
 class ClipCapStageConfig(TrainConfig):
-    """ThinGPT/ClipCap data (``thinchat data import-clipcap``): a prefix MLP from pooled CLIP embeddings.
+    """ThinGPT/ClipCap data (``thinchat data import-clipcap``): a prefix MLP from pooled embeddings + LoRA.
 
-    ``data`` is the import's output directory (conversations.json + clip_embeddings.safetensors). The
-    Llava checkpoint stays frozen and standard; the prefix is written to ``output_dir``
-    (``thinchat.train.clipcap``).
+    ``data`` / ``val_data`` are import directories (conversations.json + clip_embeddings.safetensors). The
+    base Llava stays unchanged; the prefix, the LoRA adapter (ThinGPT's "finetune" mode; ``lora: false``
+    is ClipCap's frozen-LM mode) and the processor are written to ``output_dir``
+    (``thinchat.train.clipcap``), which every front end loads.
     """
 
     stage: Stage = field("clipcap", help="clipcap (a prefix for imported ClipCap embeddings)")
-    data: str = field("data/clipcap", help="directory written by `thinchat data import-clipcap`")
+    data: str = field("data/clipcap/train", help="directory written by `thinchat data import-clipcap`")
+    val_data: str | None = field(
+        None, help="held-out import directory: loss and one sample generation every eval_steps"
+    )
     prefix_tokens: int = field(10, help="LM tokens each embedding becomes (ClipCap: 10)")
-    learning_rate: float = field(2e-4, help="prefix learning rate (ClipCap: 2e-5 x batch 40, scaled)")
+    learning_rate: float = field(2e-4, help="LoRA learning rate")
+    projector_lr: float | None = field(None, help="prefix MLP learning rate (None: learning_rate)")
     max_steps: int = field(200, help="optimizer steps")
+    lora: bool = field(True, help="LoRA on the LM's linear layers (ThinGPT's finetune mode); false: frozen LM")
+    lora_r: int = field(16, help="LoRA rank")
+    lora_alpha: int = field(32, help="LoRA scaling alpha")
+    lora_dropout: float = field(0.05, help="dropout on the LoRA input")
+    lora_target: list[str] = field(["all-linear"], help="LM module names to adapt, or all-linear")
+    encoder: str | None = field(
+        None, help="tower of the embeddings for new images (None: what the import recorded)"
+    )
+    sample_max_new_tokens: int = field(96, help="length cap of the sample generation logged at each eval")
+    save_steps: int = field(50, help="write a checkpoint every N steps")
+    eval_steps: int | None = field(None, help="held-out loss + sample every N steps (None: save_steps)")
 
     def validate(self) -> None:
         super().validate()
         _check_range("prefix_tokens", self.prefix_tokens, 1, 256)
+        _check_range("lora_r", self.lora_r, 1, 4096)
+        _check_range("lora_alpha", self.lora_alpha, 1, 1 << 16)
+        _check_range("lora_dropout", self.lora_dropout, 0.0, 0.9)
+        _check_range("sample_max_new_tokens", self.sample_max_new_tokens, 1, 4096)
         if self.max_steps < 1:
             raise ConfigError(f"max_steps={self.max_steps}: the clipcap stage needs a positive step count")
         if self.gradient_accumulation_steps != 1:
             raise ConfigError("the clipcap stage steps once per batch: set gradient_accumulation_steps: 1")
-        if not Path(self.data).is_dir() and Path(self.data).suffix == ".json":
-            raise ConfigError(
-                f"data={self.data}: the clipcap stage reads the directory `thinchat data import-clipcap` "
-                "wrote (conversations.json + clip_embeddings.safetensors), not a JSON file"
-            )
+        for key in ("data", "val_data"):
+            value = getattr(self, key)
+            if value and not Path(value).is_dir() and Path(value).suffix == ".json":
+                raise ConfigError(
+                    f"{key}={value}: the clipcap stage reads a directory `thinchat data import-clipcap` "
+                    "wrote (conversations.json + clip_embeddings.safetensors), not a JSON file"
+                )
 
 
 STAGE_CLASSES: dict[str, type[TrainConfig]] = {
