@@ -27,6 +27,10 @@ def _convert(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         encoding=args.encoding,
         allow_outside_images=args.allow_outside_images,
+        qa_turns=args.qa_turns,
+        qa_negatives=args.qa_negatives,
+        lexicon_path=args.lexicon,
+        questions_path=args.questions,
     )
     print(format_summary(summary))
     return 0
@@ -51,6 +55,22 @@ def _import_clipcap(args: argparse.Namespace) -> int:
         split=args.split,
         test_ids=args.test_ids,
         encoder=args.encoder,
+    )
+    print(json.dumps(summary, ensure_ascii=False, indent=1))
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from data_tools.replay import make_replay
+
+    summary = make_replay(
+        args.model,
+        args.out,
+        lang=args.lang,
+        questions=args.questions,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        holdout_every=args.holdout_every,
     )
     print(json.dumps(summary, ensure_ascii=False, indent=1))
     return 0
@@ -97,6 +117,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--lang", default="auto", choices=["auto", "zh", "en"], help="caption language (auto: per caption)"
     )
     conv.add_argument("--multi-turn", action="store_true", help="add follow-up turns per report facet")
+    conv.add_argument(
+        "--qa-turns",
+        type=int,
+        default=0,
+        help="grounded question-answer turns per slide (presence yes/no, which-of, attribute; "
+        "turns are then shuffled); 0: none",
+    )
+    conv.add_argument(
+        "--no-qa-negatives",
+        dest="qa_negatives",
+        action="store_false",
+        help="presence questions only about terms the report names (no 'no' answers)",
+    )
+    conv.add_argument("--lexicon", default=None, help="lexicon YAML (default: the bundled lexicon.yaml)")
+    conv.add_argument("--questions", default=None, help="question pools YAML (default: questions.yaml)")
     conv.add_argument("--split", default=None, help="train,val,test ratios by image, e.g. 0.8,0.1,0.1")
     conv.add_argument("--seed", type=int, default=0, help="seed for questions and splits")
     conv.add_argument("--strict", action="store_true", help="fail (write nothing) if any row is skipped")
@@ -150,6 +185,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: ThinGPT's CLIP ViT-B/32)",
     )
     clip.set_defaults(func=_import_clipcap)
+
+    rep = sub.add_parser(
+        "replay", help="the base model's own answers to general questions (text-only data for text_data)"
+    )
+    rep.add_argument("--model", required=True, help="checkpoint that answers (the base you finetune)")
+    rep.add_argument("--out", required=True, help="output LLaVA JSON (text-only entries)")
+    rep.add_argument("--lang", default="both", choices=["zh", "en", "both"])
+    rep.add_argument("--questions", default=None, help="question pool YAML (default: replay_questions.yaml)")
+    rep.add_argument("--max-new-tokens", type=int, default=96)
+    rep.add_argument("--batch-size", type=int, default=8)
+    rep.add_argument(
+        "--holdout-every",
+        type=int,
+        default=0,
+        help="write every k-th answer to OUT_heldout.json instead (for thinchat eval --text-data); 0: none",
+    )
+    rep.set_defaults(func=_replay)
 
     pl = sub.add_parser("pseudo-label", help="describe/translate/expand captions with a teacher model")
     pl.add_argument("--images", help="directory of slides ({id}.jpg or {id}_ppl/_xpl views)")

@@ -52,11 +52,33 @@ class QuickstartConfig:
         help="generation batch size for the report (the 40 test slides in one batch: ~3x faster than 8 on CPU)",
     )
     max_new_tokens: int = field(160, help="answer length limit in the report")
+    qa_turns: int = field(
+        6,
+        help="grounded question-answer turns per training slide (presence yes/no, which-of, attribute; "
+        "thinchat data convert --qa-turns)",
+    )
+    question_probes: int = field(
+        4, help="grounded yes/no questions per held-out slide in the report (plus one which-of)"
+    )
+    text_only_ratio: float = field(
+        0.1,
+        help="share of stage-2 samples that replay the base model's own answers to general questions "
+        "(thinchat data replay), keeping its chat ability; 0: no replay",
+    )
     reliance_samples: int = field(
         8, help="held-out slides for the image-reliance check (own vs another slide's images; 0: off)"
     )
+    reference_gflops: float = field(
+        0.0,
+        help="matmul GFLOP/s (of the precision bf16: auto picks) at which stage 2's max_steps fit the "
+        "15-minute budget; the quickstart measures the host and scales the steps by its rate over this one "
+        "(docs/experiments.md); 0: use max_steps as it is",
+    )
     min_mineral_f1: float = field(0.7, help="threshold: finetuned mineral-term F1")
     min_cider_ratio: float = field(2.0, help="threshold: finetuned CIDEr-D / base CIDEr-D")
+    min_yes_no: float = field(0.85, help="threshold: balanced yes/no accuracy on grounded presence questions")
+    min_answer_form: float = field(0.95, help="threshold: share of yes/no questions answered with yes or no")
+    min_which: float = field(0.80, help="threshold: which-of accuracy")
 
     def validate(self) -> None:
         from thinchat.errors import ConfigError
@@ -103,6 +125,7 @@ class _Steps:
 def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
     """Run (or reuse) every step; return the thresholds and the report summary."""
     from data_tools.convert import convert
+    from data_tools.replay import make_replay
     from data_tools.synth import generate
     from thinchat.compose import build
     from thinchat.eval import evaluate
@@ -126,7 +149,7 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
     splits = {s: data_dir / f"conversations_{config.lang}_{s}.json" for s in ("train", "val", "test")}
     steps.run(
         "convert",
-        _fingerprint(config.lang, config.seed),
+        _fingerprint(config.lang, config.seed, config.qa_turns),
         splits["test"],
         lambda _: convert(
             synth_dir / f"captions_{config.lang}.tsv",
@@ -134,9 +157,9 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
             conv,
             fmt="tsv",
             lang=config.lang,
-            multi_turn=True,
             split="0.8,0.1,0.1",
             seed=config.seed,
+            qa_turns=config.qa_turns,
         ),
     )
     base = root / "base"
@@ -154,13 +177,25 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
         ),
     )
 
-    def stage(name: str, yaml_path: str, model: Path, out: Path, done: Path) -> None:
+    replay = data_dir / f"replay_{config.lang}.json"
+    if config.text_only_ratio > 0:
+        steps.run(
+            "replay",
+            _fingerprint(config.vision, llm, config.seed, config.lang),
+            replay,
+            lambda _: make_replay(base, replay, lang=config.lang, holdout_every=4),
+        )
+
+    def stage(
+        name: str, yaml_path: str, model: Path, out: Path, done: Path, extra: tuple[str, ...] = ()
+    ) -> None:
         overrides = [
             f"model={model}",
             f"data={splits['train']}",
             f"val_data={splits['val']}",
             f"output_dir={out}",
             f"seed={config.seed}",
+            *extra,
             *config.train_overrides,
         ]
         stage_config = load_train_config(yaml_path, overrides)
@@ -184,12 +219,29 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
     kind = load_train_config(config.lora_config, []).stage
     # A LoRA stage leaves an adapter beside its base; a full one a whole Llava checkpoint.
     done = lora / ("adapter_config.json" if kind in ("lora", "qlora") else "config.json")
-    stage(f"stage 2 ({kind})", config.lora_config, projector, lora, done)
+    lora_steps = load_train_config(config.lora_config, list(config.train_overrides)).max_steps
+    budget = step_budget(lora_steps, config.reference_gflops)
+    log.info("quickstart: stage 2 runs %d steps (%s)", budget["steps"], budget["reason"])
+    stage2_overrides = (
+        f"max_steps={budget['steps']}",
+        *(
+            (f"text_data={replay}", f"text_only_ratio={config.text_only_ratio}")
+            if config.text_only_ratio > 0
+            else ()
+        ),
+    )
+    stage(f"stage 2 ({kind})", config.lora_config, projector, lora, done, stage2_overrides)
 
     report_dir = root / "report"
     steps.run(
         "evaluate",
-        _fingerprint(config.eval_limit, config.max_new_tokens, config.reliance_samples),
+        _fingerprint(
+            config.eval_limit,
+            config.max_new_tokens,
+            config.reliance_samples,
+            config.question_probes,
+            config.text_only_ratio,
+        ),
         report_dir / "report.json",
         lambda _: evaluate(
             {"base": str(base), "finetuned": str(lora)},
@@ -199,6 +251,8 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
             max_new_tokens=config.max_new_tokens,
             limit=config.eval_limit,
             reliance_samples=config.reliance_samples,
+            question_probes=config.question_probes,
+            text_data=replay.with_name(f"{replay.stem}_heldout.json") if config.text_only_ratio > 0 else None,
         ),
     )
     report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
@@ -207,11 +261,43 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
         summary["image_reliance_gap"] = {
             name: r["gap"] for name, r in report["image_reliance"].items() if r is not None
         }
+    summary["stage2_steps"] = budget
     summary["seconds"] = round(time.perf_counter() - started, 1)
     summary["report"] = str(report_dir / "report.md")
     summary["finetuned"] = str(lora)
     (root / "quickstart_summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
     return summary
+
+
+#: Within this relative distance of the reference rate the steps stay exactly max_steps, so repeated runs
+#: on one machine train the same steps (and give the same scores) despite timing noise.
+STEP_DEAD_ZONE = 0.2
+#: The scaled budget never leaves [max_steps / 2, 2 * max_steps] and is a multiple of this.
+STEP_QUANTUM = 32
+
+
+def step_budget(max_steps: int, reference_gflops: float, measured: float | None = None) -> dict[str, Any]:
+    """Stage-2 steps for this host: ``max_steps`` scaled by the measured matmul rate of the precision
+    ``bf16: auto`` chooses, relative to ``reference_gflops``; a faster host trains more within the same time.
+    """
+    if reference_gflops <= 0:
+        return {"steps": max_steps, "reason": "max_steps as configured (reference_gflops: 0)"}
+    if measured is None:
+        from thinchat.precision import measure_precision
+
+        measured = measure_precision("cpu").gflops
+    ratio = measured / reference_gflops
+    if abs(ratio - 1.0) <= STEP_DEAD_ZONE:
+        steps = max_steps
+    else:
+        scaled = round(max_steps * ratio / STEP_QUANTUM) * STEP_QUANTUM
+        steps = int(min(max(scaled, max_steps // 2), 2 * max_steps))
+    return {
+        "steps": steps,
+        "measured_gflops": round(measured, 1),
+        "reference_gflops": reference_gflops,
+        "reason": f"matmul {measured:.0f} GFLOP/s vs reference {reference_gflops:.0f}",
+    }
 
 
 def _cider(report: dict[str, Any], model: str, lang: str) -> float:
@@ -226,13 +312,17 @@ def _term_f1(report: dict[str, Any], model: str) -> float:
     return float(report["domain"][model]["micro"]["f1"]) / 100.0
 
 
+def _following(report: dict[str, Any], model: str) -> dict[str, Any]:
+    return (report.get("question_following") or {}).get(model, {}).get("all", {})
+
+
 def check_thresholds(report: dict[str, Any], config: QuickstartConfig) -> dict[str, Any]:
     """Compare the finetuned model with the base against the quickstart's bar."""
     f1 = _term_f1(report, "finetuned")
     cider_base = _cider(report, "base", config.lang)
     cider_ft = _cider(report, "finetuned", config.lang)
     ratio = cider_ft / cider_base if cider_base > 0 else float("inf")
-    return {
+    summary: dict[str, Any] = {
         "mineral_f1": {
             "finetuned": f1,
             "base": _term_f1(report, "base"),
@@ -247,3 +337,17 @@ def check_thresholds(report: dict[str, Any], config: QuickstartConfig) -> dict[s
             "ok": ratio >= config.min_cider_ratio,
         },
     }
+    if config.question_probes > 0:
+        for key, threshold in (
+            ("yes_no_accuracy", config.min_yes_no),
+            ("answer_form", config.min_answer_form),
+            ("which_accuracy", config.min_which),
+        ):
+            value = _following(report, "finetuned").get(key)
+            summary[key] = {
+                "finetuned": value,
+                "base": _following(report, "base").get(key),
+                "threshold": threshold,
+                "ok": value is not None and value >= threshold,
+            }
+    return summary

@@ -40,6 +40,18 @@ def run(args: argparse.Namespace) -> int:
         f"CIDEr-D finetuned / base: {cider['finetuned']:.3f} / {cider['base']:.3f} = {cider['ratio']:.1f}x, "
         f"needs >= {cider['threshold_ratio']}x: {'OK' if cider['ok'] else 'NOT MET'}"
     )
+    for key, label in (
+        ("yes_no_accuracy", "yes/no accuracy (balanced)"),
+        ("answer_form", "answered in the form asked"),
+        ("which_accuracy", "which-of accuracy"),
+    ):
+        if key in summary:
+            item = summary[key]
+            value = "n/a" if item["finetuned"] is None else f"{item['finetuned']:.3f}"
+            print(
+                f"{label} (finetuned): {value}, needs >= {item['threshold']}: "
+                f"{'OK' if item['ok'] else 'NOT MET'}"
+            )
     gaps = summary.get("image_reliance_gap")
     if gaps:
         print(
@@ -50,5 +62,5 @@ def run(args: argparse.Namespace) -> int:
     print("Chat with the result:")
     print(f"  python cli_demo.py --from_pretrained {summary['finetuned']}")
     print(f"  python web_demo.py --from_pretrained {summary['finetuned']}")
-    ok = f1["ok"] and cider["ok"]
+    ok = all(item["ok"] for item in summary.values() if isinstance(item, dict) and "ok" in item)
     return 0 if ok or not args.check else 1

@@ -17,7 +17,10 @@ from thinchat.eval.data import EvalSample, load_eval_set
 from thinchat.eval.image_reliance import DEFAULT_SAMPLES as DEFAULT_RELIANCE_SAMPLES
 from thinchat.eval.image_reliance import image_reliance
 from thinchat.eval.meteor import MeteorScorer
+from thinchat.eval.question_following import DEFAULT_MAX_NEW_TOKENS as QA_MAX_NEW_TOKENS
+from thinchat.eval.question_following import DEFAULT_PRESENCE, DEFAULT_WHICH, build_probes, score_probes
 from thinchat.eval.report import build_report, write_report
+from thinchat.eval.text_retention import load_text_entries, text_retention
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +87,17 @@ def evaluate(
     device: str | None = None,
     lexicon: Any = None,
     reliance_samples: int = DEFAULT_RELIANCE_SAMPLES,
+    question_probes: int = DEFAULT_PRESENCE,
+    text_data: str | Path | None = None,
 ) -> dict:
     """Evaluate ``{name: checkpoint_dir}`` on the LLaVA-format ``data_path``; write the report to ``out_dir``.
 
     ``reliance_samples`` > 0 adds each model's image reliance (``thinchat.eval.image_reliance``) on that
-    many samples: answer loss with the right images vs another slide's. Returns the report data (what
+    many samples: answer loss with the right images vs another slide's. ``question_probes`` > 0 asks that
+    many grounded yes/no questions per slide (half "yes") plus one which-of question and scores the
+    answers (``thinchat.eval.question_following``). ``text_data`` (text-only LLaVA JSON, e.g. the base
+    model's held-out replay answers) adds each model's answer loss on it: general chat retention.
+    Returns the report data (what
     ``report.json`` holds). Raises ``ThinchatError`` subclasses for a bad
     test set (empty, malformed, nothing left after skipping) or a checkpoint that fails to load.
     """
@@ -121,16 +130,36 @@ def evaluate(
 
     generations: dict[str, dict[str, str]] = {}
     reliance: dict[str, dict[str, Any] | None] = {}
+    probes = (
+        build_probes(samples, lexicon, presence=question_probes, which=DEFAULT_WHICH)
+        if question_probes > 0
+        else []
+    )
+    following: dict[str, dict[str, Any]] = {}
+    text_conversations = load_text_entries(text_data) if text_data else []
+    retention: dict[str, dict[str, Any]] = {}
     for name, path in checkpoints.items():
         # A LoRA checkpoint is merged, as the chat engine does: same outputs, ~20% faster decoding.
         model, processor = load_pretrained(path, device=device, merge=True)
         generations[name] = generate_for_samples(
             model, processor, samples, batch_size, max_new_tokens, desc=f"eval {name}"
         )
+        if probes:
+            answers = generate_for_samples(
+                model,
+                processor,
+                [p.as_sample() for p in probes],
+                batch_size,
+                min(max_new_tokens, QA_MAX_NEW_TOKENS),
+                desc=f"questions {name}",
+            )
+            following[name] = score_probes(probes, answers, lexicon)
         if reliance_samples > 0 and is_clipcap_dir(Path(path).expanduser()):
             log.info("%s: image reliance is computed for Llava checkpoints only, not ClipCap", name)
         elif reliance_samples > 0:
             reliance[name] = image_reliance(model, processor, samples, limit=reliance_samples)
+        if text_conversations:
+            retention[name] = text_retention(model, processor, text_conversations)
         del model, processor
     scorer = MeteorScorer(meteor)
     try:
@@ -147,6 +176,14 @@ def evaluate(
         scorer.close()
     if any(r is not None for r in reliance.values()):
         report["image_reliance"] = reliance
-    paths = write_report(report, records, out_dir)
+    if retention:
+        report["text_retention"] = retention
+    qa_records: dict[str, list[dict]] = {}
+    if following:
+        report["question_following"] = {
+            name: {k: v for k, v in scores.items() if k != "records"} for name, scores in following.items()
+        }
+        qa_records = {name: scores["records"] for name, scores in following.items()}
+    paths = write_report(report, records, out_dir, qa_records)
     log.info("wrote %s and %s", paths["md"], paths["json"])
     return report

@@ -1,0 +1,46 @@
+"""The quickstart's stage-2 step budget and its thresholds, on hand-made measurements and reports."""
+
+from __future__ import annotations
+
+import pytest
+
+from thinchat.quickstart import QuickstartConfig, check_thresholds, step_budget
+
+
+@pytest.mark.parametrize(
+    ("measured", "steps"),
+    [
+        (400.0, 384),  # the reference host
+        (460.0, 384),  # within the dead zone: timing noise never changes the steps
+        (330.0, 384),
+        (600.0, 576),  # 1.5x faster: 1.5x the steps, a multiple of 32
+        (100.0, 192),  # never under half
+        (2000.0, 768),  # never over twice
+    ],
+)
+def test_step_budget_follows_the_measured_rate(measured: float, steps: int) -> None:
+    assert step_budget(384, 400.0, measured=measured)["steps"] == steps
+
+
+def test_no_reference_keeps_max_steps() -> None:
+    assert step_budget(448, 0.0)["steps"] == 448
+
+
+def _report(f1: float, yes_no: float | None, form: float, which: float) -> dict:
+    following = {"all": {"yes_no_accuracy": yes_no, "answer_form": form, "which_accuracy": which}}
+    return {
+        "metrics": {"en": {"base": {"CIDEr-D": 0.01}, "finetuned": {"CIDEr-D": 1.2}}},
+        "domain": {"base": {"micro": {"f1": 0.0}}, "finetuned": {"micro": {"f1": 100 * f1}}},
+        "question_following": {"base": {"all": {}}, "finetuned": following},
+    }
+
+
+def test_thresholds_cover_question_following() -> None:
+    config = QuickstartConfig()
+    ok = check_thresholds(_report(0.72, 0.9, 1.0, 0.85), config)
+    assert all(item["ok"] for item in ok.values())
+    low = check_thresholds(_report(0.72, 0.8, 1.0, 0.85), config)
+    assert not low["yes_no_accuracy"]["ok"] and low["mineral_f1"]["ok"]
+    missing = check_thresholds(_report(0.72, None, 0.9, 0.85), config)
+    assert not missing["yes_no_accuracy"]["ok"] and not missing["answer_form"]["ok"]
+    assert missing["yes_no_accuracy"]["base"] is None
