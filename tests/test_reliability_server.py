@@ -15,7 +15,6 @@ import httpx
 import pytest
 from PIL import Image
 
-from thinchat.commands.serve import API_KEY_ENV, resolve_api_key
 from thinchat.errors import ConfigError
 from thinchat.generation import GenerationSettings
 from thinchat.server import BackgroundServer, ServerSettings
@@ -225,6 +224,8 @@ def test_out_of_range_values_are_400(extra: dict, param: str) -> None:
 
 # ----- item 4: the API key from a file or the environment ------------------------------------------------
 def test_api_key_from_file_or_environment(tmp_path) -> None:
+    from thinchat.commands.serve import API_KEY_ENV, resolve_api_key
+
     key_file = tmp_path / "key"
     key_file.write_text("s3cret-from-file\n", encoding="utf-8")
     assert resolve_api_key(None, str(key_file), {}) == "s3cret-from-file"

@@ -58,13 +58,13 @@ def test_unreadable_uploads_never_show_the_server_path(tmp_path: Path) -> None:
     port = _free_port()
     launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, examples_dir=tmp_path)
     try:
-        assert demo.show_error is False
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         with pytest.raises(Exception) as err:  # gradio_client's AppError carries what the page would show
             client.predict(
                 "Describe.", handle_file(str(bad)), None, [], None, 0.0, 0.9, 16, "en", api_name="/submit"
             )
-        assert "/tmp" not in str(err.value) and str(tmp_path) not in str(err.value)
+        assert "/tmp" not in str(err.value) and str(tmp_path) not in str(err.value), str(err.value)
+        assert demo.show_error is False
     finally:
         demo.close()
 
