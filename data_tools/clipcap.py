@@ -157,8 +157,8 @@ def load_clipcap_pickle(path: str | Path) -> tuple[list[tuple[str, str]], dict[s
     return captions, {str(k): v for k, v in embeds_raw.items()}
 
 
-def parse_split(text: str | None) -> tuple[float, float, float] | None:
-    """``"0.9,0.1"`` (train,test) or ``"0.8,0.1,0.1"`` (train,val,test) -> fractions summing to 1."""
+def parse_split(text: str | None, pair: str = "test") -> tuple[float, float, float] | None:
+    """``"0.9,0.1"`` (train,test; train,val with ``pair="val"``) or ``"0.8,0.1,0.1"`` (train,val,test)."""
     if text is None:
         return None
     try:
@@ -166,7 +166,7 @@ def parse_split(text: str | None) -> tuple[float, float, float] | None:
     except ValueError as exc:
         raise DataFormatError(f"--split {text!r}: expected ratios like 0.9,0.1 or 0.8,0.1,0.1") from exc
     if len(parts) == 2:
-        parts = [parts[0], 0.0, parts[1]]
+        parts = [parts[0], parts[1], 0.0] if pair == "val" else [parts[0], 0.0, parts[1]]
     if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0 or parts[0] <= 0:
         raise DataFormatError(f"--split {text!r}: expected 2 or 3 non-negative ratios (train first, > 0)")
     total = sum(parts)
@@ -249,7 +249,7 @@ def import_clipcap(
     import torch
 
     captions, embeds = load_clipcap_pickle(path)
-    parts_wanted = parse_split(split) if split else None
+    parts_wanted = parse_split(split, "val" if test_ids is not None else "test") if split else None
     wanted_test = read_test_ids(test_ids) if test_ids is not None else None
     tensors: dict[str, torch.Tensor] = {}
     widths: dict[int, str] = {}

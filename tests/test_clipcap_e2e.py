@@ -150,3 +150,36 @@ def test_new_images_need_the_recorded_tower(world, tmp_path):
             processor.image_processor([tiny_image(0)])
     finally:
         meta.write_text(saved)
+
+
+def test_serve_and_web_demo_drive_the_clipcap_model(world):
+    import base64
+
+    import openai
+    from PIL import Image
+
+    from thinchat.engine import ChatEngine
+    from thinchat.generation import GenerationSettings
+    from thinchat.server import BackgroundServer, ServerSettings
+    from thinchat.web.chat import WebChat
+
+    image_path = world["root"] / "slides" / "001.png"
+    engine = ChatEngine.from_pretrained(world["run"], settings=GenerationSettings(max_new_tokens=5))
+    expected = engine.describe([Image.open(image_path)], "Describe this thin section.")
+    uri = "data:image/png;base64," + base64.b64encode(image_path.read_bytes()).decode()
+    with BackgroundServer(engine, ServerSettings()) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="none", max_retries=0, timeout=60)
+        reply = client.chat.completions.create(
+            model=engine.name,
+            messages=[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": uri}},
+                {"type": "text", "text": "Describe this thin section."}]}],
+            max_tokens=5, temperature=0,
+        )  # fmt: skip
+    assert reply.choices[0].message.content.strip() == expected
+    chat = WebChat(engine)
+    outputs = list(
+        chat.submit("Describe this thin section.", str(image_path), None, [], None, 0.0, 1.0, 5, "en")
+    )
+    history = outputs[-1][0]
+    assert history[-1]["role"] == "assistant" and history[-1]["content"].strip() == expected

@@ -151,5 +151,8 @@ def test_split_and_test_ids(tmp_path: Path) -> None:
     test = json.loads((tmp_path / "t" / "test" / "conversations.json").read_text())
     assert {e["image_embedding"] for e in test} == {"003", "007"}
     assert not (tmp_path / "t" / "val").exists()
+    import_clipcap(pkl, tmp_path / "v", test_ids="003,007", split="0.9,0.1")  # the rest: train,val
+    val = json.loads((tmp_path / "v" / "val" / "conversations.json").read_text())
+    assert len({e["image_embedding"] for e in val}) == 4  # 10% of the 38 others
     with pytest.raises(DataFormatError, match="no captioned embedding"):
         import_clipcap(pkl, tmp_path / "u", test_ids="003,999")

@@ -38,14 +38,32 @@ class ClipCapPrefix(nn.Module):
         self.encoder = encoder
         width = hidden * prefix_tokens
         self.mlp = nn.Sequential(nn.Linear(embed_dim, width // 2), nn.Tanh(), nn.Linear(width // 2, width))
+        # Input standardisation (training-set mean per dimension, one RMS scale), fixed before training.
+        self.register_buffer("input_mean", torch.zeros(embed_dim))
+        self.register_buffer("input_scale", torch.ones(()))
+
+    def set_input_stats(self, embeddings: torch.Tensor) -> None:
+        """Centre and scale inputs by the training embeddings' statistics.
+
+        Why: pooled features of one kind of image (thin sections) share a large common component; the
+        slide-to-slide differences that name the minerals are small next to it. Uncentred, the MLP first
+        sees near-identical inputs and learns the average report; centred and scaled to unit RMS, the
+        differences drive it from the first step. ThinGPT's CLIP embeddings get the same treatment.
+        """
+        flat = embeddings.reshape(embeddings.shape[0], -1).float()
+        mean = flat.mean(dim=0)
+        scale = (flat - mean).pow(2).mean().sqrt().clamp_min(1e-6)
+        self.input_mean.copy_(mean)
+        self.input_scale.copy_(scale)
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        flat = embeddings.reshape(embeddings.shape[0], -1).to(self.mlp[0].weight.dtype)
+        flat = embeddings.reshape(embeddings.shape[0], -1)
         if flat.shape[1] != self.embed_dim:
             raise ModelSpecError(
                 f"embedding width {flat.shape[1]} does not match this ClipCap prefix ({self.embed_dim}, "
                 f"embeddings of {self.encoder or 'the training data'}); use embeddings from the same tower"
             )
+        flat = ((flat.float() - self.input_mean) / self.input_scale).to(self.mlp[0].weight.dtype)
         return self.mlp(flat).reshape(-1, self.prefix_tokens, self.hidden)
 
     def config(self) -> dict[str, int | str | None]:

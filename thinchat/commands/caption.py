@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(exit status 1) while the rest is captioned.",
     )
     parser.add_argument("--from_pretrained", "--from-pretrained", required=True, metavar="CKPT",
-                        help="checkpoint directory (Llava or LoRA)")  # fmt: skip
+                        help="checkpoint directory (Llava, LoRA or ClipCap)")  # fmt: skip
     parser.add_argument("--images", nargs="+", required=True, metavar="DIR|FILE",
                         help="a directory (searched recursively) and/or image files")  # fmt: skip
     parser.add_argument("--out", required=True, help="results file: .tsv (id, images, caption) or .jsonl")

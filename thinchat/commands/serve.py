@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="from_pretrained",
         required=True,
         metavar="DIR",
-        help="checkpoint directory (base, stage-1, LoRA or merged)",
+        help="checkpoint directory (base, stage-1, LoRA, merged or ClipCap)",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)"

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train a stage (projector, lora, qlora, full) from a YAML config",
+        help="train a stage (projector, lora, qlora, full, clipcap) from a YAML config",
         description="Train one stage from a YAML config. Example: thinchat train --config configs/demo_cpu.yaml",
     )
     add_arguments(parser)

@@ -275,6 +275,7 @@ def train_clipcap(config: Any, resume: str | bool | None = None) -> list[float]:
     prefix = ClipCapPrefix(
         train_data.width, hidden, config.prefix_tokens, config.encoder or train_data.encoder
     )
+    prefix.set_input_stats(torch.stack([t.reshape(-1) for t in train_data.embeddings.values()]))
     if config.lora:
         model = add_lora(model, config)
     run = ClipCapRun(model, processor, prefix, config)
