@@ -65,6 +65,12 @@ def test_unreadable_uploads_never_show_the_server_path(tmp_path: Path) -> None:
             )
         assert "/tmp" not in str(err.value) and str(tmp_path) not in str(err.value), str(err.value)
         assert demo.show_error is False
+        # The check that runs on upload gets gradio's raw payload and clears the bad view.
+        assert client.predict(handle_file(str(bad)), "en", api_name="/check_ppl_upload") is None
+        good = tmp_path / "good.png"
+        Image.new("RGB", (32, 32)).save(good)
+        kept = client.predict(handle_file(str(good)), "en", api_name="/check_ppl_upload")
+        assert kept is not None
     finally:
         demo.close()
 

@@ -152,6 +152,8 @@ def build_demo(
                 preprocess=False,
                 concurrency_limit=None,  # a cheap header check: never wait behind a generating request
                 show_progress="hidden",
+                api_name=f"check_{view}_upload",
+                api_visibility="undocumented",
             )
         sliders = [temperature, top_p, max_tokens]
         ask_inputs = [textbox, ppl, xpl, chatbot, state, *sliders, language]
