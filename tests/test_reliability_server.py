@@ -37,6 +37,7 @@ class GatedEngine:
         self.gate = threading.Event()
         self.started = self.closed = 0
         self.images_seen: list[int] = []
+        self.overrides_seen: list[dict] = []
 
     def count_tokens(self, messages, images):
         return 5
@@ -44,6 +45,7 @@ class GatedEngine:
     def stream_messages(self, messages, images, **overrides):
         self.started += 1
         self.images_seen.append(len(images))
+        self.overrides_seen.append(overrides)
         try:
             for piece in self.pieces:
                 if not self.gate.wait(timeout=60):
@@ -220,6 +222,9 @@ def test_out_of_range_values_are_400(extra: dict, param: str) -> None:
         assert _post(server, raw.encode()).status_code == 400
         assert _post(server, _ask(seed=2**64 - 1, stop=["a", "b", "c", "d"])).status_code == 200
         assert engine.started == 1
+        # A temperature so small that logits / T overflow decodes greedily (its limit), not a 500.
+        assert _post(server, _ask(temperature=1e-300)).status_code == 200
+        assert engine.overrides_seen[-1]["temperature"] == 0.0
 
 
 # ----- item 4: the API key from a file or the environment ------------------------------------------------

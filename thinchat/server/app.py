@@ -90,6 +90,11 @@ def _engine_error(exc: ThinchatError) -> APIError:
     return APIError(400, str(exc), code="invalid_request")
 
 
+#: Sampling divides the logits by the temperature; below this they can overflow to inf (a NaN softmax).
+#: Such temperatures decode greedily, which is their limit.
+MIN_SAMPLING_TEMPERATURE = 1e-3
+
+
 def _overrides(req: ChatCompletionRequest) -> dict[str, Any]:
     """Generation overrides for the engine: only what the request set, so engine defaults apply otherwise."""
     if req.n != 1:
@@ -102,6 +107,8 @@ def _overrides(req: ChatCompletionRequest) -> dict[str, Any]:
         value = getattr(req, name)
         if value is not None:
             out[name] = value
+    if 0 < out.get("temperature", 0) < MIN_SAMPLING_TEMPERATURE:
+        out["temperature"] = 0.0
     return out
 
 
