@@ -10,7 +10,8 @@ px; 384 wide), its caption the English report. Then, as a user would:
 2. ``thinchat train`` with ``configs/clipcap_prefix.yaml`` (prefix + LoRA on the offline SmolLM2 base)
    for ``--max-steps`` steps, timed in wall-clock and CPU seconds (run it with ``OMP_NUM_THREADS=1``
    so the two agree and the budget is CPU time);
-3. ``thinchat eval`` on the held-out part (stored embeddings, greedy);
+3. greedy answers for the held-out part from its stored embeddings, loaded and generated as ``thinchat
+   eval`` does (``load_pretrained`` + ``generate_for_samples``), scored with its metrics;
 4. the constant-caption baselines: among ``--candidates`` training reports, the one with the highest
    corpus BLEU-4 against all other training reports, and the one with the highest term F1 against
    them; each is repeated for every held-out slide and scored like the model.
@@ -173,19 +174,22 @@ def main() -> int:
         print(json.dumps(result, indent=1, ensure_ascii=False))
         return 0
 
-    from thinchat.eval import evaluate
+    from thinchat.clipcap.evaldata import load_clipcap_eval_set
+    from thinchat.eval.runner import generate_for_samples
+    from thinchat.loading import load_pretrained
 
+    test_json = data / "test" / "conversations.json"
+    samples, _ = load_clipcap_eval_set(test_json)
     wall = time.perf_counter()
-    report = evaluate({"clipcap": str(run_dir)}, data / "test" / "conversations.json", args.work / "report",
-                      batch_size=16, max_new_tokens=args.max_new_tokens, meteor="nltk", reliance_samples=0)  # fmt: skip
+    model, processor = load_pretrained(run_dir, merge=True)  # what `thinchat eval` loads and runs
+    answers = generate_for_samples(model, processor, samples, 16, args.max_new_tokens, desc="eval clipcap")
     result["eval_wall_s"] = round(time.perf_counter() - wall, 1)
-    rows = [
-        json.loads(line)
-        for line in (args.work / "report" / "generations_clipcap.jsonl").read_text().splitlines()
-    ]
-    answers = {r["id"]: r["answer"] for r in rows}
+    rows = [{"id": s.id, "answer": answers[s.id], "reference": s.references[0]} for s in samples]
+    (args.work / "generations.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+    )
     result["model"] = score(answers, data / "test" / "conversations.json")
-    result["n_test"] = report["counts"]["scored"]
+    result["n_test"] = len(samples)
     constants = constant_baselines(data / "train" / "conversations.json", args.candidates, args.seed)
     result["baselines"] = {}
     for name, text in constants.items():

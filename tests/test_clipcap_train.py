@@ -186,3 +186,30 @@ def test_frozen_lm_mode_and_config_errors(base, tmp_path):
                 YAML, [f"model={base}", f"data={data}", f"val_data={wide}", f"output_dir={tmp_path / 'w'}"]
             )
         )
+
+
+def test_head_only_on_answer_positions_gives_the_full_loss(base, tmp_path):
+    """The stage's loss (LM head on labelled positions only) equals the plain full-logits loss."""
+    from thinchat.clipcap.data import collate, encode_samples
+    from thinchat.train.clipcap import ClipCapRun, add_lora
+    from thinchat.train.config import load_train_config
+    from thinchat.train.model_setup import load_base
+
+    data = clipcap_dir(tmp_path / "train", 3)
+    config = load_train_config(YAML, [f"model={base}", f"data={data}", "val_data=null", "prefix_tokens=2"])
+    model, processor = load_base(config)
+    model.requires_grad_(False)
+    prefix = ClipCapPrefix(512, 32, 2)
+    run = ClipCapRun(add_lora(model, config), processor, prefix, config)
+    batch = collate(encode_samples(load_clipcap_dir(data), processor, 2), processor.tokenizer.pad_token_id)
+    run.model.eval()
+    with torch.no_grad():
+        fast = run.loss(batch)
+        full = run.adapter(
+            pixel_values=batch["embeddings"],
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+        )
+    assert full.logits.shape[1] == batch["input_ids"].shape[1]  # the plain call scores every position
+    torch.testing.assert_close(fast, full.loss)

@@ -159,15 +159,12 @@ class ClipCapRun:
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         from thinchat.train.trainer import logits_only_where_scored
 
+        device = self.adapter.device
         inputs = logits_only_where_scored(
-            {
-                "input_ids": batch["input_ids"],
-                "attention_mask": batch["attention_mask"],
-                "labels": batch["labels"],
-            }
+            {key: batch[key].to(device) for key in ("input_ids", "attention_mask", "labels")}
         )
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(self.config.bf16)):
-            return self.adapter(pixel_values=batch["embeddings"], **inputs).loss
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(self.config.bf16)):
+            return self.adapter(pixel_values=batch["embeddings"].to(device), **inputs).loss
 
     def train_step(self, samples: list[ClipCapSample], pad: int) -> float:
         batch = collate([samples[i] for i in self.batch_indices(self.step, len(samples))], pad)
@@ -194,11 +191,11 @@ class ClipCapRun:
         first = samples[0]
         prompt = [t if lab == -100 else None for t, lab in zip(first.input_ids, first.labels, strict=True)]
         cut = prompt.index(None) if None in prompt else len(prompt)
-        ids = torch.tensor([first.input_ids[:cut]])
+        ids = torch.tensor([first.input_ids[:cut]], device=self.adapter.device)
         out = self.adapter.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
-            pixel_values=first.embedding[None],
+            pixel_values=first.embedding[None].to(self.adapter.device),
             max_new_tokens=self.config.sample_max_new_tokens,
             do_sample=False,
             pad_token_id=pad,
@@ -276,6 +273,8 @@ def train_clipcap(config: Any, resume: str | bool | None = None) -> list[float]:
         train_data.width, hidden, config.prefix_tokens, config.encoder or train_data.encoder
     )
     prefix.set_input_stats(torch.stack([t.reshape(-1) for t in train_data.embeddings.values()]))
+    device = torch.device("cuda" if torch.cuda.is_available() and not config.cpu else "cpu")
+    model, prefix = model.to(device), prefix.to(device)
     if config.lora:
         model = add_lora(model, config)
     run = ClipCapRun(model, processor, prefix, config)
