@@ -183,3 +183,18 @@ def test_serve_and_web_demo_drive_the_clipcap_model(world):
     )
     history = outputs[-1][0]
     assert history[-1]["role"] == "assistant" and history[-1]["content"].strip() == expected
+
+
+def test_export_merge_keeps_the_clipcap_model(world, tmp_path):
+    from PIL import Image
+
+    from thinchat.engine import ChatEngine
+
+    out = tmp_path / "merged"
+    assert main(["export", "--from_pretrained", str(world["run"]), "--merge", "--out", str(out)]) == 0
+    assert (out / "config.json").is_file() and (out / "clipcap_prefix.json").is_file()
+    assert not (out / "adapter_config.json").exists()
+    image = Image.open(world["root"] / "slides" / "002.png")
+    question = "Describe this thin section."
+    original = ChatEngine.from_pretrained(world["run"]).describe([image], question, max_new_tokens=5)
+    assert ChatEngine.from_pretrained(out).describe([image], question, max_new_tokens=5) == original

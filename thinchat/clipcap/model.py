@@ -78,6 +78,12 @@ class ClipCapModel(nn.Module):
     def forward(self, **kwargs: Any) -> Any:
         return self.llava(**self._encoded(kwargs))
 
+    def save_pretrained(self, directory: str | Path, **kwargs: Any) -> None:
+        """A standalone export (``thinchat export --merge``): the Llava as a standard directory (merged
+        LoRA) with the prefix files beside it, which :func:`load_clipcap` reads back."""
+        self.llava.save_pretrained(directory, **kwargs)
+        self.prefix.save(directory)
+
     def generate(self, **kwargs: Any) -> Any:
         """Llava's ``generate``; stops at the chat template's end-of-turn token unless told otherwise."""
         if kwargs.get("eos_token_id") is None and self.stop_ids:
@@ -172,9 +178,9 @@ def load_clipcap(
 
     path = Path(path).expanduser()
     prefix = ClipCapPrefix.load(path)
-    if is_adapter_dir(path):
+    if is_adapter_dir(path) or (path / "config.json").is_file():  # LoRA run, or a merged export
         llava, processor = load_pretrained(path, device=device, dtype=dtype, merge=merge, clipcap=False)
-    else:
+    else:  # a frozen-LM run: the prefix and processor only, the base Llava unchanged
         if not (path / CHECKPOINT_META).is_file():
             raise ModelSpecError(
                 f"{path}: ClipCap prefix without {CHECKPOINT_META}; which base model is it for?"
