@@ -110,7 +110,14 @@ class ImageIndex:
         direct = self.root / ref
         if not self.allow_outside and (Path(ref).is_absolute() or not self._inside(direct)):
             raise self._refuse(ref)  # decided before looking at the target: existence is not revealed
-        if direct.is_file():
+        try:
+            found = direct.is_file()
+        except OSError as exc:  # a name too long for the file system, a loop of links...
+            shown = ref if len(ref) <= 80 else ref[:80] + "..."
+            raise ImageError(
+                f"image reference {shown!r} cannot be used as a file name ({exc.strerror})"
+            ) from exc
+        if found:
             return [direct]
         views = [self._by_name[f"{ref}_{view}"] for view in VIEWS if f"{ref}_{view}" in self._by_name]
         if views:

@@ -197,7 +197,8 @@ def _csv_error(window: list[str], consumed: int, exc: csv.Error) -> str:
     limit = csv.field_size_limit()
     if sum(len(line) for line in text) > limit:
         return f"a field is longer than {limit} characters"
-    return f'malformed CSV quoting ({exc}); write a quote inside a quoted field as ""'
+    hint = '; write a quote inside a quoted field as ""' if any('"' in line for line in text) else ""
+    return f"malformed CSV ({exc}){hint}"
 
 
 #: A line that starts like a row of its own: an image reference (no spaces or quotes) then a comma.

@@ -228,3 +228,57 @@ def test_pseudo_label_file_names_cannot_inject_tsv_rows(tmp_path: Path) -> None:
     assert all(isinstance(r, Row) for r in rows)
     assert [(r.refs[0], r.caption) for r in rows] == [("good", "quartz and calcite")]
     assert out.read_text(encoding="utf-8").count("\n") == 1
+
+
+# ----- every format: rows in = out + skipped, or a clear error; never a traceback -------------------------
+_NASTY = [
+    '"',
+    '""',
+    "\t",
+    "\n",
+    "\r",
+    "\x00",
+    ",",
+    "[" * 3000,
+    "{",
+    "\\",
+    "\ufeff",
+    "../",
+    "/etc/passwd",
+    "é",
+]
+
+
+def _mutate(text: str, rng: np.random.Generator) -> bytes:
+    chars = list(text)
+    for _ in range(int(rng.integers(1, 6))):
+        chars.insert(int(rng.integers(0, len(chars) + 1)), _NASTY[int(rng.integers(0, len(_NASTY)))])
+    data = "".join(chars).encode("utf-8")
+    if rng.random() < 0.2:  # a stray invalid byte
+        cut = int(rng.integers(0, len(data) + 1))
+        data = data[:cut] + b"\xff" + data[cut:]
+    if rng.random() < 0.2:
+        data = b"\xff\xfe" + "".join(chars).encode("utf-16-le")
+    return data
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "csv", "jsonl", "coco"])
+def test_mutated_inputs_keep_the_row_invariant(tmp_path: Path, images: Path, fmt: str) -> None:
+    valid = {
+        "tsv": "0001\tquartz\n0002\tcalcite, fine\n0003\tdolomite\n",
+        "csv": 'image,caption\n0001.png,quartz\n0002.png,"calcite, ""fine"""\n0003.png,"two\nlines"\n',
+        "jsonl": '{"image": "0001.png", "caption": "quartz"}\n{"image": ["0002.png"], "caption": ["a", "b"]}\n',
+        "coco": json.dumps(
+            {"images": [{"id": 1, "file_name": "0001.png"}], "annotations": [{"image_id": 1, "caption": "q"}]}
+        ),
+    }[fmt]
+    rng = np.random.default_rng(16)
+    for i in range(40):
+        cap = tmp_path / f"m{i}.{fmt}"
+        cap.write_bytes(_mutate(valid, rng))
+        try:
+            summary = convert(cap, images, tmp_path / f"o{i}.json", fmt=fmt)
+        except DataFormatError:
+            continue  # a clear, typed error (e.g. COCO that is no longer JSON, or no row converted)
+        _balanced(summary)
+        assert all(item["line"] is not None for item in summary["skipped"])
