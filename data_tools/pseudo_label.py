@@ -188,7 +188,7 @@ def caption_jobs(captions: Path, images_dir: Path | None) -> tuple[list[Job], li
 def _done_counts(out: Path) -> Counter[str]:
     done: Counter[str] = Counter()
     if out.is_file():
-        # errors="replace": a damaged line must not stop a resume; its id is simply not counted as done.
+        # errors="replace": a damaged line must not stop a resume (an id with a bad byte is labelled again).
         for line in out.read_text(encoding="utf-8", errors="replace").splitlines():
             if "\t" in line:
                 done[line.split("\t", 1)[0]] += 1
