@@ -84,6 +84,8 @@ def trainer_runs(args, paths: dict[str, Path], results: dict, save) -> None:
         ),
     }
     for name, (config, overrides) in runs.items():
+        if args.runs and name not in args.runs.split(","):
+            continue
         needs = "deepspeed" if "zero" in name else "bitsandbytes" if name == "qlora" else None
         if needs and importlib.util.find_spec(needs) is None:
             results["skipped"][name] = f"{needs} is not installed"
@@ -287,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-tokens", type=int, default=None)
     parser.add_argument("--decode-repeats", type=int, default=2)
     parser.add_argument("--parts", default="matmul,precompute,train,plain,decode")
+    parser.add_argument("--runs", default="", help="trainer runs to do, comma-separated (default: all)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

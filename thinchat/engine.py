@@ -31,7 +31,7 @@ from thinchat.chat.history import Turn, fit
 from thinchat.chat.session import ChatSession
 from thinchat.compose import max_positions
 from thinchat.errors import ConfigError, ImageError, PromptTooLongError, ThinchatError
-from thinchat.generation import GenerationSettings, stop_token_ids, stream_in_thread
+from thinchat.generation import GenerationSettings, decode_attention, stop_token_ids, stream_in_thread
 
 __all__ = ["ChatEngine", "ChatSession", "GenerationSettings", "image_key", "resolve_dtype"]
 
@@ -363,8 +363,12 @@ class ChatEngine:
         return shared, cache
 
     def _run_generate(self, **kwargs: Any):
-        """``model.generate`` that keeps the resulting KV cache for the next prompt (lock held)."""
-        output = self.model.generate(**kwargs)
+        """``model.generate`` that keeps the resulting KV cache for the next prompt (lock held).
+
+        Attention runs without cuDNN on a GPU (``decode_attention``: no graph build per decode step).
+        """
+        with decode_attention(self.model.device):
+            output = self.model.generate(**kwargs)
         cache = getattr(output, "past_key_values", None)
         if self.reuse_prefix and cache is not None:
             length = cache.get_seq_length()
