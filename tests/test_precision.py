@@ -19,7 +19,7 @@ def _fake_rates(monkeypatch, bf16: float, fp32: float) -> None:
 @pytest.mark.parametrize(
     ("bf16", "fp32", "expected"),
     [
-        (278.0, 99.0, torch.bfloat16),  # AMD EPYC with avx512_bf16 (shared/NOTES.md)
+        (278.0, 99.0, torch.bfloat16),  # AMD EPYC with avx512_bf16 (docs/experiments.md)
         (113.0, 255.0, torch.float32),  # Intel Xeon without AMX: bf16 slower
         (1066.0, 116.0, torch.bfloat16),  # Intel Xeon with AMX
         (110.0, 100.0, torch.float32),  # near parity: autocast's casts would eat the gain

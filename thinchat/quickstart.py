@@ -32,13 +32,12 @@ class QuickstartConfig:
     llm: str = field("", help="LM spec (default: smollm2-135m-instruct for en, gemma3-270m for zh)")
     image_size: int = field(
         84,
-        help="input resolution; 84 px = 36 DINOv2 tokens per view (probe F1 ceiling 0.77 vs 0.70 at 42 px)",
+        help="input resolution; 84 px = 36 DINOv2 tokens per view (why this size: docs/experiments.md)",
     )
     feature_layer: int = field(
         8,
         help="tower hidden layer fed to the projector (thinchat build --feature-layer); DINOv2-S middle "
-        "layers keep the colour and texture that tell minerals apart (probe F1 at 84 px: 0.77 from layer 8, "
-        "0.67 from layer -2)",
+        "layers keep the colour and texture that tell minerals apart (docs/experiments.md)",
     )
     n_slides: int = field(400, help="synthetic slides to generate (split 80/10/10 by slide)")
     synth_size: int = field(224, help="rendered slide size in pixels")
@@ -49,7 +48,7 @@ class QuickstartConfig:
     eval_limit: int = field(40, help="held-out slides scored in the report")
     eval_batch_size: int = field(
         40,
-        help="generation batch size for the report (the 40 test slides in one batch: ~3x faster than 8 on CPU)",
+        help="generation batch size for the report (all 40 test slides in one batch; larger batches pay on CPU)",
     )
     max_new_tokens: int = field(160, help="answer length limit in the report")
     qa_turns: int = field(
