@@ -31,6 +31,9 @@ def _convert(args: argparse.Namespace) -> int:
         qa_negatives=args.qa_negatives,
         lexicon_path=args.lexicon,
         questions_path=args.questions,
+        test_ids=args.test_ids,
+        val_ids=args.val_ids,
+        format_out=args.format_out,
     )
     print(format_summary(summary))
     return 0
@@ -114,6 +117,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     conv.add_argument("--format", default="auto", choices=["auto", "tsv", "csv", "jsonl", "coco", "folder"])
     conv.add_argument(
+        "--format-out",
+        default="json",
+        choices=["json", "hf"],
+        help="json: LLaVA JSON files; hf: a datasets.DatasetDict folder at OUT (save_to_disk, Image features)",
+    )
+    conv.add_argument(
         "--lang", default="auto", choices=["auto", "zh", "en"], help="caption language (auto: per caption)"
     )
     conv.add_argument("--multi-turn", action="store_true", help="add follow-up turns per report facet")
@@ -133,6 +142,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     conv.add_argument("--lexicon", default=None, help="lexicon YAML (default: the bundled lexicon.yaml)")
     conv.add_argument("--questions", default=None, help="question pools YAML (default: questions.yaml)")
     conv.add_argument("--split", default=None, help="train,val,test ratios by image, e.g. 0.8,0.1,0.1")
+    conv.add_argument(
+        "--test-ids",
+        default=None,
+        metavar="FILE",
+        help="slide ids held out as OUT_test.json (one a line); the rest is train (with --split, train/val)",
+    )
+    conv.add_argument(
+        "--val-ids", default=None, metavar="FILE", help="slide ids for OUT_val.json (one a line)"
+    )
     conv.add_argument("--seed", type=int, default=0, help="seed for questions and splits")
     conv.add_argument("--strict", action="store_true", help="fail (write nothing) if any row is skipped")
     conv.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")

@@ -63,6 +63,74 @@ def _assign_splits(keys: list[tuple[str, ...]], ratios: tuple[float, ...] | None
     return out
 
 
+def _base_id(row: Row, fmt: str) -> str:
+    """The id a slide's entries start with (``thinchat caption`` names its output rows the same way)."""
+    base = row.refs[0] if fmt in ("tsv", "folder") else Path(row.refs[0]).stem
+    return base.replace("/", "_")
+
+
+def read_ids(source: str | Path | list[str] | None) -> set[str] | None:
+    """Ids from a file (one a line, ``#`` comments and blank lines ignored) or a list; None stays None."""
+    if source is None:
+        return None
+    if isinstance(source, (list, tuple, set)):
+        return {str(s).strip() for s in source if str(s).strip()}
+    path = Path(source)
+    if not path.is_file():
+        raise DataFormatError(f"ids file not found: {path} (one slide id a line)")
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    ids = {line.split("#", 1)[0].strip() for line in lines}
+    ids.discard("")
+    if not ids:
+        raise DataFormatError(f"{path}: no ids in the file (one slide id a line)")
+    return ids
+
+
+def assign_fixed_splits(
+    base_ids: dict[tuple[Path, ...], str],
+    test_ids: set[str] | None,
+    val_ids: set[str] | None,
+    ratios: tuple[float, ...] | None,
+    seed: int,
+) -> dict[tuple[Path, ...], str]:
+    """Slides listed in ``test_ids`` / ``val_ids`` go there; the rest is train (or train/val by ratios).
+
+    Why strict: a test id that silently matches nothing turns a held-out report into a report on fewer
+    slides than the user thinks, and an image shared across splits leaks the test set into training.
+    """
+    known = set(base_ids.values())
+    for name, ids in (("test", test_ids), ("val", val_ids)):
+        missing = sorted((ids or set()) - known)
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" ... ({len(missing)} in all)" if len(missing) > 5 else "")
+            raise DataFormatError(
+                f"--{name}-ids: {shown} match no slide with a caption (known ids look like "
+                f"{', '.join(sorted(known)[:3])})"
+            )
+    both = sorted((test_ids or set()) & (val_ids or set()))
+    if both:
+        raise DataFormatError(
+            f"--test-ids and --val-ids both list {', '.join(both[:5])}: a slide has one split"
+        )
+    fixed = {paths: "test" for paths, i in base_ids.items() if test_ids and i in test_ids}
+    fixed.update({paths: "val" for paths, i in base_ids.items() if val_ids and i in val_ids})
+    rest = [paths for paths in base_ids if paths not in fixed]
+    rest_ratios = None
+    if ratios is not None and len(ratios) >= 2 and val_ids is None and sum(ratios[:2]) > 0:
+        rest_ratios = (ratios[0] / sum(ratios[:2]), ratios[1] / sum(ratios[:2]))
+    drawn = _assign_splits(rest, rest_ratios, seed)
+    split_of = {**{p: ("train" if s == "all" else s) for p, s in drawn.items()}, **fixed}
+    train_files = {f.resolve() for paths, s in split_of.items() if s == "train" for f in paths}
+    for paths, s in split_of.items():
+        shared = [f for f in paths if s == "test" and f.resolve() in train_files]
+        if shared:
+            raise DataFormatError(
+                f"test slide {base_ids[paths]!r} shares the image {shared[0]} with a train slide: "
+                "the test set would leak into training; give each image one split"
+            )
+    return split_of
+
+
 def _detect_lang(caption: str, forced: str, row_lang: str | None) -> str:
     if forced in ("zh", "en"):
         return forced
@@ -88,6 +156,9 @@ def convert(
     qa_negatives: bool = True,
     lexicon_path: str | Path | None = None,
     questions_path: str | Path | None = None,
+    test_ids: str | Path | list[str] | None = None,
+    val_ids: str | Path | list[str] | None = None,
+    format_out: str = "json",
 ) -> dict[str, Any]:
     """Convert captions + images to LLaVA JSON at ``out`` (or ``out``'s ``_train/_val/_test`` files).
 
@@ -96,6 +167,14 @@ def convert(
     entry then lists its exchanges' types in ``turn_types``. Returns the summary (also written to
     ``<out stem>.summary.json``): outputs, counts per split and language, turn counts, grounded-question
     counts, caption lengths, and the skip report.
+
+    ``test_ids`` / ``val_ids`` (a file with one id a line, or a list) fix those splits: slides whose id
+    (the entry id before any ``_k`` caption number) is listed go there, the rest to train (with ``split``,
+    the rest is split train/val by its first two ratios). An id that matches no slide, an id in both lists,
+    or an image file shared by a test slide and a train slide is an error, raised before anything is written.
+
+    ``format_out="hf"`` writes a ``datasets.DatasetDict`` folder at ``out`` instead of JSON files (images
+    stored as ``Image`` features, the source caption in a ``caption`` column; thinchat.hfdata).
     """
     if fmt not in FORMATS:
         raise DataFormatError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
@@ -113,6 +192,8 @@ def convert(
     index = ImageIndex(images_dir, max_pixels, allow_outside=allow_outside_images)
     out_path = Path(out)
     out_dir = out_path.parent.resolve()
+    if format_out not in ("json", "hf"):
+        raise DataFormatError(f"--format-out {format_out!r}: expected json or hf")
     if qa_turns < 0:
         raise DataFormatError(f"--qa-turns {qa_turns}: expected 0 or more")
     lexicon = load_lexicon(Path(lexicon_path) if lexicon_path else None)
@@ -166,7 +247,11 @@ def convert(
     per_image: dict[tuple[Path, ...], list[Row]] = defaultdict(list)
     for row, paths in accepted:
         per_image[paths].append(row)
-    split_of = _assign_splits(list(per_image), ratios, seed)
+    base_ids = {paths: _base_id(rows[0], fmt) for paths, rows in per_image.items()}
+    if test_ids is not None or val_ids is not None:
+        split_of = assign_fixed_splits(base_ids, read_ids(test_ids), read_ids(val_ids), ratios, seed)
+    else:
+        split_of = _assign_splits(list(per_image), ratios, seed)
     qa_options = QAOptions.from_total(qa_turns, qa_negatives)
     grounded = (
         GroundedQA(lexicon, TermPool.from_reports((r.caption for r, _ in accepted), lexicon), pools)
@@ -179,9 +264,9 @@ def convert(
     turns_count: Counter[int] = Counter()
     lang_count: Counter[str] = Counter()
     used_ids: set[str] = set()
+    source_captions: dict[str, str] = {}
     for paths, rows in per_image.items():
-        base = rows[0].refs[0] if fmt in ("tsv", "folder") else Path(rows[0].refs[0]).stem
-        base = base.replace("/", "_")
+        base = base_ids[paths]
         for k, row in enumerate(rows, start=1):
             entry_id = base if len(rows) == 1 else f"{base}_{k}"
             if entry_id in used_ids:  # same stem in two sub-folders
@@ -203,6 +288,8 @@ def convert(
                 conv, _ = place_turns(exchanges, len(paths))
             rel = [Path(os.path.relpath(p.resolve(), out_dir)).as_posix() for p in paths]
             entry.update({"image": rel, "conversations": conv, "lang": code})
+            if format_out == "hf":
+                source_captions[entry_id] = row.caption
             entries[split_of[paths]].append(entry)
             lengths[code].append(len(row.caption))
             turns_count[len(conv) // 2] += 1
@@ -233,7 +320,13 @@ def convert(
     }
     summary_path = out_path.with_name(out_path.stem + ".summary.json")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    if not (strict and skips) and rows_out:
+    if not (strict and skips) and rows_out and format_out == "hf":
+        from thinchat.hfdata import write_datasetdict
+
+        named = {("train" if name == "all" else name): rows for name, rows in sorted(entries.items())}
+        write_datasetdict(named, out_dir, out_path, source_captions)
+        summary["outputs"] = {name: f"{out_path}/{name}" for name in named}
+    elif not (strict and skips) and rows_out:
         for name, rows in sorted(entries.items()):
             target = (
                 out_path if name == "all" else out_path.with_name(f"{out_path.stem}_{name}{out_path.suffix}")

@@ -8,6 +8,7 @@ and sets ``func``. Modules import heavy libraries (torch, transformers) inside `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
@@ -28,6 +29,7 @@ COMMAND_MODULES = (
     "thinchat.commands.caption",
     "thinchat.commands.probe",
     "thinchat.commands.quickstart",
+    "thinchat.commands.finetune",
 )
 
 
@@ -40,20 +42,39 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
+    for name in sorted(HEAVY_COMMANDS):
+        # chat defines its own --threads (shared with cli_demo.py): keep that one.
+        with contextlib.suppress(argparse.ArgumentError):
+            subparsers.choices[name].add_argument(
+                "--threads",
+                type=_positive_int,
+                default=None,
+                help="torch threads (default: $OMP_NUM_THREADS, else the CPUs this process may use: "
+                "affinity and cgroup quota); idle threads wait passively",
+            )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: expected 1 or more")
+    return value
 
 
 #: Commands that generate on worker threads: idle OpenMP teams must sleep, not spin (see commands/threads.py).
 GENERATING_COMMANDS = frozenset({"chat", "serve", "web", "eval", "caption"})
+#: Commands that run torch: their thread count follows the CPUs this process may use, with passive waiting.
+HEAVY_COMMANDS = GENERATING_COMMANDS | {"train", "probe", "finetune", "quickstart"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in GENERATING_COMMANDS:
-        from thinchat.commands.threads import passive_omp_threads
+    if args.command in HEAVY_COMMANDS:
+        from thinchat.commands.threads import configure_threads
 
-        passive_omp_threads()
+        configure_threads(args.threads)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

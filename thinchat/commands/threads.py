@@ -1,20 +1,53 @@
-"""OpenMP wait policy for processes that run torch from several threads (the server and the web demo).
+"""Thread count and OpenMP wait policy for the heavy commands (train, caption, eval, chat, serve, web,
+probe, finetune, quickstart).
 
-Why: the engine generates on a fresh thread per request, and the server / gradio call it from worker
-threads. With libgomp's default (active) wait policy, the idle OpenMP team of each finished thread keeps
-spinning on the cores, so every later request competes with them: measured with ``thinchat serve`` on the
-135M offline base on 2 cores, 16-token requests took 4.4 s, then 33 s and 23 s; with ``PASSIVE`` they
-took 2.4, 2.2 and 1.9 s. The variable must be set before torch loads its OpenMP runtime, and a value the
-user set is kept.
+Why: torch sizes its thread pool from the machine's cores, not from what this process may use (its CPU
+affinity and the cgroup CPU quota of a container), so a process limited to 2 CPUs on a 64-core host
+starts 64 threads that fight over 2 cores. And with libgomp's default (active) wait policy, an idle
+OpenMP team keeps spinning: the engine generates on a fresh thread per request, so every finished
+thread's team competes with the next request (measured with ``thinchat serve`` on the 135M offline base
+on 2 cores, 16-token requests took 4.4 s, then 33 s and 23 s; with ``PASSIVE`` 2.4, 2.2 and 1.9 s), and
+when another job runs on the same cores a spinning team steals its time (bench/bench_threads.py). Both
+variables must be set before torch loads its OpenMP runtime; values the user set are kept.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
+from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def cgroup_cpu_limit(path: Path = CGROUP_CPU_MAX) -> float | None:
+    """CPUs the cgroup v2 quota allows (``quota / period``), or None when unlimited or unreadable."""
+    try:
+        quota, period = path.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return int(quota) / int(period)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def available_cpus(cgroup_file: Path = CGROUP_CPU_MAX) -> int:
+    """CPUs this process may use: its affinity mask, capped by the cgroup quota (rounded up), at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    limit = cgroup_cpu_limit(cgroup_file)
+    if limit is not None:
+        cpus = min(cpus, math.ceil(limit))
+    return max(1, cpus)
 
 
 def passive_omp_threads() -> None:
@@ -25,3 +58,20 @@ def passive_omp_threads() -> None:
         log.debug("torch already imported: OMP_WAIT_POLICY=PASSIVE would have no effect; not set")
         return
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Choose the thread count (``threads``, else ``OMP_NUM_THREADS``, else :func:`available_cpus`),
+    export it for torch's OpenMP pool and set passive waiting; returns the count.
+    """
+    if threads is not None and threads < 1:  # chat's own --threads 0: torch's choice, i.e. the default
+        threads = None
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if threads is None:
+        threads = int(env) if env.isdigit() and int(env) > 0 else available_cpus()
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    passive_omp_threads()
+    if "torch" in sys.modules:  # already loaded (e.g. in a test): set the pool directly
+        sys.modules["torch"].set_num_threads(threads)
+    log.debug("threads: %d (OMP_WAIT_POLICY=%s)", threads, os.environ.get("OMP_WAIT_POLICY"))
+    return threads

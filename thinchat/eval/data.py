@@ -83,6 +83,11 @@ def load_eval_set(data_path: str | Path, limit: int | None = None) -> tuple[list
     with no entries; ``limit`` keeps the first N samples (after grouping), skipped ones included.
     """
     path = Path(data_path)
+    if path.is_dir():  # a split saved by `data convert --format-out hf` (datasets.save_to_disk)
+        from thinchat.hfdata import as_llava_json, is_saved_dataset
+
+        if is_saved_dataset(path):
+            path = as_llava_json(path, "test")
     if not path.is_file():
         raise DataFormatError(f"{path}: test data file not found; pass --data TEST.json")
     try:

@@ -43,6 +43,11 @@ def _entry_images(entry: dict[str, Any], base: Path, where: str) -> list[Path]:
 def load_samples(path: str | Path, max_images: int = 4, check_files: bool = True) -> list[Sample]:
     """Parse ``path`` into samples; raises ``DataFormatError`` naming file and entry on any problem."""
     path = Path(path)
+    if path.is_dir():  # a split saved by `data convert --format-out hf` (datasets.save_to_disk)
+        from thinchat.hfdata import as_llava_json, is_saved_dataset
+
+        if is_saved_dataset(path):
+            path = as_llava_json(path, "train")
     if not path.is_file():
         raise DataFormatError(
             f"dataset not found: {path} (make one with `thinchat data synth` / `data convert`)"

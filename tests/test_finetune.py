@@ -1,0 +1,184 @@
+"""`thinchat finetune` end to end on a tiny random model: captions + images + test ids -> model -> report,
+a resumed re-run that reuses every step, a saved DatasetDict as input, and bad input refused before any
+model loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from thinchat.cli import main
+
+CAPTIONS = [
+    "Quartz grains are subrounded with undulose extinction. Calcite cement fills pores.",
+    "Plagioclase shows polysynthetic twinning; K-feldspar is partly argillized.",
+    "The argillaceous matrix is sericitized. Quartz and zircon are present.",
+    "Calcite cement is ferroan; feldspar grains are altered to clay.",
+]
+#: Keep each stage to a step or two and the report to a few short answers.
+TINY = [
+    "image_size=28",
+    "feature_layer=1",
+    "text_only_ratio=0",
+    "eval_limit=3",
+    "eval_batch_size=3",
+    "max_new_tokens=4",
+    "question_probes=1",
+    "reliance_samples=2",
+    "qa_turns=2",
+    "train_overrides=['max_steps=2', 'bf16=false', 'save_steps=1000', 'eval_steps=1000', 'logging_steps=1', "
+    "'report_to=[]', 'per_device_train_batch_size=2', 'per_device_eval_batch_size=2']",
+]
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory) -> tuple[str, str]:
+    """A saved tiny DINOv2 tower and a tiny Llama-family LM (thinchat build's inputs)."""
+    from thinchat.testing import tiny_lm, tiny_tokenizer, tiny_tower
+
+    root = tmp_path_factory.mktemp("parts")
+    tokenizer = tiny_tokenizer("llama")
+    lm = tiny_lm("llama", len(tokenizer))
+    lm.save_pretrained(root / "lm")
+    tokenizer.save_pretrained(root / "lm")
+    tower, processor = tiny_tower("dinov2")
+    tower.save_pretrained(root / "tower")
+    processor.save_pretrained(root / "tower")
+    return str(root / "tower"), str(root / "lm")
+
+
+def _slides(root: Path, n: int = 16) -> tuple[Path, Path]:
+    from thinchat.testing import tiny_image
+
+    images = root / "slides"
+    images.mkdir(parents=True)
+    lines = []
+    for i in range(n):
+        tiny_image(seed=i).save(images / f"s{i:02d}.png")
+        lines.append(f"s{i:02d}\t{CAPTIONS[i % len(CAPTIONS)]}")
+    captions = root / "captions.tsv"
+    captions.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return captions, images
+
+
+def test_finetune_end_to_end_then_reuses_every_step(parts, tmp_path, capsys):
+    tower, lm = parts
+    captions, images = _slides(tmp_path)
+    ids = tmp_path / "test_ids.txt"
+    ids.write_text("s01\ns05\ns09\n", encoding="utf-8")
+    out = tmp_path / "mine"
+    argv = [
+        "finetune", "--captions", str(captions), "--images", str(images), "--test-ids", str(ids),
+        "--out", str(out), "--vision", tower, "--llm", lm, "--lang", "en", "--hardware", "cpu",
+        "--threads", "1", *TINY,
+    ]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"python cli_demo.py --from_pretrained {out / 'lora'}" in printed
+    assert f"python web_demo.py --from_pretrained {out / 'lora'}" in printed
+    test = json.loads((out / "data" / "conversations_test.json").read_text(encoding="utf-8"))
+    assert {e["id"] for e in test} == {"s01", "s05", "s09"}
+    train = json.loads((out / "data" / "conversations_train.json").read_text(encoding="utf-8"))
+    assert not {e["id"] for e in train} & {"s01", "s05", "s09"}
+    report = json.loads((out / "report" / "report.json").read_text(encoding="utf-8"))
+    assert (out / "lora" / "adapter_config.json").is_file()
+    state = json.loads((out / "finetune_state.json").read_text())
+    assert {"convert", "build", "stage 1 (projector)", "stage 2 (lora)", "evaluate"} <= set(state)
+
+    stamp = (out / "report" / "report.json").stat().st_mtime_ns
+    assert main(argv) == 0  # nothing changed: every step is reused
+    assert (out / "report" / "report.json").stat().st_mtime_ns == stamp
+
+
+def test_finetune_reads_a_saved_datasetdict(parts, tmp_path, capsys):
+    tower, lm = parts
+    captions, images = _slides(tmp_path)
+    hf_dir = tmp_path / "hf"
+    ids = tmp_path / "test_ids.txt"
+    ids.write_text("s02\ns03\n", encoding="utf-8")
+    assert main([
+        "data", "convert", "--captions", str(captions), "--images", str(images), "--out", str(hf_dir),
+        "--format-out", "hf", "--test-ids", str(ids), "--split", "0.8,0.2",
+    ]) == 0  # fmt: skip
+    import datasets
+
+    saved = datasets.load_from_disk(str(hf_dir))
+    assert set(saved) == {"train", "val", "test"}
+    assert sorted(saved["test"]["id"]) == ["s02", "s03"]
+    assert isinstance(saved["test"].features["image"].feature, datasets.Image)
+    assert saved["test"][0]["image"][0].size == (32, 32)
+
+    out = tmp_path / "from_hf"
+    argv = [
+        "finetune", "--dataset", str(hf_dir), "--out", str(out), "--vision", tower, "--llm", lm,
+        "--lang", "en", "--hardware", "cpu", "--threads", "1", *TINY,
+    ]  # fmt: skip
+    assert main(argv) == 0
+    test = json.loads((out / "data" / "conversations_test.json").read_text(encoding="utf-8"))
+    assert sorted(e["id"] for e in test) == ["s02", "s03"]
+    assert (out / "report" / "report.md").is_file()
+
+
+def test_train_and_eval_data_can_be_a_saved_split(tmp_path):
+    from thinchat.eval.data import load_eval_set
+    from thinchat.train.data import load_samples
+
+    captions, images = _slides(tmp_path, n=6)
+    hf_dir = tmp_path / "hf"
+    assert main([
+        "data", "convert", "--captions", str(captions), "--images", str(images), "--out", str(hf_dir),
+        "--format-out", "hf", "--split", "0.5,0.5",
+    ]) == 0  # fmt: skip
+    samples = load_samples(hf_dir / "train")
+    assert len(samples) == 3 and all(s.images[0].is_file() for s in samples)
+    kept, skipped = load_eval_set(hf_dir / "val")
+    assert len(kept) == 3 and not skipped
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--test-ids", "IDS:nope\n"], "match no slide"),
+        (["--dataset", "somewhere"], "both captions"),
+        (["--config", "CONFIG:lora_r: 8\nlearning_rate: 0.1\n"], "training-stage keys"),
+        (["lora_config=configs/demo_cpu_projector.yaml"], "this step needs stage lora"),
+    ],
+)
+def test_bad_input_is_refused_before_any_model_loads(tmp_path, capsys, monkeypatch, extra, message):
+    import thinchat.finetune
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(thinchat.finetune, "run_recipe", no_models)
+    captions, images = _slides(tmp_path, n=4)
+    resolved = []
+    for item in extra:
+        if item.startswith(("IDS:", "CONFIG:")):
+            kind, text = item.split(":", 1)
+            path = tmp_path / ("ids.txt" if kind == "IDS" else "recipe.yaml")
+            path.write_text(text, encoding="utf-8")
+            item = str(path)
+        resolved.append(item)
+    argv = ["finetune", "--captions", str(captions), "--images", str(images), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--hardware", "cpu", *resolved]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_test_slide_sharing_an_image_with_training_is_refused(tmp_path):
+    from data_tools.convert import convert
+    from thinchat.errors import DataFormatError
+    from thinchat.testing import tiny_image
+
+    for name in ("x", "y", "z"):
+        tiny_image(seed=ord(name)).save(tmp_path / f"{name}.png")
+    rows = [{"image": ["x.png", "y.png"], "caption": "Quartz."}, {"image": ["y.png"], "caption": "Calcite."}]
+    rows.append({"image": ["z.png"], "caption": "Feldspar."})
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match="shares the image"):
+        convert(jsonl, tmp_path, tmp_path / "out.json", test_ids=["y"])
+    with pytest.raises(DataFormatError, match="one split"):
+        convert(jsonl, tmp_path, tmp_path / "out.json", test_ids=["y"], val_ids=["y"])

@@ -1,0 +1,222 @@
+"""``thinchat finetune``: the user's captions (or a ``datasets`` dataset) + images -> finetuned model ->
+held-out report, in one resumable command.
+
+Why the quickstart's recipe and not a new one: it is the recipe whose CI result is known
+(thinchat/recipe.py); here only the data step differs (the user's captions, fixed or drawn splits) and the
+stage configs are picked for the hardware found: on a CPU the quickstart's budget configs
+(configs/demo_cpu*.yaml), on a GPU the LLaVA configs (configs/pretrain_projector.yaml +
+configs/finetune_lora.yaml) in bf16 on one device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from thinchat.config import field
+from thinchat.errors import ConfigError
+from thinchat.recipe import LANG_PRESETS, Steps, chat_commands, config_path, fingerprint, run_recipe
+
+log = logging.getLogger(__name__)
+
+#: Stage configs per hardware: (projector, stage 2, overrides for both stages).
+HARDWARE_RECIPES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "cpu": ("configs/demo_cpu_projector.yaml", "configs/demo_cpu.yaml", ()),
+    # One process, no DeepSpeed; the LLaVA batch (16 x 8 accumulation) in bf16.
+    "gpu": (
+        "configs/pretrain_projector.yaml",
+        "configs/finetune_lora.yaml",
+        ("cpu=false", "bf16=true", "deepspeed=null"),
+    ),
+}
+
+
+@dataclass
+class FinetuneConfig:
+    captions: str = field(
+        "", help="captions file (TSV/CSV/JSONL/COCO) or folder of .txt, as for data convert"
+    )
+    images: str = field("", help="directory holding the images (with --captions)")
+    dataset: str = field(
+        "",
+        help="instead of captions + images: a saved datasets.DatasetDict, an imagefolder folder with "
+        "metadata, or a hub id (needs network); its test/validation splits become the fixed splits",
+    )
+    out: str = field("checkpoints/mine", help="where models, data and the report go")
+    test_ids: str = field("", help="file of slide ids held out for the report (one a line)")
+    val_ids: str = field("", help="file of slide ids for the validation loss (one a line)")
+    split: str = field(
+        "0.9,0.05,0.05", help="train,val,test ratios by slide (with test_ids: train,val of the rest)"
+    )
+    lang: Literal["auto", "en", "zh"] = field(
+        "auto", help="caption language; auto: the majority of the captions (zh uses the gemma3-270m preset)"
+    )
+    vision: str = field("dinov2-small", help="vision tower spec (preset, directory or hub id)")
+    llm: str = field("", help="LM spec (default: smollm2-135m-instruct for en, gemma3-270m for zh)")
+    image_size: int = field(84, help="input resolution (a multiple of 14 for DINOv2)")
+    feature_layer: int = field(8, help="tower hidden layer fed to the projector (thinchat build)")
+    seed: int = field(0, help="seed for the data and the training runs")
+    hardware: Literal["auto", "cpu", "gpu"] = field(
+        "auto", help="which recipe: cpu (budget configs) or gpu (LLaVA configs, bf16); auto: what is found"
+    )
+    projector_config: str = field("auto", help="stage-1 config (auto: by hardware)")
+    lora_config: str = field("auto", help="stage-2 config (auto: by hardware)")
+    train_overrides: list[str] = field([], help="extra key=value overrides for both stages")
+    eval_limit: int = field(40, help="held-out slides scored in the report")
+    eval_batch_size: int = field(40, help="generation batch size for the report")
+    max_new_tokens: int = field(160, help="answer length limit in the report")
+    qa_turns: int = field(
+        6, help="grounded question-answer turns per training slide (data convert --qa-turns)"
+    )
+    question_probes: int = field(4, help="grounded yes/no questions per held-out slide in the report")
+    text_only_ratio: float = field(
+        0.1, help="share of stage-2 samples replaying the base model's own general answers; 0: none"
+    )
+    reliance_samples: int = field(8, help="held-out slides for the image-reliance check (0: off)")
+    reference_gflops: float = field(0.0, help="scale stage 2's steps by the host's matmul rate (0: off)")
+
+    def validate(self) -> None:
+        if self.captions and self.dataset:
+            raise ConfigError(
+                f"both captions ({self.captions}) and dataset ({self.dataset}) given: pass one source"
+            )
+        if not self.captions and not self.dataset:
+            raise ConfigError("no data: pass --captions FILE --images DIR, or --dataset PATH")
+        if self.captions and not self.images:
+            raise ConfigError("--captions needs --images DIR (the folder the captions name images in)")
+        if "dinov2" in self.vision and self.image_size % 14:
+            raise ConfigError(f"image_size={self.image_size}: must be a multiple of 14 (DINOv2 patch size)")
+        for name in ("test_ids", "val_ids"):
+            value = getattr(self, name)
+            if value and not Path(value).is_file():
+                raise ConfigError(f"{name}: file not found: {value}")
+
+
+def detect_hardware() -> str:
+    """``gpu`` when torch sees a CUDA device, else ``cpu``."""
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def resolve(config: FinetuneConfig) -> tuple[FinetuneConfig, tuple[str, ...]]:
+    """Pick the stage configs for the hardware and check them before any model loads.
+
+    Returns the config with concrete ``projector_config`` / ``lora_config`` and the hardware overrides.
+    """
+    from thinchat.train.config import load_train_config
+
+    hardware = detect_hardware() if config.hardware == "auto" else config.hardware
+    projector, lora, overrides = HARDWARE_RECIPES[hardware]
+    config = dataclasses.replace(
+        config,
+        projector_config=projector if config.projector_config == "auto" else config.projector_config,
+        lora_config=lora if config.lora_config == "auto" else config.lora_config,
+    )
+    for key, allowed in (("projector_config", ("projector",)), ("lora_config", ("lora", "qlora", "full"))):
+        path = config_path(getattr(config, key))
+        stage = load_train_config(path, [*overrides, *config.train_overrides]).stage
+        if stage not in allowed:
+            raise ConfigError(f"{key}={path}: stage {stage!r}; this step needs stage {' or '.join(allowed)}")
+    log.info("finetune: %s recipe (%s + %s)", hardware, config.projector_config, config.lora_config)
+    return config, overrides
+
+
+def _file_stamp(path: str) -> list[Any]:
+    """What identifies an input file's content cheaply: path, size and modification time."""
+    if not path:
+        return []
+    p = Path(path)
+    stat = p.stat() if p.exists() else None
+    return [str(p.resolve()), stat.st_size if stat else None, stat.st_mtime_ns if stat else None]
+
+
+def _majority_lang(summary_file: Path) -> str:
+    languages = json.loads(summary_file.read_text(encoding="utf-8")).get("languages", {})
+    return max(languages, key=languages.get) if languages else "en"
+
+
+def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
+    """Run (or reuse) convert -> build -> replay -> stage 1 -> stage 2 -> report; return the summary."""
+    from data_tools.convert import convert
+
+    config, hardware_overrides = resolve(config)
+    root = Path(config.out)
+    data_dir = root / "data"
+    steps = Steps(root, "finetune")
+    started = time.perf_counter()
+
+    captions, images = config.captions, config.images
+    test_ids: str | list[str] | None = config.test_ids or None
+    val_ids: str | list[str] | None = config.val_ids or None
+    if config.dataset:
+        from thinchat.hfdata import export_dataset
+
+        exported = data_dir / "dataset"
+        plan: dict[str, Any] = {}
+
+        def export(_: bool) -> None:
+            plan.update(export_dataset(config.dataset, exported))
+
+        steps.run("dataset", fingerprint(_file_stamp(config.dataset) or config.dataset), exported, export)
+        if not plan:
+            plan.update(json.loads((exported / "export.json").read_text(encoding="utf-8")))
+        captions, images = plan["captions"], plan["images"]
+        test_ids = test_ids or plan["test_ids"] or None
+        val_ids = val_ids or plan["val_ids"] or None
+
+    conv = data_dir / "conversations.json"
+    splits = {s: data_dir / f"conversations_{s}.json" for s in ("train", "val", "test")}
+    steps.run(
+        "convert",
+        fingerprint(
+            _file_stamp(captions),
+            str(Path(images).resolve()),
+            _file_stamp(test_ids) if isinstance(test_ids, str) else sorted(test_ids or []),
+            _file_stamp(val_ids) if isinstance(val_ids, str) else sorted(val_ids or []),
+            config.split,
+            config.lang,
+            config.seed,
+            config.qa_turns,
+        ),
+        splits["test"],
+        lambda _: convert(
+            captions,
+            images,
+            conv,
+            lang=config.lang,
+            split=config.split,
+            seed=config.seed,
+            qa_turns=config.qa_turns,
+            test_ids=test_ids,
+            val_ids=val_ids,
+        ),
+    )
+    for name in ("train", "val", "test"):
+        if not splits[name].is_file():
+            raise ConfigError(
+                f"the {name} split is empty ({splits[name]} not written): adjust split={config.split} "
+                "or the ids files so every split gets slides"
+            )
+    lang = (
+        config.lang if config.lang != "auto" else _majority_lang(conv.with_name(conv.stem + ".summary.json"))
+    )
+    config = dataclasses.replace(config, lang=lang)
+    llm = config.llm or LANG_PRESETS[lang]
+    result = run_recipe(config, steps, llm, splits, stage_overrides=hardware_overrides)
+    summary: dict[str, Any] = {
+        "lang": lang,
+        "stage2_steps": result.budget,
+        "seconds": round(time.perf_counter() - started, 1),
+        "report": str(result.report_dir / "report.md"),
+        "finetuned": str(result.finetuned),
+        "base": str(result.base),
+        "chat": chat_commands(result.finetuned),
+    }
+    (root / "finetune_summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+    return summary

@@ -1,0 +1,259 @@
+"""The training recipe shared by ``thinchat quickstart`` and ``thinchat finetune``: conversations ->
+base -> replay data -> stage 1 (projector) -> stage 2 (LoRA) -> held-out report.
+
+Why one module: the quickstart is this recipe on synthetic slides, the one command is this recipe on the
+user's slides; keeping one code path means what the quickstart's CI proves holds for the user's run too.
+Each step is the same Python API the individual commands use, and a re-run reuses every step whose inputs
+did not change (a fingerprint of the step's settings is stored beside its output, in ``<name>_state.json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+#: The offline LM preset per caption language.
+LANG_PRESETS = {"en": "smollm2-135m-instruct", "zh": "gemma3-270m"}
+#: Where the bundled configs live when the working directory is not the repository root.
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of a step's settings."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Steps:
+    """Runs a step unless its output exists with the same fingerprint (so re-runs reuse work)."""
+
+    def __init__(self, root: Path, name: str = "quickstart"):
+        self.name = name
+        self.state_file = root / f"{name}_state.json"
+        self.state: dict[str, str] = (
+            json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
+        )
+        self.invalidated = False
+
+    def run(self, step: str, fingerprint: str, done: Path, action: Callable[[bool], Any]) -> None:
+        if not self.invalidated and self.state.get(step) == fingerprint and done.exists():
+            log.info("%s: %s is up to date, reusing %s", self.name, step, done)
+            return
+        self.invalidated = True  # every later step depends on this one
+        start = time.perf_counter()
+        log.info("%s: %s ...", self.name, step)
+        interrupted = self.state.get(f"{step} (started)") == fingerprint
+        self._save(**{f"{step} (started)": fingerprint})
+        action(interrupted)
+        self._save(**{step: fingerprint})
+        log.info("%s: %s done in %.0f s", self.name, step, time.perf_counter() - start)
+
+    def _save(self, **entries: str) -> None:
+        self.state.update(entries)
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        self.state_file.write_text(json.dumps(self.state, indent=1))
+
+
+class RecipeSettings(Protocol):
+    """The keys the recipe reads; ``QuickstartConfig`` and ``FinetuneConfig`` both have them."""
+
+    lang: str
+    out: str
+    vision: str
+    image_size: int
+    feature_layer: int
+    seed: int
+    projector_config: str
+    lora_config: str
+    train_overrides: list[str]
+    eval_limit: int
+    eval_batch_size: int
+    max_new_tokens: int
+    question_probes: int
+    text_only_ratio: float
+    reliance_samples: int
+    reference_gflops: float
+
+
+@dataclass
+class RecipeResult:
+    """What the recipe leaves behind: the models, the report and stage 2's step budget."""
+
+    base: Path
+    finetuned: Path
+    report_dir: Path
+    report: dict[str, Any]
+    budget: dict[str, Any]
+
+
+def config_path(path: str) -> str:
+    """``path`` as given when it exists, else the bundled ``configs/`` file of that name (any CWD)."""
+    if Path(path).is_file() or not path.startswith("configs/"):
+        return path
+    bundled = CONFIGS_DIR / Path(path).name
+    return str(bundled) if bundled.is_file() else path
+
+
+def run_recipe(
+    config: RecipeSettings,
+    steps: Steps,
+    llm: str,
+    splits: dict[str, Path],
+    stage_overrides: tuple[str, ...] = (),
+) -> RecipeResult:
+    """Build, train both stages and evaluate on ``splits`` (train/val/test JSON written by a convert step).
+
+    ``stage_overrides`` go to both stages before the user's ``train_overrides`` (the hardware sizing).
+    """
+    from data_tools.replay import make_replay
+    from thinchat.compose import build
+    from thinchat.eval import evaluate
+    from thinchat.train.config import load_train_config
+    from thinchat.train.run import train
+
+    root = Path(config.out)
+    data_dir = root / "data"
+    base = root / "base"
+    steps.run(
+        "build",
+        fingerprint(config.vision, llm, config.image_size, config.feature_layer, config.seed),
+        base / "config.json",
+        lambda _: build(
+            config.vision,
+            llm,
+            base,
+            image_size=config.image_size,
+            seed=config.seed,
+            feature_layer=config.feature_layer,
+        ),
+    )
+
+    replay = data_dir / f"replay_{config.lang}.json"
+    if config.text_only_ratio > 0:
+        steps.run(
+            "replay",
+            fingerprint(config.vision, llm, config.seed, config.lang),
+            replay,
+            lambda _: make_replay(base, replay, lang=config.lang, holdout_every=4),
+        )
+    user_overrides = [*stage_overrides, *config.train_overrides]
+
+    def stage(
+        name: str, yaml_path: str, model: Path, out: Path, done: Path, extra: tuple[str, ...] = ()
+    ) -> None:
+        overrides = [
+            f"model={model}",
+            f"data={splits['train']}",
+            f"val_data={splits['val']}",
+            f"output_dir={out}",
+            f"seed={config.seed}",
+            *extra,
+            *user_overrides,
+        ]
+        stage_config = load_train_config(config_path(yaml_path), overrides)
+        stage_fingerprint = fingerprint(asdict(stage_config))
+
+        def run_stage(interrupted: bool) -> None:
+            if interrupted:  # same settings, killed before the end: continue from its last checkpoint
+                train(stage_config, resume="auto")
+                return
+            # New settings: this folder is the recipe's own, so start over rather than resume a run
+            # made with other settings.
+            if out.exists():
+                shutil.rmtree(out)
+            train(stage_config)
+
+        steps.run(name, stage_fingerprint, done, run_stage)
+
+    projector = root / "projector"
+    stage("stage 1 (projector)", config.projector_config, base, projector, projector / "config.json")
+    lora = root / "lora"
+    lora_yaml = config_path(config.lora_config)
+    kind = load_train_config(lora_yaml, []).stage
+    # A LoRA stage leaves an adapter beside its base; a full one a whole Llava checkpoint.
+    done = lora / ("adapter_config.json" if kind in ("lora", "qlora") else "config.json")
+    lora_steps = load_train_config(lora_yaml, user_overrides).max_steps
+    budget = step_budget(lora_steps, config.reference_gflops)
+    log.info("%s: stage 2 runs %d steps (%s)", steps.name, budget["steps"], budget["reason"])
+    stage2_overrides = (
+        f"max_steps={budget['steps']}",
+        *(
+            (f"text_data={replay}", f"text_only_ratio={config.text_only_ratio}")
+            if config.text_only_ratio > 0
+            else ()
+        ),
+    )
+    stage(f"stage 2 ({kind})", config.lora_config, projector, lora, done, stage2_overrides)
+
+    report_dir = root / "report"
+    steps.run(
+        "evaluate",
+        fingerprint(
+            config.eval_limit,
+            config.max_new_tokens,
+            config.reliance_samples,
+            config.question_probes,
+            config.text_only_ratio,
+        ),
+        report_dir / "report.json",
+        lambda _: evaluate(
+            {"base": str(base), "finetuned": str(lora)},
+            splits["test"],
+            report_dir,
+            batch_size=config.eval_batch_size,
+            max_new_tokens=config.max_new_tokens,
+            limit=config.eval_limit,
+            reliance_samples=config.reliance_samples,
+            question_probes=config.question_probes,
+            text_data=replay.with_name(f"{replay.stem}_heldout.json") if config.text_only_ratio > 0 else None,
+        ),
+    )
+    report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
+    return RecipeResult(base, lora, report_dir, report, budget)
+
+
+def chat_commands(model: Path | str) -> list[str]:
+    """The commands that chat with a finished model, printed at the end of a run."""
+    return [
+        f"python cli_demo.py --from_pretrained {model}",
+        f"python web_demo.py --from_pretrained {model}",
+    ]
+
+
+#: Within this relative distance of the reference rate the steps stay exactly max_steps, so repeated runs
+#: on one machine train the same steps (and give the same scores) despite timing noise.
+STEP_DEAD_ZONE = 0.2
+#: The scaled budget never leaves [max_steps / 2, 2 * max_steps] and is a multiple of this.
+STEP_QUANTUM = 32
+
+
+def step_budget(max_steps: int, reference_gflops: float, measured: float | None = None) -> dict[str, Any]:
+    """Stage-2 steps for this host: ``max_steps`` scaled by the measured matmul rate of the precision
+    ``bf16: auto`` chooses, relative to ``reference_gflops``; a faster host trains more within the same time.
+    """
+    if reference_gflops <= 0:
+        return {"steps": max_steps, "reason": "max_steps as configured (reference_gflops: 0)"}
+    if measured is None:
+        from thinchat.precision import measure_precision
+
+        measured = measure_precision("cpu").gflops
+    ratio = measured / reference_gflops
+    if abs(ratio - 1.0) <= STEP_DEAD_ZONE:
+        steps = max_steps
+    else:
+        scaled = round(max_steps * ratio / STEP_QUANTUM) * STEP_QUANTUM
+        steps = int(min(max(scaled, max_steps // 2), 2 * max_steps))
+    return {
+        "steps": steps,
+        "measured_gflops": round(measured, 1),
+        "reference_gflops": reference_gflops,
+        "reason": f"matmul {measured:.0f} GFLOP/s vs reference {reference_gflops:.0f}",
+    }
