@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 import torch
+from train_helpers import save_tiny, tiny_overrides, write_dataset
 
 from thinchat import precision
 from thinchat.train.config import load_train_config
+from thinchat.train.run import train
 
 
 def _fake_rates(monkeypatch, bf16: float, fp32: float) -> None:
@@ -70,3 +73,17 @@ def test_cpu_configs_default_to_auto():
         "pretrain_projector_cpu",
     ):
         assert load_train_config(f"configs/{name}.yaml").bf16 == "auto", name
+
+
+def test_train_runs_the_measured_precision(monkeypatch, tmp_path):
+    data = write_dataset(tmp_path / "data", n=4)
+    base = save_tiny(tmp_path / "base")
+    for bf16_rate, fp32_rate, expected in ((300.0, 100.0, True), (100.0, 300.0, False)):
+        _fake_rates(monkeypatch, bf16_rate, fp32_rate)
+        out = tmp_path / f"run_{expected}"
+        overrides = tiny_overrides("lora", base, data, out, bf16="auto", max_steps=1, save_steps=1)
+        train(load_train_config(None, overrides))
+        saved = json.loads((out / "thinchat_checkpoint.json").read_text())["config"]
+        assert saved["bf16"] is expected
+        args = torch.load(out / "checkpoint-1" / "training_args.bin", weights_only=False)
+        assert args.bf16 is expected
