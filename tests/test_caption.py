@@ -42,7 +42,7 @@ def test_discover_pairs_and_incomplete_sets(tmp_path):
     assert [(s.id, [p.name for p in s.paths], s.error) for s in slides] == [
         ("A", ["A_ppl.png", "A_xpl.png"], None),
         ("B", ["B_xpl.png"], "incomplete set: has _xpl, missing _ppl"),
-        ("C.png", ["C.png"], None),
+        ("C", ["C.png"], None),
     ]
     with pytest.raises(ImageError, match="no such file"):
         discover_slides([tmp_path / "nope"])
@@ -83,17 +83,17 @@ def test_corrupt_image_reported_rest_captioned_and_resume(tmp_path, ckpt, capsys
     assert "s9_corrupt.jpg" in err and "1 slide(s) could not be captioned" in err
     lines = out.read_text(encoding="utf-8").splitlines()
     assert lines[0] == TSV_HEADER and [line.split("\t")[0] for line in lines[1:]] == [
-        f"s{i}.png" for i in range(4)
+        f"s{i}" for i in range(4)  # the ids data convert gives these images
     ]
 
     # Interrupted run: keep 2 finished rows plus half a row, add a new slide, rerun.
-    out.write_text("\n".join(lines[:3]) + "\ns2.png\tpartial", encoding="utf-8")
+    out.write_text("\n".join(lines[:3]) + "\ns2\tpartial", encoding="utf-8")
     before = out.read_bytes()[: len("\n".join(lines[:3]) + "\n")]
     Image.new("RGB", (16, 16), (1, 2, 3)).save(folder / "s5.png")
     assert main(argv) == 1
     after = out.read_text(encoding="utf-8").splitlines()
     assert out.read_bytes().startswith(before)  # finished rows untouched
-    assert [line.split("\t")[0] for line in after[1:]] == ["s0.png", "s1.png", "s2.png", "s3.png", "s5.png"]
+    assert [line.split("\t")[0] for line in after[1:]] == ["s0", "s1", "s2", "s3", "s5"]
     capsys.readouterr()
     (folder / "s9_corrupt.jpg").unlink()
     assert main(argv) == 0  # nothing left to do

@@ -124,3 +124,15 @@ def test_report_contents(tmp_path):
     assert [r["id"] for r in rows] == ["a1", "b"] and rows[0]["entry_ids"] == ["a1", "a2"]
     assert rows[0]["images"] == ["images/a_ppl.png", "images/a_xpl.png"] and "BLEU-4" in rows[0]["scores"]
     assert paths["chart"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_answer_diversity_flags_one_template_for_every_slide():
+    from thinchat.eval.report import answer_diversity
+
+    refs = ["Quartz 40%, calcite.", "Feldspar 20%, clay.", "Quartz 10%, dolomite.", "Chlorite, mica."]
+    same = answer_diversity(["Quartz about 30%.", "Quartz about 45%.", "quartz  about 5%.", "Quartz."], refs)
+    assert same["saturated"] and same["top_answer_share"] == 0.75 and same["distinct_answers"] == 2
+    varied = answer_diversity(refs, refs)
+    assert not varied["saturated"] and varied["distinct_answers"] == 4
+    # Alike references (a templated set): alike answers are what it asks for, not saturation.
+    assert not answer_diversity(["A quartz grain."] * 4, ["A quartz grain."] * 4)["saturated"]

@@ -72,9 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in HEAVY_COMMANDS:
+        from thinchat.commands.quiet import quiet_known_noise
         from thinchat.commands.threads import configure_threads
 
         configure_threads(args.threads)
+        quiet_known_noise()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -67,6 +67,7 @@ class FinetuneConfig:
     projector_config: str = field("auto", help="stage-1 config (auto: by hardware)")
     lora_config: str = field("auto", help="stage-2 config (auto: by hardware)")
     train_overrides: list[str] = field([], help="extra key=value overrides for both stages")
+    stage2_steps: int = field(0, help="stage-2 optimizer steps (0: the stage config's max_steps)")
     eval_limit: int = field(40, help="held-out slides scored in the report")
     eval_batch_size: int = field(40, help="generation batch size for the report")
     max_new_tokens: int = field(160, help="answer length limit in the report")
@@ -208,7 +209,8 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     )
     config = dataclasses.replace(config, lang=lang)
     llm = config.llm or LANG_PRESETS[lang]
-    result = run_recipe(config, steps, llm, splits, stage_overrides=hardware_overrides)
+    stage2 = (f"max_steps={config.stage2_steps}",) if config.stage2_steps > 0 else ()
+    result = run_recipe(config, steps, llm, splits, hardware_overrides, stage2)
     summary: dict[str, Any] = {
         "lang": lang,
         "stage2_steps": result.budget,

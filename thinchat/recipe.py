@@ -108,10 +108,12 @@ def run_recipe(
     llm: str,
     splits: dict[str, Path],
     stage_overrides: tuple[str, ...] = (),
+    stage2_overrides: tuple[str, ...] = (),
 ) -> RecipeResult:
     """Build, train both stages and evaluate on ``splits`` (train/val/test JSON written by a convert step).
 
-    ``stage_overrides`` go to both stages before the user's ``train_overrides`` (the hardware sizing).
+    ``stage_overrides`` go to both stages before the user's ``train_overrides`` (the hardware sizing);
+    ``stage2_overrides`` to stage 2 only, after them (e.g. its step count).
     """
     from data_tools.replay import make_replay
     from thinchat.compose import build
@@ -180,10 +182,11 @@ def run_recipe(
     kind = load_train_config(lora_yaml, []).stage
     # A LoRA stage leaves an adapter beside its base; a full one a whole Llava checkpoint.
     done = lora / ("adapter_config.json" if kind in ("lora", "qlora") else "config.json")
-    lora_steps = load_train_config(lora_yaml, user_overrides).max_steps
+    lora_steps = load_train_config(lora_yaml, [*user_overrides, *stage2_overrides]).max_steps
     budget = step_budget(lora_steps, config.reference_gflops)
     log.info("%s: stage 2 runs %d steps (%s)", steps.name, budget["steps"], budget["reason"])
-    stage2_overrides = (
+    stage2_extra = (
+        *stage2_overrides,
         f"max_steps={budget['steps']}",
         *(
             (f"text_data={replay}", f"text_only_ratio={config.text_only_ratio}")
@@ -191,7 +194,7 @@ def run_recipe(
             else ()
         ),
     )
-    stage(f"stage 2 ({kind})", config.lora_config, projector, lora, done, stage2_overrides)
+    stage(f"stage 2 ({kind})", config.lora_config, projector, lora, done, stage2_extra)
 
     report_dir = root / "report"
     steps.run(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,9 @@ def _image_files(directory: Path) -> list[Path]:
 def discover_slides(inputs: Sequence[str | Path], pair_suffixes: Sequence[str] = ()) -> list[Slide]:
     """Slides from directories (searched recursively for image files) and/or image files, in sorted order.
 
-    Ids are paths relative to the directory (a single directory input) or the paths as given. With
+    Ids are named as ``thinchat data convert`` names entries, so captions and conversations join on them:
+    the path relative to the directory (a single directory input) or as given, without the image suffix
+    and with ``/`` as ``_`` (a name used twice, e.g. ``a.png`` and ``a.jpg``, keeps its suffix). With
     ``pair_suffixes`` (e.g. ``("_ppl", "_xpl")``) files whose name stem ends with a suffix are grouped by
     the stem before it into one slide, in suffix order; a group missing a member is reported as failed.
     """
@@ -71,13 +74,15 @@ def discover_slides(inputs: Sequence[str | Path], pair_suffixes: Sequence[str] =
         raise ImageError("no images given; pass --images DIR or image files")
     slides: dict[str, Slide] = {}
     groups: dict[str, dict[str, Path]] = {}
+    stems = Counter(ident[: -len(path.suffix)] if path.suffix else ident for ident, path in files)
     for ident, path in files:
         stem_id = ident[: -len(path.suffix)] if path.suffix else ident
         suffix = next((s for s in pair_suffixes if stem_id.endswith(s)), None)
         if suffix is None:
-            slides[ident] = Slide(ident, [path])
+            key = (stem_id if stems[stem_id] == 1 else ident).replace("/", "_")
+            slides[key] = Slide(key, [path])
         else:
-            groups.setdefault(stem_id[: -len(suffix)], {})[suffix] = path
+            groups.setdefault(stem_id[: -len(suffix)].replace("/", "_"), {})[suffix] = path
     for key, members in groups.items():
         missing = [s for s in pair_suffixes if s not in members]
         paths = [members[s] for s in pair_suffixes if s in members]

@@ -8,6 +8,8 @@ and English answers are not comparable with each other, nor with published table
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ def build_report(
     signatures: dict[str, dict[str, str]] = {}
     domain: dict[str, dict] = {}
     records: dict[str, list[dict]] = {}
+    diversity: dict[str, dict[str, Any]] = {}
     for name in checkpoints:
         answers = generations[name]
         per_sample: dict[str, dict[str, float]] = {}
@@ -47,6 +50,9 @@ def build_report(
             metrics[lang][name] = res["scores"]
             signatures[lang] = res["signatures"]
             per_sample.update(res["per_sample"])
+        diversity[name] = answer_diversity(
+            [answers[s.id] for s in samples], [s.references[0] for s in samples if s.references]
+        )
         dom = domain_scores(answers, refs, lexicon)
         domain[name] = {k: v for k, v in dom.items() if k != "per_sample"}
         domain[name]["n_empty_answers"] = sum(1 for s in samples if not answers[s.id].strip())
@@ -80,8 +86,41 @@ def build_report(
         "metrics": metrics,
         "signatures": signatures,
         "domain": domain,
+        "answer_diversity": diversity,
     }
     return report, records
+
+
+#: Share of identical answers from which the caption metrics stop measuring the images (one template).
+SATURATED_SHARE = 0.5
+
+
+def _template(text: str) -> str:
+    return re.sub(r"\d+(\.\d+)?", "#", " ".join(text.lower().split()))
+
+
+def answer_diversity(answers: list[str], references: list[str]) -> dict[str, Any]:
+    """How many answers share one text (numbers masked), against the same figure for the references.
+
+    Why: a model that gives every slide the same template answer can still score a fair CIDEr-D and term F1
+    on a set whose references are alike; the report flags it (``saturated``) instead of letting the scores
+    speak for the images.
+    """
+
+    def top(texts: list[str]) -> tuple[float, int]:
+        counts = Counter(_template(t) for t in texts)
+        return (max(counts.values()) / len(texts) if texts else 0.0), len(counts)
+
+    share, distinct = top(answers)
+    ref_share, ref_distinct = top(references)
+    return {
+        "n": len(answers),
+        "distinct_answers": distinct,
+        "top_answer_share": round(share, 3),
+        "distinct_references": ref_distinct,
+        "top_reference_share": round(ref_share, 3),
+        "saturated": len(answers) >= 4 and share >= SATURATED_SHARE and share > ref_share,
+    }
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -104,6 +143,15 @@ def render_markdown(report: dict) -> str:
     settings = report.get("settings") or {}
     if settings:
         lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".")
+    for name, div in (report.get("answer_diversity") or {}).items():
+        if div["saturated"]:
+            lines += [
+                "",
+                f"**Saturated: `{name}` gives the same answer (numbers aside) to "
+                f"{div['top_answer_share']:.0%} of the slides ({div['distinct_answers']} distinct answers for "
+                f"{div['n']} slides; the references: {div['distinct_references']} distinct). Its caption and "
+                "term scores measure that template, not what it sees on each slide.**",
+            ]
     for lang, table in report["metrics"].items():
         lines += ["", f"## Caption metrics ({lang}, 0-100)", "", head]
         for metric in METRIC_NAMES:
