@@ -111,7 +111,7 @@ def score(answers: dict[str, str], test_json: Path) -> dict[str, float]:
     return {
         "BLEU-4": round(scores["BLEU-4"], 2),
         "CIDEr-D": round(scores["CIDEr-D"], 2),
-        "term_f1": round(domain_scores(hyps, refs)["micro"]["f1"], 3),
+        "term_f1": round(domain_scores(hyps, refs)["micro"]["f1"] / 100, 3),  # 0-1, as the README quotes it
     }
 
 
