@@ -278,7 +278,8 @@ def train_clipcap(config: Any, resume: str | bool | None = None) -> list[float]:
     if config.lora:
         model = add_lora(model, config)
     run = ClipCapRun(model, processor, prefix, config)
-    pad = processor.tokenizer.pad_token_id
+    tokenizer = processor.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train = encode_samples(train_data, processor, config.prefix_tokens)
     val = encode_samples(val_data, processor, config.prefix_tokens) if val_data else []
     output_dir.mkdir(parents=True, exist_ok=True)
