@@ -182,3 +182,33 @@ def test_a_test_slide_sharing_an_image_with_training_is_refused(tmp_path):
         convert(jsonl, tmp_path, tmp_path / "out.json", test_ids=["y"])
     with pytest.raises(DataFormatError, match="one split"):
         convert(jsonl, tmp_path, tmp_path / "out.json", test_ids=["y"], val_ids=["y"])
+
+
+def test_config_paths_resolve_against_the_config_folder(tmp_path, monkeypatch):
+    from thinchat.config import read_yaml
+
+    recipe = tmp_path / "recipes" / "mine.yaml"
+    recipe.parent.mkdir()
+    (recipe.parent / "captions.tsv").write_text("a\tQuartz.\n", encoding="utf-8")
+    (tmp_path / "here.txt").write_text("x", encoding="utf-8")
+    recipe.write_text("captions: captions.tsv\nimages: slides/\nout: here.txt\nsplit: 0.8,0.1,0.1\n")
+    monkeypatch.chdir(tmp_path)
+    data = read_yaml(recipe, ["test_ids=ids.txt"])
+    assert data["captions"] == str(recipe.parent / "captions.tsv")  # found beside the config
+    assert data["images"] == "slides/"  # exists nowhere: kept as written (relative to the working dir)
+    assert data["out"] == "here.txt"  # exists relative to the working dir: kept
+    assert data["test_ids"] == "ids.txt"  # an override: relative to the working dir
+
+
+def test_gpu_recipe_is_the_llava_configs_in_bf16_on_one_device():
+    from thinchat.finetune import FinetuneConfig, resolve
+    from thinchat.train.config import load_train_config
+
+    config, overrides = resolve(FinetuneConfig(captions="c.tsv", images=".", hardware="gpu"))
+    assert (config.projector_config, config.lora_config) == (
+        "configs/pretrain_projector.yaml",
+        "configs/finetune_lora.yaml",
+    )
+    stage2 = load_train_config(config.lora_config, list(overrides))
+    assert stage2.bf16 is True and stage2.deepspeed is None and stage2.cpu is False
+    assert stage2.per_device_train_batch_size * stage2.gradient_accumulation_steps > 2  # the CPU recipe's

@@ -148,8 +148,33 @@ def read_yaml(path: str | Path | None, overrides: list[str] | None = None) -> di
             raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-        data = loaded or {}
+        data = resolve_relative_paths(loaded or {}, path.parent)
     return apply_overrides(data, overrides or [])
+
+
+def resolve_relative_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """String values that name an existing file or folder relative to ``folder`` (the config file's) but
+    not relative to the working directory become ``folder / value``; every other value is kept.
+
+    Why this rule: a recipe copied next to its data (``my/recipe.yaml`` with ``data: train.json``) works
+    from any directory, while the bundled configs, whose paths are written relative to the repository root
+    (``deepspeed: configs/zero2.json``), keep meaning what they meant. Values given as CLI overrides are
+    not touched: they are relative to the working directory.
+    """
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: resolve(v) for k, v in value.items()}
+        if not isinstance(value, str) or not value.strip() or "\n" in value or Path(value).is_absolute():
+            return value
+        try:
+            if Path(value).exists() or not (folder / value).exists():
+                return value
+        except OSError:  # a name too long for the file system: not a path
+            return value
+        return str(folder / value)
+
+    return {key: resolve(value) for key, value in data.items()}
 
 
 def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:

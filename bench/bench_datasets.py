@@ -1,0 +1,141 @@
+"""Peak memory of reading a 100k-slide set: one JSON list of dicts vs a saved ``datasets.DatasetDict``.
+
+    python bench/bench_datasets.py [--rows 100000] [--keep DIR]
+
+Writes a generated set twice (LLaVA JSON with image files referenced by path; a DatasetDict with the
+image bytes stored as ``Image`` features, as ``thinchat data convert --format-out hf`` writes it), then
+measures, each in a fresh process: ``json.load`` of the list (what the trainer reads today), iterating
+every row of the DatasetDict (memory-mapped Arrow, images undecoded), and streaming it to the trainer's
+JSON + image files (thinchat/hfdata.py ``as_llava_json``). Images are 16 x 16 PNGs: the point is the
+per-row overhead, not pixels. Prints JSON: peak RSS (MiB) and seconds per case, rows, machine, date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CASES = {
+    "baseline (python + imports)": "import datasets",
+    "json.load of the list": "import json; rows = json.load(open(sys.argv[1] + '/train.json')); n = len(rows)",
+    "DatasetDict: iterate every row": (
+        "import datasets\n"
+        "d = datasets.load_from_disk(sys.argv[1] + '/hf')['train']\n"
+        "d = d.cast_column('image', datasets.List(datasets.Image(decode=False)))\n"
+        "n = sum(len(r['conversations']) for r in d)"
+    ),
+    "DatasetDict -> trainer JSON (as_llava_json)": (
+        "from pathlib import Path\nfrom thinchat.hfdata import as_llava_json\n"
+        "as_llava_json(Path(sys.argv[1]) / 'hf', 'train')"
+    ),
+}
+
+
+def _entry(i: int) -> dict:
+    caption = f"Quartz about {i % 60}%, feldspar {i % 20}%; calcite cement, sericitized matrix. Slide {i}."
+    return {
+        "id": f"s{i:06d}",
+        "image": [f"images/s{i % 100:03d}.png"],
+        "conversations": [
+            {"from": "human", "value": "<image>\nDescribe this thin section."},
+            {"from": "gpt", "value": caption},
+            {"from": "human", "value": "Is there quartz here?"},
+            {"from": "gpt", "value": "Yes."},
+        ],
+        "lang": "en",
+    }
+
+
+def generate(root: Path, rows: int) -> None:
+    """100 small PNGs referenced round-robin, the JSON list and the DatasetDict (bytes inside)."""
+    import numpy as np
+    from datasets import DatasetDict
+    from PIL import Image
+
+    from thinchat.hfdata import conversation_features
+
+    (root / "images").mkdir(parents=True)
+    pngs = []
+    for k in range(100):
+        pixels = np.random.default_rng(k).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"s{k:03d}.png")
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        pngs.append(buffer.getvalue())
+    with open(root / "train.json", "w", encoding="utf-8") as out:
+        out.write("[" + ",".join(json.dumps(_entry(i)) for i in range(rows)) + "]")
+
+    def gen():
+        for i in range(rows):
+            entry = _entry(i)
+            yield {
+                "id": entry["id"],
+                "image": [{"bytes": pngs[i % 100], "path": Path(entry["image"][0]).name}],
+                "caption": entry["conversations"][1]["value"],
+                "conversations": entry["conversations"],
+                "lang": "en",
+                "turn_types": ["describe", "presence"],
+            }
+
+    from datasets import Dataset
+
+    data = Dataset.from_generator(gen, features=conversation_features(), cache_dir=str(root / "cache"))
+    DatasetDict(train=data).save_to_disk(str(root / "hf"))
+
+
+def measure(code: str, root: Path) -> dict[str, float]:
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork + exec, so a child would report this
+    # (large) parent's peak; VmHWM belongs to the child's own address space.
+    script = (
+        "import sys, time\nstart = time.perf_counter()\n"
+        + code
+        + "\nhwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))"
+        + "\nprint(int(hwm.split()[1]) / 1024, time.perf_counter() - start)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(root)], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    rss, seconds = map(float, out.split()[-2:])
+    return {"peak_rss_mib": round(rss, 1), "seconds": round(seconds, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--keep", default=None, help="write the generated set here instead of a temp dir")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.keep or tmp) / "bench_datasets"
+        start = time.perf_counter()
+        generate(root, args.rows)
+        report: dict[str, object] = {
+            "rows": args.rows,
+            "generate_s": round(time.perf_counter() - start, 1),
+            "json_mib": round((root / "train.json").stat().st_size / 2**20, 1),
+            "date": datetime.date.today().isoformat(),
+            "cpu": next(
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")
+                ),
+                "unknown",
+            ),
+        }
+        for name, code in CASES.items():
+            report[name] = measure(code, root)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
