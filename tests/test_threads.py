@@ -1,0 +1,52 @@
+"""Thread choice for heavy commands: affinity and cgroup quota, --threads, passive waiting."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from thinchat.commands import threads
+
+
+@pytest.mark.parametrize(
+    ("text", "limit"), [("max 100000\n", None), ("150000 100000\n", 1.5), ("50000 100000", 0.5), ("", None)]
+)
+def test_cgroup_quota_is_read_as_cpus(tmp_path, text, limit):
+    path = tmp_path / "cpu.max"
+    path.write_text(text)
+    assert threads.cgroup_cpu_limit(path) == limit
+    assert threads.cgroup_cpu_limit(tmp_path / "missing") is None
+
+
+def test_available_cpus_is_the_affinity_capped_by_the_quota(tmp_path):
+    affinity = len(os.sched_getaffinity(0))
+    quota = tmp_path / "cpu.max"
+    quota.write_text("50000 100000")  # half a CPU: still one thread
+    assert threads.available_cpus(quota) == 1
+    quota.write_text(f"{(affinity + 8) * 100000} 100000")  # a quota above the affinity changes nothing
+    assert threads.available_cpus(quota) == affinity
+
+
+def test_configure_threads_prefers_the_flag_then_the_environment(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice is kept
+    try:
+        assert threads.configure_threads(None) == 1
+        assert threads.configure_threads(2) == 2 and os.environ["OMP_NUM_THREADS"] == "2"
+        assert torch.get_num_threads() == 2
+        assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_every_heavy_command_takes_threads():
+    from thinchat.cli import HEAVY_COMMANDS, build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    for name in HEAVY_COMMANDS:
+        assert any("--threads" in a.option_strings for a in sub[name]._actions), name
