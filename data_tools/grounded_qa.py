@@ -155,10 +155,17 @@ def _cap(text: str) -> str:
 class GroundedQA:
     """Builds the grounded items for one report; holds the lexicon, the dataset's term pool and templates."""
 
-    def __init__(self, lexicon: Lexicon, pool: TermPool, pools: QuestionPools) -> None:
+    def __init__(
+        self, lexicon: Lexicon, pool: TermPool, pools: QuestionPools, held_out_questions: bool = False
+    ) -> None:
+        """``held_out_questions``: ask with the evaluation-only phrasings (``probe_*`` pools), so a score
+        measures answering the question, not recognising a trained template."""
         self.lexicon = lexicon
         self.pool = pool
-        self.templates = pools.grounded
+        self.templates = dict(pools.grounded)
+        if held_out_questions:
+            for key in ("presence", "presence_alteration", "which"):
+                self.templates[key] = pools.grounded[f"probe_{key}"]
 
     def _pick(self, rng: random.Random, key: str, lang: str) -> str:
         return rng.choice(self.templates[key][lang])

@@ -40,6 +40,7 @@ _SPLIT = re.compile(r"(?<=[。！？；;!?])|(?<=\.)(?=\s)")
 GROUNDED_KEYS = (
     "presence", "presence_alteration", "which", "percent", "grain_size", "roundness", "sorting",
     "answer_yes", "answer_no", "answer_no_stated", "answer_which", "answer_percent",
+    "probe_presence", "probe_presence_alteration", "probe_which",
 )  # fmt: skip
 
 

@@ -100,6 +100,37 @@ def test_always_yes_scores_chance() -> None:
     assert build_probes(samples, presence=4, which=1) == probes  # deterministic
 
 
+def test_probes_use_phrasings_never_trained() -> None:
+    import re
+
+    from data_tools.turns import load_questions
+
+    grounded = load_questions().grounded
+    samples = [
+        _sample("a", EN, "en"),
+        _sample("b", EN2, "en"),
+        _sample("c", ZH, "zh"),
+        _sample("d", ZH2, "zh"),
+    ]
+
+    def patterns(keys: tuple[str, ...]) -> list[re.Pattern[str]]:
+        return [
+            re.compile("^" + re.sub(r"\\\{\w+\\\}", ".+", re.escape(q)) + "$")
+            for k in keys
+            for lang in ("zh", "en")
+            for q in grounded[k][lang]
+        ]
+
+    trained = patterns(("presence", "presence_alteration", "which"))
+    held = patterns(("probe_presence", "probe_presence_alteration", "probe_which"))
+    probes = build_probes(samples)
+    assert probes
+    for probe in probes:
+        assert any(p.match(probe.question) for p in held)
+        assert not any(p.match(probe.question) for p in trained), probe.question
+    assert any(p.match(q.question) for q in build_probes(samples, held_out_questions=False) for p in trained)
+
+
 def test_report_section_and_chart(tmp_path: Path) -> None:
     samples = [_sample("a", EN, "en"), _sample("b", EN2, "en")]
     probes = build_probes(samples)

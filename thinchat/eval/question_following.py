@@ -3,7 +3,8 @@
 A captioner replays its training report whatever it is asked; an assistant answers "Is calcite present?"
 with yes or no, and with the right one. For every held-out slide this module asks grounded questions
 derived from the slide's reference report (``data_tools.grounded_qa``, the same generator that makes the
-training turns, with its own seed): presence questions, balanced between terms the report names ("yes")
+training turns, with its own seed, phrased with evaluation-only question pools that training never
+sees): presence questions, balanced between terms the report names ("yes")
 and terms named elsewhere in the test set but not in this report ("no"), and which-of questions with
 exactly one right option. Scores, per language and overall:
 
@@ -87,15 +88,19 @@ def build_probes(
     seed: int = 0,
     presence: int = DEFAULT_PRESENCE,
     which: int = DEFAULT_WHICH,
+    held_out_questions: bool = True,
 ) -> list[Probe]:
-    """Grounded questions for each sample, from its first reference; deterministic in ``seed``."""
+    """Grounded questions for each sample, from its first reference; deterministic in ``seed``.
+
+    ``held_out_questions`` (default) phrases them with the evaluation-only pools (``probe_*`` in
+    ``questions.yaml``), never seen in training, so the score is not template recognition."""
     from data_tools.grounded_qa import GroundedQA, QAOptions, TermPool
     from data_tools.lexicon import load_lexicon
     from data_tools.turns import load_questions
 
     lexicon = lexicon or load_lexicon()
     pool = TermPool.from_reports((s.references[0] for s in samples), lexicon)
-    grounded = GroundedQA(lexicon, pool, load_questions())
+    grounded = GroundedQA(lexicon, pool, load_questions(), held_out_questions=held_out_questions)
     options = QAOptions(presence=presence, which=which, attribute=0, negatives=True)
     probes: list[Probe] = []
     for sample in samples:
