@@ -4,7 +4,7 @@
 
 Writes a generated set twice (LLaVA JSON with image files referenced by path; a DatasetDict with the
 image bytes stored as ``Image`` features, as ``thinchat data convert --format-out hf`` writes it), then
-measures, each in a fresh process: ``json.load`` of the list (what the trainer reads today), iterating
+measures, each in a fresh process (peak RSS, and anonymous / file-backed RSS at the end): ``json.load`` of the list (what the trainer reads today), iterating
 every row of the DatasetDict (memory-mapped Arrow, images undecoded), and streaming it to the trainer's
 JSON + image files (thinchat/hfdata.py ``as_llava_json``). Images are 16 x 16 PNGs: the point is the
 per-row overhead, not pixels. Prints JSON: peak RSS (MiB) and seconds per case, rows, machine, date.
@@ -98,14 +98,21 @@ def measure(code: str, root: Path) -> dict[str, float]:
     script = (
         "import sys, time\nstart = time.perf_counter()\n"
         + code
-        + "\nhwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))"
-        + "\nprint(int(hwm.split()[1]) / 1024, time.perf_counter() - start)"
+        + "\nst = {l.split(':')[0]: int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(('VmHWM', 'Rss'))}"
+        + "\nprint(st['VmHWM'] / 1024, st['RssAnon'] / 1024, st['RssFile'] / 1024, time.perf_counter() - start)"
     )
     out = subprocess.run(
         [sys.executable, "-c", script, str(root)], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout
-    rss, seconds = map(float, out.split()[-2:])
-    return {"peak_rss_mib": round(rss, 1), "seconds": round(seconds, 1)}
+    peak, anon, file, seconds = map(float, out.split()[-4:])
+    # The peak counts the memory-mapped Arrow pages read (page cache, given back under pressure); the
+    # anonymous memory at the end is what the process itself holds (the JSON list is still alive then).
+    return {
+        "peak_rss_mib": round(peak, 1),
+        "anon_rss_end_mib": round(anon, 1),
+        "file_rss_end_mib": round(file, 1),
+        "seconds": round(seconds, 1),
+    }
 
 
 def main() -> None:

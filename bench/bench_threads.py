@@ -1,13 +1,14 @@
 """Thread settings under sharing: one job alone and two jobs on the same cores, before and after.
 
-    python bench/bench_threads.py [--seconds 8]
+    python bench/bench_threads.py [--seconds 6]
 
 Each job is a separate process decoding a 135M-sized LM's matmuls token by token (30 layers of SmolLM2's
 576 x 1536 MLP shapes at batch 1: many short OpenMP regions, the pattern that suffers when idle threads
 spin). "before": torch's default thread count and libgomp's default (active) waiting, what a heavy
 command got without thinchat's settings. "after": what ``thinchat`` sets for a heavy command
-(thinchat/commands/threads.py: threads from the CPU affinity and cgroup quota, ``OMP_WAIT_POLICY=PASSIVE``).
-Prints JSON: tokens/s per job for each case and the machine. Keeps to about 4 x (seconds + 3) s.
+(thinchat/commands/threads.py: threads from the CPU affinity and cgroup quota, ``OMP_WAIT_POLICY=PASSIVE``);
+"after, --threads 1": the same with one thread per job. Prints JSON: tokens/s per job for each case and
+the machine. Keeps to about 6 x (seconds + 3) s.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def _env(case: str) -> dict[str, str]:
         from thinchat.commands.threads import available_cpus
 
         env.update(OMP_NUM_THREADS=str(available_cpus()), OMP_WAIT_POLICY="PASSIVE")
+    if case == "after, --threads 1":
+        env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     return env
 
 
@@ -82,7 +85,7 @@ def _cpu_model() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=8.0, help="timed decode per job")
+    parser.add_argument("--seconds", type=float, default=6.0, help="timed decode per job")
     args = parser.parse_args()
     report: dict[str, object] = {
         "cpu": _cpu_model(),
@@ -90,7 +93,7 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "workload": "decode proxy: 30 x (576->1536->576) linear, batch 1 (135M-sized LM)",
     }
-    for case in ("before", "after"):
+    for case in ("before", "after", "after, --threads 1"):
         for jobs, name in ((1, "alone"), (2, "two jobs sharing")):
             start = time.perf_counter()
             results = run_jobs(case, jobs, args.seconds)

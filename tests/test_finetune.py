@@ -83,6 +83,8 @@ def test_finetune_end_to_end_then_reuses_every_step(parts, tmp_path, capsys):
     train = json.loads((out / "data" / "conversations_train.json").read_text(encoding="utf-8"))
     assert not {e["id"] for e in train} & {"s01", "s05", "s09"}
     report = json.loads((out / "report" / "report.json").read_text(encoding="utf-8"))
+    assert set(report["checkpoints"]) == {"base", "finetuned"} and report["counts"]["scored"] == 3
+    assert set(report["answer_diversity"]) == {"base", "finetuned"}
     assert (out / "lora" / "adapter_config.json").is_file()
     state = json.loads((out / "finetune_state.json").read_text())
     assert {"convert", "build", "stage 1 (projector)", "stage 2 (lora)", "evaluate"} <= set(state)
@@ -212,3 +214,25 @@ def test_gpu_recipe_is_the_llava_configs_in_bf16_on_one_device():
     stage2 = load_train_config(config.lora_config, list(overrides))
     assert stage2.bf16 is True and stage2.deepspeed is None and stage2.cpu is False
     assert stage2.per_device_train_batch_size * stage2.gradient_accumulation_steps > 2  # the CPU recipe's
+
+
+def test_caption_ids_are_the_ids_convert_gives(tmp_path):
+    from data_tools.convert import convert
+    from thinchat.eval.caption import discover_slides
+    from thinchat.testing import tiny_image
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for name in ("a.png", "b.jpg", "c_ppl.png", "c_xpl.png"):
+        tiny_image(seed=len(name)).save(folder / name)
+    for fmt, text in (("tsv", "a\tQuartz.\nb\tCalcite.\nc\tFeldspar.\n"),
+                      ("jsonl", '{"image": "a.png", "caption": "Quartz."}\n{"image": "b.jpg", "caption": "Mica."}\n'
+                                '{"image": ["c_ppl.png", "c_xpl.png"], "caption": "Feldspar."}\n')):  # fmt: skip
+        captions = tmp_path / f"c.{fmt}"
+        captions.write_text(text, encoding="utf-8")
+        convert(captions, folder, tmp_path / f"{fmt}.json")
+        entries = json.loads((tmp_path / f"{fmt}.json").read_text(encoding="utf-8"))
+        converted = {e["id"] for e in entries}
+        stems = {e["id"].removesuffix("_ppl") for e in entries}  # JSONL names a pair by its first file
+        assert {s.id for s in discover_slides([folder], ("_ppl", "_xpl"))} == {"a", "b", "c"}
+        assert converted == {"a", "b", "c"} if fmt == "tsv" else stems == {"a", "b", "c"}
