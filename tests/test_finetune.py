@@ -236,3 +236,22 @@ def test_caption_ids_are_the_ids_convert_gives(tmp_path):
         stems = {e["id"].removesuffix("_ppl") for e in entries}  # JSONL names a pair by its first file
         assert {s.id for s in discover_slides([folder], ("_ppl", "_xpl"))} == {"a", "b", "c"}
         assert converted == {"a", "b", "c"} if fmt == "tsv" else stems == {"a", "b", "c"}
+
+
+def test_an_imagefolder_with_metadata_exports_to_captions_and_fixed_splits(tmp_path):
+    from thinchat.hfdata import export_dataset
+    from thinchat.testing import tiny_image
+
+    for split, names in (("train", ["a", "b", "c"]), ("test", ["d"])):
+        folder = tmp_path / "set" / split
+        folder.mkdir(parents=True)
+        rows = ["file_name,text"]
+        for name in names:
+            tiny_image(seed=ord(name)).save(folder / f"{name}.png")
+            rows.append(f"{name}.png,Quartz grain {name}.")
+        (folder / "metadata.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    plan = export_dataset(tmp_path / "set", tmp_path / "out")
+    assert plan["rows"] == 4 and plan["test_ids"] == ["test_0"] and plan["val_ids"] == []
+    lines = Path(plan["captions"]).read_text(encoding="utf-8").splitlines()
+    assert {json.loads(line)["caption"] for line in lines} == {f"Quartz grain {n}." for n in "abcd"}
+    assert all((Path(plan["images"]) / json.loads(line)["image"][0]).is_file() for line in lines)

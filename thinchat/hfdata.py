@@ -143,6 +143,7 @@ def export_dataset(source: str | Path, out: Path) -> dict[str, Any]:
     data = load_any(source)
     if out.exists():
         shutil.rmtree(out)
+    out.mkdir(parents=True)
     images = out / "images"
     plan: dict[str, Any] = {"captions": str(out / "captions.jsonl"), "images": str(images)}
     split_ids: dict[str, list[str]] = {"test": [], "val": []}
