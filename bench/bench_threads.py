@@ -2,9 +2,9 @@
 
     python bench/bench_threads.py [--seconds 6]
 
-Each job is a separate process decoding a 135M-sized LM's matmuls token by token (30 layers of SmolLM2's
-576 x 1536 MLP shapes at batch 1: many short OpenMP regions, the pattern that suffers when idle threads
-spin). "before": torch's default thread count and libgomp's default (active) waiting, what a heavy
+Each job is a separate process answering 16-token requests, each on a fresh thread as thinchat's engine
+generates, with a 135M-sized LM's decode matmuls (30 layers of SmolLM2's 576 x 1536 MLP shapes at batch 1:
+many short OpenMP regions, the pattern that suffers when idle threads spin). "before": torch's default thread count and libgomp's default (active) waiting, what a heavy
 command got without thinchat's settings. "after": what ``thinchat`` sets for a heavy command
 (thinchat/commands/threads.py: threads from the CPU affinity and cgroup quota, ``OMP_WAIT_POLICY=PASSIVE``);
 "after, --threads 1": the same with one thread per job. Prints JSON: tokens/s per job for each case and
@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 WORKER = r"""
-import json, sys, time
+import json, sys, threading, time
 import torch
 seconds = float(sys.argv[1])
 torch.manual_seed(0)
@@ -36,12 +36,17 @@ def token(h):
     for up, down in layers:
         h = torch.nn.functional.linear(torch.nn.functional.silu(torch.nn.functional.linear(h, up)), down)
     return h / (h.norm() + 1e-6)
-for _ in range(3):
-    h = token(h)
+def request():  # one answer of 16 tokens, on a fresh thread as the engine generates
+    global h
+    for _ in range(16):
+        h = token(h)
+request()
 count, start = 0, time.perf_counter()
 while time.perf_counter() - start < seconds:
-    h = token(h)
-    count += 1
+    worker = threading.Thread(target=request)
+    worker.start()
+    worker.join()
+    count += 16
 print(json.dumps({"tokens_per_s": count / (time.perf_counter() - start), "threads": torch.get_num_threads()}))
 """
 
@@ -91,7 +96,7 @@ def main() -> None:
         "cpu": _cpu_model(),
         "cpus_usable": len(os.sched_getaffinity(0)),
         "date": datetime.date.today().isoformat(),
-        "workload": "decode proxy: 30 x (576->1536->576) linear, batch 1 (135M-sized LM)",
+        "workload": "16-token requests on fresh threads; decode proxy 30 x (576->1536->576) linear, batch 1",
     }
     for case in ("before", "after", "after, --threads 1"):
         for jobs, name in ((1, "alone"), (2, "two jobs sharing")):
