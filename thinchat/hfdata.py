@@ -152,7 +152,9 @@ def export_dataset(source: str | Path, out: Path) -> dict[str, Any]:
         for split, table in data.items():
             image_columns = _image_columns(table.features)
             if not image_columns:
-                raise DataFormatError(f"{source}: split {split!r} has no image column (datasets Image feature)")
+                raise DataFormatError(
+                    f"{source}: split {split!r} has no image column (datasets Image feature)"
+                )
             column = image_columns[0]
             inner = table.features[column]
             undecoded = List(Image(decode=False)) if isinstance(inner, List) else Image(decode=False)
