@@ -62,12 +62,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--system", default=None, help="optional system prompt (none by default, as in training)"
     )
-    parser.add_argument("--device", default=None, help="torch device (default cpu)")
+    parser.add_argument(
+        "--device", default=None, help="torch device (default: the GPU when there is one, else cpu)"
+    )
     parser.add_argument(
         "--dtype",
         default=None,
         choices=["float32", "bfloat16", "float16"],
-        help="weights dtype (default float32; bfloat16 decodes faster on CPUs with bf16 support)",
+        help="weights dtype (default: bfloat16 on a GPU, float32 on CPU; bfloat16 decodes faster on CPUs "
+        "with bf16 support)",
     )
     parser.add_argument(
         "--threads",
