@@ -236,19 +236,23 @@ class ClipCapStageConfig(TrainConfig):
         None, help="held-out import directory: loss and one sample generation every eval_steps"
     )
     prefix_tokens: int = field(10, help="LM tokens each embedding becomes (ClipCap: 10)")
-    learning_rate: float = field(2e-4, help="LoRA learning rate")
-    projector_lr: float | None = field(None, help="prefix MLP learning rate (None: learning_rate)")
-    max_steps: int = field(200, help="optimizer steps")
-    lora: bool = field(True, help="LoRA on the LM's linear layers (ThinGPT's finetune mode); false: frozen LM")
+    learning_rate: float = field(1e-3, help="LoRA learning rate")
+    projector_lr: float | None = field(2e-3, help="prefix MLP learning rate (None: learning_rate)")
+    max_steps: int = field(240, help="optimizer steps")
+    per_device_train_batch_size: int = field(2, help="samples per step (small steps learn faster on CPU)")
+    gradient_accumulation_steps: int = field(1, help="must be 1: the stage steps once per batch")
+    lora: bool = field(
+        True, help="LoRA on the LM's linear layers (ThinGPT's finetune mode); false: frozen LM"
+    )
     lora_r: int = field(16, help="LoRA rank")
     lora_alpha: int = field(32, help="LoRA scaling alpha")
-    lora_dropout: float = field(0.05, help="dropout on the LoRA input")
+    lora_dropout: float = field(0.0, help="dropout on the LoRA input")
     lora_target: list[str] = field(["all-linear"], help="LM module names to adapt, or all-linear")
     encoder: str | None = field(
         None, help="tower of the embeddings for new images (None: what the import recorded)"
     )
     sample_max_new_tokens: int = field(96, help="length cap of the sample generation logged at each eval")
-    save_steps: int = field(50, help="write a checkpoint every N steps")
+    save_steps: int = field(60, help="write a checkpoint every N steps")
     eval_steps: int | None = field(None, help="held-out loss + sample every N steps (None: save_steps)")
 
     def validate(self) -> None:
