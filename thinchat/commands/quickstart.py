@@ -23,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from thinchat.config import load_config
     from thinchat.quickstart import QuickstartConfig, run_quickstart
+    from thinchat.recipe import chat_commands
 
     overrides = list(args.overrides)
     if args.lang:
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"whole run: {summary['seconds']:.0f} s")
     print("Chat with the result:")
-    print(f"  python cli_demo.py --from_pretrained {summary['finetuned']}")
-    print(f"  python web_demo.py --from_pretrained {summary['finetuned']}")
+    for command in chat_commands(summary["finetuned"]):
+        print(f"  {command}")
     ok = all(item["ok"] for item in summary.values() if isinstance(item, dict) and "ok" in item)
     return 0 if ok or not args.check else 1
