@@ -255,3 +255,20 @@ def test_an_imagefolder_with_metadata_exports_to_captions_and_fixed_splits(tmp_p
     lines = Path(plan["captions"]).read_text(encoding="utf-8").splitlines()
     assert {json.loads(line)["caption"] for line in lines} == {f"Quartz grain {n}." for n in "abcd"}
     assert all((Path(plan["images"]) / json.loads(line)["image"][0]).is_file() for line in lines)
+
+
+def test_convert_fixed_test_and_val_ids_from_the_cli(tmp_path):
+    captions, images = _slides(tmp_path, n=10)
+    (tmp_path / "test.txt").write_text("# held out\ns00\ns01\n", encoding="utf-8")
+    (tmp_path / "val.txt").write_text("s02\n", encoding="utf-8")
+    out = tmp_path / "conv.json"
+    argv = ["data", "convert", "--captions", str(captions), "--images", str(images), "--out", str(out),
+            "--test-ids", str(tmp_path / "test.txt"), "--val-ids", str(tmp_path / "val.txt")]  # fmt: skip
+    assert main(argv) == 0
+    ids = {
+        name: sorted(
+            e["id"] for e in json.loads((tmp_path / f"conv_{name}.json").read_text(encoding="utf-8"))
+        )
+        for name in ("train", "val", "test")
+    }
+    assert ids["test"] == ["s00", "s01"] and ids["val"] == ["s02"] and len(ids["train"]) == 7
