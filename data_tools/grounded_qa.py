@@ -9,7 +9,9 @@ derived from the report and the lexicon alone:
   terms that occur elsewhere in the same dataset (weighted by how often), so "yes" is no prior. A "no"
   means "not in the report": it is only as good as the reports (a mineral the petrographer did not
   mention counts as absent). Terms a named term implies (plagioclase -> feldspar, lexicon ``broader``)
-  are never expected to be absent;
+  are never expected to be absent, nor are the finer terms of a wide one the report names (a report
+  saying "feldspar" may mean plagioclase); a wide term is asked about only in datasets that never name
+  its finer terms, where it is the reports' own level of detail;
 - which-of: two or three candidates of the same kind (two alterations, two carbonates), exactly one of
   them in the report;
 - attribute: a stated percentage ("About how much quartz?"), grain size, roundness, sorting, answered
@@ -84,8 +86,6 @@ class TermPool:
         counts: Counter[str] = Counter()
         for report in reports:
             counts.update(lexicon.find(report, kinds=set(ASK_KINDS)))
-        for umbrella in lexicon.umbrella_ids:
-            counts.pop(umbrella, None)
         return cls(counts)
 
     def draw(
@@ -162,6 +162,17 @@ class GroundedQA:
         measures answering the question, not recognising a trained template."""
         self.lexicon = lexicon
         self.pool = pool
+        # A wide term (feldspar, cement) is asked only where the dataset never names its finer terms: there
+        # it is the reports' own level of detail; elsewhere "is there feldspar?" would only echo them.
+        narrower = {t.id: lexicon.with_broader({t.id}) - {t.id} for t in lexicon.terms}
+        self.unaskable = {
+            wide
+            for wide in lexicon.umbrella_ids
+            if any(wide in narrower[t] for t in pool.counts if t != wide)
+        }
+        self._narrower_of = {
+            wide: {t for t, above in narrower.items() if wide in above} for wide in lexicon.umbrella_ids
+        }
         self.templates = dict(pools.grounded)
         if held_out_questions:
             for key in ("presence", "presence_alteration", "which"):
@@ -190,7 +201,9 @@ class GroundedQA:
 
     def _presence(self, report, clauses, lang, rng, options, named, present, stated_absent) -> list[QAItem]:
         lex = self.lexicon
-        askable = sorted(named - lex.umbrella_ids)
+        askable = sorted(named - self.unaskable)
+        # A report naming only the wide term (feldspar) leaves its finer terms (plagioclase) open: never "no".
+        undecided = {t for wide in named for t in self._narrower_of.get(wide, ())}
         n_yes = (options.presence + rng.randrange(2)) // 2 if options.negatives else options.presence
         yes_terms = rng.sample(askable, min(n_yes, len(askable)))
         no_terms: list[str] = []
@@ -198,7 +211,8 @@ class GroundedQA:
             # As many "no" as "yes" on every slide, so the answer is never predictable from the count.
             n_no = len(yes_terms)
             no_terms = rng.sample(sorted(stated_absent), min(n_no, len(stated_absent)))
-            no_terms += self.pool.draw(rng, present | set(no_terms) | lex.umbrella_ids, n_no - len(no_terms))
+            excluded = present | undecided | set(no_terms) | self.unaskable
+            no_terms += self.pool.draw(rng, excluded, n_no - len(no_terms))
             yes_terms = yes_terms[: len(no_terms)]
         items = []
         for term in yes_terms:
@@ -228,13 +242,15 @@ class GroundedQA:
     def _which(self, clauses, lang, rng, count, named, present) -> list[QAItem]:
         lex = self.lexicon
         items: list[QAItem] = []
-        candidates = sorted(named - lex.umbrella_ids)
+        candidates = sorted(named - self.unaskable)
+        undecided = {t for wide in named for t in self._narrower_of.get(wide, ())}
         rng.shuffle(candidates)
         for term in candidates:
             if len(items) >= count:
                 break
             group = [t for t in self.pool.counts if _group(lex, t) == _group(lex, term)]
-            distractors = self.pool.draw(rng, present | lex.umbrella_ids, rng.choice((1, 2)), where=group)
+            excluded = present | undecided | self.unaskable
+            distractors = self.pool.draw(rng, excluded, rng.choice((1, 2)), where=group)
             if not distractors:
                 continue
             options = [term, *distractors]
@@ -256,7 +272,7 @@ class GroundedQA:
         lex = self.lexicon
         choices: list[QAItem] = []
         for term, value in sorted(parse_proportions(report, lex).items()):
-            if term in named and term not in lex.umbrella_ids:
+            if term in named and term not in self.unaskable:
                 name = self._name(term, lang)
                 choices.append(
                     QAItem(

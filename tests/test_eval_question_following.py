@@ -100,6 +100,20 @@ def test_always_yes_scores_chance() -> None:
     assert build_probes(samples, presence=4, which=1) == probes  # deterministic
 
 
+def test_probe_keeps_the_kind_of_sample() -> None:
+    # A ClipCap test sample carries its stored embedding instead of image files: the probe must too.
+    from thinchat.clipcap.evaldata import EmbeddingEvalSample
+
+    stored = EmbeddingEvalSample("e", [], ["k1"], "<image>\nDescribe.", [EN], "en", ["e"], embeddings=["E"])
+    probe = build_probes([stored, _sample("a", EN2, "en")])[0]
+    sample = probe.as_sample()
+    assert isinstance(sample, EmbeddingEvalSample) and sample.embeddings == ["E"] and sample.images == []
+    assert sample.question.startswith("<image>\n") and sample.question.count("<image>") == 1
+    two = _sample("b", EN, "en")
+    two.question = "<image>\n<image>\nDescribe."
+    assert build_probes([two, _sample("a", EN2, "en")])[0].as_sample().question.count("<image>") == 2
+
+
 def test_probes_use_phrasings_never_trained() -> None:
     import re
 

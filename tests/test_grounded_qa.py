@@ -96,6 +96,29 @@ def test_broader_terms_are_never_expected_absent() -> None:
                 assert len(set(item.options) & lex.find(report)) == 1
 
 
+def test_wide_terms_are_asked_where_they_are_the_reports_level_of_detail() -> None:
+    # A grain set labelled "feldspar" (never plagioclase / K-feldspar): feldspar is a normal term there.
+    grains = ["Feldspar grain, subangular.", "Quartz grain, rounded.", "Rock fragment, angular."]
+    grounded = _grounded(grains)
+    asked = Counter()
+    for k in range(30):
+        for report in grains:
+            for item in grounded.items(
+                report, "en", random.Random(k), QAOptions(presence=2, which=1, attribute=0)
+            ):
+                asked[(item.term, item.expected)] += 1
+    assert asked[("feldspar", "yes")] > 0 and asked[("feldspar", "no")] > 0
+    # Where the dataset also names the finer terms, a report naming only "feldspar" never gets a "no" about
+    # plagioclase (it may be plagioclase), and "feldspar" itself is not asked.
+    mixed = _grounded(["Feldspar is altered.", *EN, "Plagioclase (about 20%) and quartz."])
+    for k in range(30):
+        for item in mixed.items(
+            "Feldspar is altered. Quartz (about 60%).", "en", random.Random(k), QAOptions()
+        ):
+            assert item.term != "feldspar"
+            assert not (item.expected == "no" and item.term in {"plagioclase", "k_feldspar"})
+
+
 def test_which_and_attribute_questions() -> None:
     grounded = _grounded(EN)
     lex = load_lexicon()

@@ -18,6 +18,7 @@ Ground truth is the reference report: "no" means "not in the report".
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -55,10 +56,15 @@ class Probe:
         return f"{self.sample.id}#q{self.index}"
 
     def as_sample(self) -> EvalSample:
-        """The probe as an evaluation sample (images first, then the question), for batched generation."""
-        question = "<image>\n" * len(self.sample.images) + self.question
-        return EvalSample(
-            self.id, self.sample.images, self.sample.image_names, question, [self.expected], self.sample.lang
+        """The probe as an evaluation sample of the same kind as the slide's (image files, or stored
+        ClipCap embeddings), with the slide's ``<image>`` placeholders first, then the question."""
+        placeholders = "<image>\n" * self.sample.question.count("<image>")
+        return dataclasses.replace(
+            self.sample,
+            id=self.id,
+            question=placeholders + self.question,
+            references=[self.expected],
+            entry_ids=[],
         )
 
 
