@@ -15,7 +15,7 @@ from thinchat.quickstart import QuickstartConfig, check_thresholds, step_budget
         (330.0, 384),
         (600.0, 576),  # 1.5x faster: 1.5x the steps, a multiple of 32
         (100.0, 192),  # never under half
-        (2000.0, 768),  # never over twice
+        (2000.0, 576),  # never over 1.5x
     ],
 )
 def test_step_budget_follows_the_measured_rate(measured: float, steps: int) -> None:
