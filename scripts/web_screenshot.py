@@ -23,7 +23,12 @@ def main() -> int:
     parser.add_argument("--from_pretrained", required=True, help="checkpoint directory")
     parser.add_argument("--out", default="docs/images/web_demo.png", help="PNG to write")
     parser.add_argument("--slide", default="sandstone", help="example slide name in examples/ (NAME_ppl.png)")
-    parser.add_argument("--question", default="Describe this thin section.")
+    parser.add_argument(
+        "--question",
+        action="append",
+        default=None,
+        help="question to ask; repeat for follow-ups in one conversation (default: Describe this thin section.)",
+    )
     parser.add_argument("--lang", default="en", choices=["en", "zh"])
     parser.add_argument(
         "--chromium", default=None, help="Chromium binary (default: Debian's /usr/bin/chromium)"
@@ -57,13 +62,21 @@ def main() -> int:
             page.set_input_files("#xpl-image input[type=file]", str(examples / f"{args.slide}_xpl.png"))
             page.wait_for_selector("#ppl-image img")
             page.wait_for_selector("#xpl-image img")
-            page.fill("#question textarea", args.question)
-            page.click("#send")
-            page.wait_for_function(
-                """() => document.querySelector('#question textarea').value === '' &&
-                document.querySelector('#chatbot [data-testid="bot"]')?.innerText.trim().length > 20"""
-            )
-            print(page.inner_text('#chatbot [data-testid="bot"]'))
+            for turn, question in enumerate(args.question or ["Describe this thin section."], start=1):
+                page.fill("#question textarea", question)
+                page.click("#send")
+                page.wait_for_function(
+                    """(n) => {
+                        const bots = document.querySelectorAll('#chatbot [data-testid="bot"]');
+                        return document.querySelector('#question textarea').value === '' &&
+                            bots.length >= n && bots[n - 1].innerText.trim().length > 0 &&
+                            !document.querySelector('#chatbot .pending');
+                    }""",
+                    arg=turn,
+                )
+                page.wait_for_timeout(500)  # the last streamed chunk
+                answer = page.locator('#chatbot [data-testid="bot"]').nth(turn - 1).inner_text()
+                print(f"Q: {question}\nA: {answer}")
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=args.out)
             browser.close()

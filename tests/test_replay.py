@@ -94,6 +94,19 @@ def test_replay_bad_inputs(tmp_path: Path) -> None:
         load_replay_questions(bad, "en")
     assert len(load_replay_questions(None, "both")) == 2 * len(load_replay_questions(None, "en"))
     with_image = tmp_path / "img.json"
-    with_image.write_text(json.dumps([{"image": "a.png", "conversations": []}]), encoding="utf-8")
-    with pytest.raises(DataFormatError, match="entry 0: expected a text-only entry"):
+    with_image.write_text(
+        json.dumps(
+            [
+                {
+                    "image": "a.png",
+                    "conversations": [
+                        {"from": "human", "value": "<image>\nq"},
+                        {"from": "gpt", "value": "a"},
+                    ],
+                }
+            ]
+        ),
+        encoding="utf-8",
+    )
+    with pytest.raises(DataFormatError, match="entry 0 .*expected a text-only entry"):
         load_text_entries(with_image)

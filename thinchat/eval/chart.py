@@ -50,21 +50,36 @@ def plot_comparison(report: dict, path: str | Path) -> Path:
         gridspec_kw={"width_ratios": widths},
         squeeze=False,
     )
-    bar = 0.8 / max(len(names), 1)
     for ax, (title, labels, values) in zip(axes[0], panels, strict=True):
-        for k, name in enumerate(names):
-            xs = [i - 0.4 + bar * (k + 0.5) for i in range(len(labels))]
-            ax.bar(xs, values[name], width=bar, label=name)
-        ax.set_xticks(range(len(labels)))
+        _grouped_bars(ax, title, labels, values, names)
         ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
-        ax.set_title(title, fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
         peak = max((v for vals in values.values() for v in vals), default=0.0)
         ax.set_ylim(0, 100 if peak <= 100 and not title.startswith("CIDEr") else max(peak * 1.1, 1.0))
     axes[0][0].set_ylabel("score (0-100; CIDEr-D x100)")
+    return _save(fig, axes, names, path, top=0.9)
+
+
+def _grouped_bars(
+    ax, title: str, labels: list[str], values: dict[str, list[float]], names: list[str]
+) -> None:
+    """One bar per checkpoint for each label, side by side."""
+    bar = 0.8 / max(len(names), 1)
+    for k, name in enumerate(names):
+        xs = [i - 0.4 + bar * (k + 0.5) for i in range(len(labels))]
+        ax.bar(xs, values[name], width=bar, label=name)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _save(fig, axes, names: list[str], path: str | Path, top: float) -> Path:
+    """Shared legend on top, tight layout, a PNG without a timestamped software tag (reproducible bytes)."""
+    import matplotlib.pyplot as plt
+
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=max(len(names), 1), fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.tight_layout(rect=(0, 0, 1, top))
     out = Path(path)
     fig.savefig(out, dpi=100, metadata={"Software": None})
     plt.close(fig)
@@ -87,23 +102,10 @@ def plot_question_following(report: dict, path: str | Path) -> Path:
     ]
     langs = [k for k in following[names[0]] if k != "all"]
     fig, axes = plt.subplots(1, len(langs), figsize=(1.5 + 3.2 * len(langs), 3.8), squeeze=False)
-    bar = 0.8 / max(len(names), 1)
     for ax, lang in zip(axes[0], langs, strict=True):
-        for k, name in enumerate(names):
-            xs = [i - 0.4 + bar * (k + 0.5) for i in range(len(keys))]
-            values = [following[name][lang].get(key) or 0.0 for _, key in keys]
-            ax.bar(xs, values, width=bar, label=name)
-        ax.set_xticks(range(len(keys)))
-        ax.set_xticklabels([label for label, _ in keys], fontsize=8)
+        values = {n: [following[n][lang].get(key) or 0.0 for _, key in keys] for n in names}
+        _grouped_bars(ax, f"question following ({lang})", [label for label, _ in keys], values, names)
         ax.set_ylim(0, 1)
         ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
-        ax.set_title(f"question following ({lang})", fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("share right (0-1; dotted: chance for yes/no)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=max(len(names), 1), fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.88))
-    out = Path(path)
-    fig.savefig(out, dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    return out
+    return _save(fig, axes, names, path, top=0.88)

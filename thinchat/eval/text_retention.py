@@ -8,7 +8,6 @@ finetuned model measures what it forgot. Only forward passes, no generation.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +15,14 @@ from thinchat.errors import DataFormatError
 
 
 def load_text_entries(path: str | Path) -> list[list[dict[str, Any]]]:
-    """Chat messages of every text-only entry of a LLaVA JSON file (entries with images are refused)."""
-    from thinchat.conversation import llava_to_messages
+    """Chat messages of every entry of a text-only LLaVA JSON file (entries with images are refused)."""
+    from thinchat.train.data import load_samples
 
-    source = Path(path)
-    if not source.is_file():
-        raise DataFormatError(f"{source}: text data file not found")
-    try:
-        entries = json.loads(source.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(f"{source}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
-    if not isinstance(entries, list) or not entries:
-        raise DataFormatError(f"{source}: expected a non-empty JSON list of text-only LLaVA entries")
-    out = []
-    for index, entry in enumerate(entries):
-        where = f"{source}: entry {index}"
-        if not isinstance(entry, dict) or entry.get("image"):
-            raise DataFormatError(f"{where}: expected a text-only entry (no 'image') with 'conversations'")
-        out.append(llava_to_messages(entry.get("conversations"), where=where))
-    return out
+    samples = load_samples(path, check_files=False)
+    with_images = [s for s in samples if s.images]
+    if with_images:
+        raise DataFormatError(f"{with_images[0].where}: expected a text-only entry (no 'image')")
+    return [s.messages for s in samples]
 
 
 def text_retention(model: Any, processor: Any, conversations: list[list[dict[str, Any]]]) -> dict[str, Any]:
