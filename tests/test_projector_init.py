@@ -115,3 +115,24 @@ def test_projected_tokens_get_the_norm_the_lm_feeds_its_text_with(lm, tmp_path):
         assert target == pytest.approx(raw * hidden**0.5, rel=1e-2)
     else:
         assert target == pytest.approx(raw, rel=1e-6)
+
+
+def test_closed_form_fit_reads_the_description_not_a_shuffled_question() -> None:
+    from thinchat.train.run import _richest_answer
+
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is dolomite present?"}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "text", "text": "No, there is no dolomite in this slide."}],
+        },
+        {"role": "user", "content": [{"type": "text", "text": "Describe it."}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "text", "text": "Framework grains: quartz (about 60%), feldspar."}],
+        },
+        {"role": "user", "content": [{"type": "text", "text": "Is quartz present?"}]},
+        {"role": "assistant", "content": "Yes. Quartz (about 60%)."},
+    ]
+    assert _richest_answer(messages) == "Framework grains: quartz (about 60%), feldspar."
+    assert _richest_answer(messages[:1]) == ""

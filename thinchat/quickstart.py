@@ -73,7 +73,7 @@ class QuickstartConfig:
         8, help="held-out slides for the image-reliance check (own vs another slide's images; 0: off)"
     )
     reference_gflops: float = field(
-        0.0,
+        400.0,
         help="matmul GFLOP/s (of the precision bf16: auto picks) at which stage 2's max_steps fit the "
         "15-minute budget; the quickstart measures the host and scales the steps by its rate over this one "
         "(docs/experiments.md); 0: use max_steps as it is",

@@ -122,7 +122,7 @@ def fit_projector(config, model, processor, train_set, cache) -> None:
     from thinchat.train.projector_init import init_projector_ridge
 
     items = [item for item in train_set.items if item.sample.images]
-    answers = [_first_answer(item.sample.messages) for item in items]
+    answers = [_richest_answer(item.sample.messages) for item in items]
     features = [cache.features_for(item.sample.images) for item in items]
     keep = [i for i, answer in enumerate(answers) if answer.strip()]
     stats = init_projector_ridge(
@@ -136,14 +136,23 @@ def fit_projector(config, model, processor, train_set, cache) -> None:
     log.info("projector fitted in closed form: %s", stats)
 
 
-def _first_answer(messages: list[dict[str, Any]]) -> str:
+def _richest_answer(messages: list[dict[str, Any]]) -> str:
+    """The longest assistant answer of a conversation: the slide's description.
+
+    Why not the first: grounded question turns are shuffled around the description, and fitting the
+    projector to "No, there is no dolomite in this slide." would map the slide onto words it lacks.
+    """
+    answers = []
     for message in messages:
         if message["role"] == "assistant":
             content = message["content"]
-            if isinstance(content, str):
-                return content
-            return "".join(part.get("text", "") for part in content if part.get("type") == "text")
-    return ""
+            text = (
+                content
+                if isinstance(content, str)
+                else "".join(part.get("text", "") for part in content if part.get("type") == "text")
+            )
+            answers.append(text)
+    return max(answers, key=len, default="")
 
 
 def save_final(trainer, model, processor, config: TrainConfig, output_dir: Path) -> None:
