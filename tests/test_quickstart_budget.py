@@ -39,7 +39,7 @@ def test_thresholds_cover_question_following() -> None:
     config = QuickstartConfig()
     ok = check_thresholds(_report(0.72, 0.9, 1.0, 0.85), config)
     assert all(item["ok"] for item in ok.values())
-    low = check_thresholds(_report(0.72, 0.8, 1.0, 0.85), config)
+    low = check_thresholds(_report(0.72, 0.6, 1.0, 0.85), config)
     assert not low["yes_no_accuracy"]["ok"] and low["mineral_f1"]["ok"]
     missing = check_thresholds(_report(0.72, None, 0.9, 0.85), config)
     assert not missing["yes_no_accuracy"]["ok"] and not missing["answer_form"]["ok"]
