@@ -83,7 +83,8 @@ def test_corrupt_image_reported_rest_captioned_and_resume(tmp_path, ckpt, capsys
     assert "s9_corrupt.jpg" in err and "1 slide(s) could not be captioned" in err
     lines = out.read_text(encoding="utf-8").splitlines()
     assert lines[0] == TSV_HEADER and [line.split("\t")[0] for line in lines[1:]] == [
-        f"s{i}" for i in range(4)  # the ids data convert gives these images
+        f"s{i}"
+        for i in range(4)  # the ids data convert gives these images
     ]
 
     # Interrupted run: keep 2 finished rows plus half a row, add a new slide, rerun.
