@@ -152,6 +152,20 @@ def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def vocabulary_digest() -> str:
+    """A hash of the bundled question pools and lexicon: what a converted dataset's turns depend on
+    besides the captions, so a recipe re-converts after either file is edited."""
+    import hashlib
+
+    from data_tools.lexicon import DEFAULT_LEXICON
+    from data_tools.turns import DEFAULT_QUESTIONS
+
+    digest = hashlib.sha256()
+    for path in (DEFAULT_QUESTIONS, DEFAULT_LEXICON):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 class GroundedQA:
     """Builds the grounded items for one report; holds the lexicon, the dataset's term pool and templates."""
 

@@ -201,3 +201,15 @@ def test_user_lexicon_error_names_file_and_line(tmp_path: Path) -> None:
     )
     with pytest.raises(DataFormatError, match=r"broader\.yaml:2: .*unknown id\(s\) silica"):
         load_lexicon(unknown)
+
+
+def test_vocabulary_digest_follows_the_bundled_files(tmp_path: Path, monkeypatch) -> None:
+    import data_tools.turns as turns
+    from data_tools.grounded_qa import vocabulary_digest
+
+    first = vocabulary_digest()
+    assert first == vocabulary_digest() and len(first) == 16
+    edited = tmp_path / "questions.yaml"
+    edited.write_text(turns.DEFAULT_QUESTIONS.read_text(encoding="utf-8") + "# edited\n", encoding="utf-8")
+    monkeypatch.setattr(turns, "DEFAULT_QUESTIONS", edited)
+    assert vocabulary_digest() != first

@@ -96,6 +96,7 @@ class QuickstartConfig:
 def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
     """Run (or reuse) every step; return the thresholds and the report summary."""
     from data_tools.convert import convert
+    from data_tools.grounded_qa import vocabulary_digest
     from data_tools.synth import generate
 
     root = Path(config.out)
@@ -115,7 +116,7 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
     splits = {s: data_dir / f"conversations_{config.lang}_{s}.json" for s in ("train", "val", "test")}
     steps.run(
         "convert",
-        fingerprint(config.lang, config.seed, config.qa_turns),
+        fingerprint(config.lang, config.seed, config.qa_turns, vocabulary_digest()),
         splits["test"],
         lambda _: convert(
             synth_dir / f"captions_{config.lang}.tsv",
