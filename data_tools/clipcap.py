@@ -32,8 +32,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from data_tools.lexicon import is_chinese
-from data_tools.turns import build_conversation, load_questions
+from data_tools.turns import build_conversation
+from thinchat.domain.lexicon import is_chinese
+from thinchat.domain.questions import load_questions
 from thinchat.errors import DataFormatError
 
 #: (module, name) pairs a pickled list/dict of CPU tensors may reference.

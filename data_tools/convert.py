@@ -19,11 +19,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from data_tools.grounded_qa import GroundedQA, QAOptions, TermPool
 from data_tools.imagecheck import VIEWS, ImageIndex
-from data_tools.lexicon import is_chinese, load_lexicon
 from data_tools.sources import FORMATS, READERS, Row, Skip, check_encoding, sniff_format
-from data_tools.turns import build_exchanges, load_questions, place_turns
+from data_tools.turns import build_exchanges, place_turns
+from thinchat.domain.grounded_qa import GroundedQA, QAOptions, TermPool
+from thinchat.domain.lexicon import is_chinese, load_lexicon
+from thinchat.domain.questions import load_questions
 from thinchat.errors import DataFormatError, ImageError
 from thinchat.images import DEFAULT_MAX_PIXELS
 

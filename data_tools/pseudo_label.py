@@ -25,8 +25,8 @@ import yaml
 from tqdm import tqdm
 
 from data_tools.imagecheck import VIEWS
-from data_tools.lexicon import is_chinese
 from data_tools.sources import Row, image_files, read_tsv
+from thinchat.domain.lexicon import is_chinese
 from thinchat.errors import DataFormatError, ThinchatError
 from thinchat.images import DEFAULT_MAX_PIXELS, load_image
 

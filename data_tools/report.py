@@ -1,19 +1,17 @@
-"""Petrographic reports from ground-truth labels, and the proportions a report states.
+"""Petrographic reports from ground-truth labels (the captions of synthetic slides).
 
 Synthetic captions are a deterministic function of the labels, one sentence per facet in a fixed order
 (composition, matrix, carbonate, silica, feldspar alteration, micas and accessories, optics, grain size,
 fabric, pores), so a model can learn the mapping and the evaluation can read the numbers back. Every
 proportion is written as ``名称约占N%`` (Chinese) or ``name (about N%)`` (English); phases of 0.3-0.5%
-are called 少量 / trace without a number, smaller ones are not mentioned (too small to see). :func:`parse_proportions` reads them back from any caption.
+are called 少量 / trace without a number, smaller ones are not mentioned (too small to see).
+``thinchat.domain.reports.parse_proportions`` reads them back from any caption.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
-
-from data_tools.lexicon import Lexicon, load_lexicon
 
 FRAMEWORK = ("quartz", "plagioclase", "k_feldspar")
 FLAKES = ("muscovite", "biotite", "chlorite")
@@ -185,20 +183,3 @@ def caption(labels: dict[str, Any], lang: str) -> str:
         it = _item("pore", props["pore"], lang)
         out.append(f"{it}，以{kind_zh}为主。" if zh else f"{_cap(it)} are mainly {kind_en}.")
     return "".join(out) if zh else " ".join(out)
-
-
-_NUMBER = re.compile(
-    r"\s*(?:约占|含量约|占|约|:|：)?\s*[(（]?\s*(?:about|approx\.|approximately|~|约|makes? up about|makes? up)?\s*"
-    r"(\d+(?:\.\d+)?)\s*%"
-)
-
-
-def parse_proportions(text: str, lexicon: Lexicon | None = None) -> dict[str, float]:
-    """Percentages stated right after a term (``石英约占45%``, ``quartz (about 45%)``), keyed by lexicon id."""
-    lex = lexicon or load_lexicon()
-    found: dict[str, float] = {}
-    for span in lex.find_spans(text):
-        m = _NUMBER.match(text, span.end)
-        if m and span.term_id not in found:
-            found[span.term_id] = float(m.group(1))
-    return found

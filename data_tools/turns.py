@@ -1,26 +1,20 @@
-"""Captions -> LLaVA conversation turns: question pools, and facet follow-ups for ``--multi-turn``.
+"""Captions -> LLaVA conversation turns: the opening question, and facet follow-ups for ``--multi-turn``.
 
 A structured report (泥质..., 方解石..., 长石具粘土化, 少见锆石...) answers several questions at once. With
 ``--multi-turn`` it is split into sentences/clauses, each clause is assigned the facet of the terms it
 names (lexicon data), and every facet becomes a follow-up turn after the full description, asked with a
 facet-specific question in the caption's language. Questions are drawn from pools kept as data
-(``questions.yaml``), deterministically per (seed, entry id).
+(``thinchat/domain/questions.yaml``), deterministically per (seed, entry id).
 """
 
 from __future__ import annotations
 
 import random
-import re
-from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 
-import yaml
+from thinchat.domain.lexicon import Lexicon, load_lexicon
+from thinchat.domain.questions import QuestionPools, load_questions
+from thinchat.domain.reports import split_clauses
 
-from data_tools.lexicon import Lexicon, load_lexicon
-from thinchat.errors import DataFormatError
-
-DEFAULT_QUESTIONS = Path(__file__).with_name("questions.yaml")
 #: Facets in report order; terms of facet "view" (PPL/XPL) do not decide a clause's facet.
 FACETS = (
     "composition",
@@ -33,57 +27,6 @@ FACETS = (
     "fabric",
     "pores",
 )
-_SPLIT = re.compile(r"(?<=[。！？；;!?])|(?<=\.)(?=\s)")
-
-
-#: Template keys of the ``grounded`` section (grounded_qa.py fills them in).
-GROUNDED_KEYS = (
-    "presence", "presence_alteration", "which", "percent", "grain_size", "roundness", "sorting",
-    "answer_yes", "answer_no", "answer_no_stated", "answer_which", "answer_percent",
-    "probe_presence", "probe_presence_alteration", "probe_which",
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class QuestionPools:
-    describe: dict[str, list[str]]  # lang -> questions asking for the whole description
-    facets: dict[str, dict[str, list[str]]]  # facet -> lang -> follow-up questions
-    grounded: dict[str, dict[str, list[str]]]  # template key -> lang -> questions or answer templates
-
-
-@lru_cache(maxsize=4)
-def load_questions(path: str | None = None) -> QuestionPools:
-    """Load (and cache) question pools; ``None`` means the bundled ``questions.yaml``."""
-    source = Path(path) if path else DEFAULT_QUESTIONS
-    data = yaml.safe_load(source.read_text(encoding="utf-8"))
-    try:
-        describe = {lang: [str(q) for q in data["describe"][lang]] for lang in ("zh", "en")}
-        facets = {
-            facet: {lang: [str(q) for q in pools[lang]] for lang in ("zh", "en")}
-            for facet, pools in data["facets"].items()
-        }
-        grounded = {
-            key: {lang: [str(q) for q in data["grounded"][key][lang]] for lang in ("zh", "en")}
-            for key in GROUNDED_KEYS
-        }
-    except (KeyError, TypeError) as exc:
-        raise DataFormatError(
-            f"{source}: expected describe.zh/en, facets.<facet>.zh/en and grounded.<key>.zh/en lists "
-            f"(keys: {', '.join(GROUNDED_KEYS)}); missing or malformed: {exc}"
-        ) from exc
-    for lang, questions in describe.items():
-        if not questions:
-            raise DataFormatError(f"{source}: describe.{lang} is empty")
-    for key, langs in grounded.items():
-        for lang, questions in langs.items():
-            if not questions:
-                raise DataFormatError(f"{source}: grounded.{key}.{lang} is empty")
-    return QuestionPools(describe, facets, grounded)
-
-
-def split_clauses(text: str) -> list[str]:
-    """Sentences/clauses of a report: split after 。！？；; and after '.' followed by a space (not 0.25)."""
-    return [part.strip() for part in _SPLIT.split(text) if part.strip()]
 
 
 def classify(clause: str, lexicon: Lexicon) -> str | None:

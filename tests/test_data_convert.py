@@ -11,8 +11,10 @@ import pytest
 from PIL import Image
 
 from data_tools.convert import convert
-from data_tools.lexicon import load_lexicon
-from data_tools.turns import classify, facet_answers, load_questions, split_clauses
+from data_tools.turns import classify, facet_answers
+from thinchat.domain.lexicon import load_lexicon
+from thinchat.domain.questions import load_questions
+from thinchat.domain.reports import split_clauses
 from thinchat.errors import DataFormatError
 
 ZH = "泥质呈纤维状、隐晶状，大部分已绢云母化，分布欠均。方解石呈粉晶-细晶状，含铁。硅质围绕颗粒分布。长石具粘土化。少见锆石、电气石等。碎屑长轴大致具定向性。"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from data_tools.lexicon import is_chinese, load_lexicon
+from thinchat.domain.lexicon import is_chinese, load_lexicon
 from thinchat.errors import DataFormatError
 
 LEX = load_lexicon()

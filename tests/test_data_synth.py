@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from data_tools.convert import convert
-from data_tools.lexicon import load_lexicon
-from data_tools.report import parse_proportions
 from data_tools.synth import generate, make_slide
 from data_tools.synth_render import PHASES, P
+from thinchat.domain.lexicon import load_lexicon
+from thinchat.domain.reports import parse_proportions
 from thinchat.errors import DataFormatError
 
 MINERALS = ("quartz", "plagioclase", "k_feldspar", "calcite", "dolomite", "muscovite", "biotite", "chlorite")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from data_tools.lexicon import Lexicon, Term, load_lexicon
+from thinchat.domain.lexicon import Lexicon, Term, load_lexicon
 from thinchat.eval.domain import domain_scores, stated_proportions
 
 

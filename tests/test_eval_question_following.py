@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from data_tools.lexicon import load_lexicon
+from thinchat.domain.lexicon import load_lexicon
 from thinchat.eval.data import EvalSample
 from thinchat.eval.question_following import Probe, build_probes, parse_yes_no, score_probes
 from thinchat.eval.report import render_markdown, write_report
@@ -117,7 +117,7 @@ def test_probe_keeps_the_kind_of_sample() -> None:
 def test_probes_use_phrasings_never_trained() -> None:
     import re
 
-    from data_tools.turns import load_questions
+    from thinchat.domain.questions import load_questions
 
     grounded = load_questions().grounded
     samples = [

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from data_tools.convert import convert
-from data_tools.grounded_qa import ASK_KINDS, GroundedQA, QAOptions, TermPool
-from data_tools.lexicon import load_lexicon
-from data_tools.turns import load_questions
+from thinchat.domain.grounded_qa import ASK_KINDS, GroundedQA, QAOptions, TermPool
+from thinchat.domain.lexicon import load_lexicon
+from thinchat.domain.questions import load_questions
 from thinchat.errors import DataFormatError
 
 ZH = [
@@ -204,12 +204,14 @@ def test_user_lexicon_error_names_file_and_line(tmp_path: Path) -> None:
 
 
 def test_vocabulary_digest_follows_the_bundled_files(tmp_path: Path, monkeypatch) -> None:
-    import data_tools.turns as turns
-    from data_tools.grounded_qa import vocabulary_digest
+    from thinchat.domain import questions
+    from thinchat.domain.grounded_qa import vocabulary_digest
 
     first = vocabulary_digest()
     assert first == vocabulary_digest() and len(first) == 16
     edited = tmp_path / "questions.yaml"
-    edited.write_text(turns.DEFAULT_QUESTIONS.read_text(encoding="utf-8") + "# edited\n", encoding="utf-8")
-    monkeypatch.setattr(turns, "DEFAULT_QUESTIONS", edited)
+    edited.write_text(
+        questions.DEFAULT_QUESTIONS.read_text(encoding="utf-8") + "# edited\n", encoding="utf-8"
+    )
+    monkeypatch.setattr(questions, "DEFAULT_QUESTIONS", edited)
     assert vocabulary_digest() != first

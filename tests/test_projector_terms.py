@@ -35,7 +35,7 @@ def test_term_units_add_the_term_embedding_when_present_and_stay_quiet_when_abse
     model, processor = tiny_llava(seed=0)
     projector = llava_parts(model)[1].multi_modal_projector
     d_in = projector.linear_1.in_features
-    from data_tools.lexicon import load_lexicon
+    from thinchat.domain.lexicon import load_lexicon
 
     embeddings = model.get_input_embeddings().weight
     directions = term_directions(
@@ -74,7 +74,7 @@ def test_fit_puts_each_slides_terms_into_its_tokens():
         features.append(x)
     stats = init_projector_ridge(model, processor.tokenizer, answers, features, alpha=1.0, terms_alpha=0.01)
     assert stats["terms"] == terms
-    from data_tools.lexicon import load_lexicon
+    from thinchat.domain.lexicon import load_lexicon
 
     directions = term_directions(
         terms, answers, load_lexicon(), processor.tokenizer, model.get_input_embeddings().weight

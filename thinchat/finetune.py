@@ -145,7 +145,7 @@ def _majority_lang(summary_file: Path) -> str:
 def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     """Run (or reuse) convert -> build -> replay -> stage 1 -> stage 2 -> report; return the summary."""
     from data_tools.convert import convert
-    from data_tools.grounded_qa import vocabulary_digest
+    from thinchat.domain.grounded_qa import vocabulary_digest
 
     config, hardware_overrides = resolve(config)
     root = Path(config.out)

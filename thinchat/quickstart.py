@@ -96,8 +96,8 @@ class QuickstartConfig:
 def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
     """Run (or reuse) every step; return the thresholds and the report summary."""
     from data_tools.convert import convert
-    from data_tools.grounded_qa import vocabulary_digest
     from data_tools.synth import generate
+    from thinchat.domain.grounded_qa import vocabulary_digest
 
     root = Path(config.out)
     data_dir = root / "data"

@@ -2,7 +2,7 @@
 
 A geologist reads a thin-section description for its minerals (quartz, sericite, ...) and alterations
 (sericitization, argillization, ...) more than for its n-grams. Terms are found through the bilingual
-lexicon (``data_tools.lexicon``), so 石英 and "quartz" are the same canonical id and a Chinese answer can
+lexicon (``thinchat.domain.lexicon``), so 石英 and "quartz" are the same canonical id and a Chinese answer can
 be scored against an English reference. Scores are precision/recall/F1 of the term sets (0-100), micro-
 and macro-averaged; where references state proportions (石英约占45% / quartz about 45%), the mean absolute
 error in percentage points of the answer's stated proportions per mineral, with missing mentions counted
@@ -23,7 +23,7 @@ _PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*(?:[-~～–—至到]\s*(\d+(?:\.\d+)
 
 
 class LexiconLike(Protocol):
-    """What the domain score needs from ``data_tools.lexicon.Lexicon``."""
+    """What the domain score needs from ``thinchat.domain.lexicon.Lexicon``."""
 
     def find(self, text: str, kinds: set[str] | None = None) -> set[str]: ...
 
@@ -77,7 +77,7 @@ def domain_scores(
     ``n_no_reference_terms``); a sample whose answer names nothing has precision 0 there.
     """
     if lexicon is None:
-        from data_tools.lexicon import load_lexicon
+        from thinchat.domain.lexicon import load_lexicon
 
         lexicon = load_lexicon()
     kind_set = set(kinds)

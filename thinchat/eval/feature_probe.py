@@ -77,8 +77,8 @@ def run_probe(
     alpha: float = 0.1,
 ) -> list[dict[str, Any]]:
     """Probe every (input size, layer) pair; one result dict per pair."""
-    from data_tools.lexicon import load_lexicon
     from thinchat.compose import check_feature_layer
+    from thinchat.domain.lexicon import load_lexicon
     from thinchat.eval.data import load_eval_set
     from thinchat.eval.domain import DOMAIN_KINDS
     from thinchat.resolve import TOWER_FEATURES, load_vision_tower

@@ -2,7 +2,7 @@
 
 A captioner replays its training report whatever it is asked; an assistant answers "Is calcite present?"
 with yes or no, and with the right one. For every held-out slide this module asks grounded questions
-derived from the slide's reference report (``data_tools.grounded_qa``, the same generator that makes the
+derived from the slide's reference report (``thinchat.domain.grounded_qa``, the same generator that makes the
 training turns, with its own seed, phrased with evaluation-only question pools that training never
 sees): presence questions, balanced between terms the report names ("yes")
 and terms named elsewhere in the test set but not in this report ("no"), and which-of questions with
@@ -100,9 +100,9 @@ def build_probes(
 
     ``held_out_questions`` (default) phrases them with the evaluation-only pools (``probe_*`` in
     ``questions.yaml``), never seen in training, so the score is not template recognition."""
-    from data_tools.grounded_qa import GroundedQA, QAOptions, TermPool
-    from data_tools.lexicon import load_lexicon
-    from data_tools.turns import load_questions
+    from thinchat.domain.grounded_qa import GroundedQA, QAOptions, TermPool
+    from thinchat.domain.lexicon import load_lexicon
+    from thinchat.domain.questions import load_questions
 
     lexicon = lexicon or load_lexicon()
     pool = TermPool.from_reports((s.references[0] for s in samples), lexicon)
@@ -145,7 +145,7 @@ def _scores(probes: Sequence[Probe], answers: Mapping[str, str], lexicon: Any) -
 def score_probes(probes: Sequence[Probe], answers: Mapping[str, str], lexicon: Any = None) -> dict[str, Any]:
     """Scores overall (``"all"``) and per language, plus per-probe records for the report."""
     if lexicon is None:
-        from data_tools.lexicon import load_lexicon
+        from thinchat.domain.lexicon import load_lexicon
 
         lexicon = load_lexicon()
     langs = sorted({p.sample.lang for p in probes})

@@ -167,7 +167,7 @@ def init_projector_ridge(
         "scale": round(scale, 4),
     }
     if term_ids:
-        from data_tools.lexicon import load_lexicon
+        from thinchat.domain.lexicon import load_lexicon
         from thinchat.train.projector_terms import load_term_units, term_directions
 
         classifier, _, _ = fit_ridge(pooled, presence, terms_alpha)

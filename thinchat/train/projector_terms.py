@@ -9,7 +9,7 @@ one hidden unit of Llava's projector: a ridge classifier of "the caption names t
 features, shifted to cross 0 at probability 1/2 and steep enough that GELU passes confident presence
 and mutes absence; ``linear_2`` maps the unit onto the term's own word embedding. The image tokens of a
 slide with calcite then carry the embedding of "calcite", which a pretrained LM already knows how to
-copy into an answer. The lexicon is thinchat's domain vocabulary (``data_tools/lexicon.yaml``), so this
+copy into an answer. The lexicon is thinchat's domain vocabulary (``thinchat/domain/lexicon.yaml``), so this
 works on real captions as it does on synthetic ones; the checkpoint stays a plain Llava.
 """
 
@@ -33,7 +33,7 @@ def term_presence(answers: Sequence[str], lexicon: Any = None, min_count: int = 
     import torch
 
     if lexicon is None:
-        from data_tools.lexicon import load_lexicon
+        from thinchat.domain.lexicon import load_lexicon
 
         lexicon = load_lexicon()
     found = [lexicon.find(a, kinds=set(TERM_KINDS)) for a in answers]
@@ -52,7 +52,7 @@ def term_directions(
     """Unit vectors, one per term: the mean input embedding of the term's name in the captions' language."""
     import torch
 
-    from data_tools.lexicon import is_chinese
+    from thinchat.domain.lexicon import is_chinese
 
     lang = "zh" if sum(is_chinese(a) for a in answers) * 2 > len(answers) else "en"
     table = embeddings.detach().float()

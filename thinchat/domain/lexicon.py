@@ -220,7 +220,7 @@ def _load_cached(path: str) -> Lexicon:
 
 
 def load_lexicon(path: Path | None = None) -> Lexicon:
-    """Load (and cache) the lexicon; ``None`` means the bundled ``data_tools/lexicon.yaml``."""
+    """Load (and cache) the lexicon; ``None`` means the bundled ``thinchat/domain/lexicon.yaml``."""
     target = Path(path) if path is not None else DEFAULT_LEXICON
     if not target.is_file():
         raise DataFormatError(f"{target}: lexicon file not found")

@@ -29,9 +29,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from data_tools.lexicon import Lexicon
-from data_tools.report import parse_proportions
-from data_tools.turns import QuestionPools, split_clauses
+from thinchat.domain.lexicon import Lexicon
+from thinchat.domain.questions import QuestionPools
+from thinchat.domain.reports import parse_proportions, split_clauses
 
 #: Lexicon kinds a presence or which-of question may ask about.
 ASK_KINDS = frozenset({"mineral", "matrix", "cement", "alteration"})
@@ -157,8 +157,8 @@ def vocabulary_digest() -> str:
     besides the captions, so a recipe re-converts after either file is edited."""
     import hashlib
 
-    from data_tools.lexicon import DEFAULT_LEXICON
-    from data_tools.turns import DEFAULT_QUESTIONS
+    from thinchat.domain.lexicon import DEFAULT_LEXICON
+    from thinchat.domain.questions import DEFAULT_QUESTIONS
 
     digest = hashlib.sha256()
     for path in (DEFAULT_QUESTIONS, DEFAULT_LEXICON):
