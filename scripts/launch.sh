@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Shared launcher for the stage scripts: runs `thinchat.train` under the chosen launcher.
+# Shared launcher for the stage scripts: runs `python -m thinchat train` under the chosen launcher.
 # Usage: scripts/launch.sh DEFAULT_CONFIG [CONFIG] [key=value ...]
 # Every training setting lives in the YAML config; this script only picks the launcher:
 #   LAUNCHER=deepspeed (default when installed) | torchrun | accelerate | python
@@ -18,13 +18,13 @@ case "$LAUNCHER" in
   deepspeed)
     HOSTS=()
     [[ -n "${HOSTFILE:-}" ]] && HOSTS=(--hostfile "$HOSTFILE")
-    exec deepspeed "${HOSTS[@]}" --num_gpus "$NUM_GPUS" --master_port "$PORT" --module thinchat.train --config "$CONFIG" "$@" ;;
+    exec deepspeed "${HOSTS[@]}" --num_gpus "$NUM_GPUS" --master_port "$PORT" --module thinchat train --config "$CONFIG" "$@" ;;
   torchrun)
-    exec torchrun --nproc_per_node "$NUM_GPUS" --master_port "$PORT" -m thinchat.train --config "$CONFIG" "$@" ;;
+    exec torchrun --nproc_per_node "$NUM_GPUS" --master_port "$PORT" -m thinchat train --config "$CONFIG" "$@" ;;
   accelerate)
-    exec accelerate launch --num_processes "$NUM_GPUS" --main_process_port "$PORT" -m thinchat.train --config "$CONFIG" "$@" ;;
+    exec accelerate launch --num_processes "$NUM_GPUS" --main_process_port "$PORT" -m thinchat train --config "$CONFIG" "$@" ;;
   python)
-    exec python -m thinchat.train --config "$CONFIG" "$@" ;;
+    exec python -m thinchat train --config "$CONFIG" "$@" ;;
   *)
     echo "LAUNCHER must be deepspeed, torchrun, accelerate or python (got '$LAUNCHER')" >&2; exit 2 ;;
 esac

@@ -8,6 +8,7 @@ import threading
 import pytest
 import torch
 
+from thinchat.chat.session import ChatSession
 from thinchat.engine import ChatEngine, image_key
 from thinchat.errors import ConfigError, PromptTooLongError, ThinchatError
 from thinchat.testing import tiny_image, tiny_llava
@@ -56,7 +57,7 @@ def naive_answer(engine, messages, images, max_new_tokens=12) -> str:
 
 def test_cached_features_give_the_same_answers_as_the_processor_path(engine):
     ppl, xpl = tiny_image(1), tiny_image(2)
-    session = engine.new_session()
+    session = ChatSession(engine)
     first = session.ask(QUESTION, images=[ppl, xpl], max_new_tokens=12)
     second = session.ask("What accessory minerals are present?", max_new_tokens=12)
     history = session.history
@@ -69,7 +70,7 @@ def test_cached_features_give_the_same_answers_as_the_processor_path(engine):
 
 def test_an_image_is_encoded_once_per_conversation(engine):
     calls = count_tower_calls(engine)
-    session = engine.new_session()
+    session = ChatSession(engine)
     session.ask(QUESTION, images=[tiny_image(10)], max_new_tokens=4)
     assert calls[0] == 1
     session.ask("What accessory minerals are present?", max_new_tokens=4)
@@ -85,7 +86,7 @@ def test_an_image_is_encoded_once_per_conversation(engine):
 def test_streamed_text_equals_the_whole_answer(engine):
     for seed in (20, 21, 22):
         images = [tiny_image(seed)]
-        streamed_session, plain_session = engine.new_session(), engine.new_session()
+        streamed_session, plain_session = ChatSession(engine), ChatSession(engine)
         for question in (QUESTION, "What accessory minerals are present?"):
             pieces = list(streamed_session.stream(question, images=images, max_new_tokens=16))
             whole = plain_session.ask(question, images=images, max_new_tokens=16)
@@ -96,7 +97,7 @@ def test_streamed_text_equals_the_whole_answer(engine):
 
 def test_image_switch_and_two_views_per_turn(engine):
     ppl, xpl, other = tiny_image(30), tiny_image(31), tiny_image(32)
-    session = engine.new_session()
+    session = ChatSession(engine)
     session.ask(QUESTION, images=[ppl, xpl], max_new_tokens=4)
     session.set_images([other], sources=["slides/other.png"])
     assert session.images == [other]
@@ -110,7 +111,7 @@ def test_image_switch_and_two_views_per_turn(engine):
 
 
 def test_truncation_drops_whole_turns_and_keeps_the_slide(engine):
-    session = engine.new_session()
+    session = ChatSession(engine)
     slide = [tiny_image(40), tiny_image(41)]
     long_question = "Describe the matrix, the cements and the accessory minerals of this slide. " * 3
     session.ask(long_question, images=slide, max_new_tokens=8)
@@ -136,7 +137,7 @@ def test_truncation_drops_whole_turns_and_keeps_the_slide(engine):
 
 
 def test_a_question_too_long_alone_is_refused_and_the_session_is_unchanged(engine):
-    session = engine.new_session()
+    session = ChatSession(engine)
     session.ask(QUESTION, images=[tiny_image(50)], max_new_tokens=4)
     history = session.history
     with pytest.raises(PromptTooLongError, match=r"only \d+ fit"):
@@ -147,7 +148,7 @@ def test_a_question_too_long_alone_is_refused_and_the_session_is_unchanged(engin
 
 
 def test_regenerate_reset_and_transcript(engine):
-    session = engine.new_session(system="Answer in the language of the question.")
+    session = ChatSession(engine, system="Answer in the language of the question.")
     answer = session.ask(QUESTION, images=[tiny_image(60)], max_new_tokens=10)
     again = "".join(session.regenerate(max_new_tokens=10))
     assert again == answer and len(session.turns) == 1
@@ -165,7 +166,7 @@ def test_regenerate_reset_and_transcript(engine):
 
 
 def test_one_generation_at_a_time_and_early_close_releases_the_lock(engine):
-    session = engine.new_session()
+    session = ChatSession(engine)
     pieces = session.stream(QUESTION, images=[tiny_image(70)], max_new_tokens=64)
     first = next(pieces)
     done = threading.Event()
@@ -179,7 +180,7 @@ def test_one_generation_at_a_time_and_early_close_releases_the_lock(engine):
 
 
 def test_bad_input_is_refused_with_a_message(engine):
-    session = engine.new_session()
+    session = ChatSession(engine)
     with pytest.raises(ThinchatError, match="empty message"):
         session.ask("   ")
     with pytest.raises(ThinchatError, match="control token '<image>'"):
@@ -199,7 +200,7 @@ def test_bad_input_is_refused_with_a_message(engine):
 
 def test_follow_ups_reuse_the_kv_prefix_with_identical_answers(engine):
     plain = ChatEngine(engine.model, engine.processor, reuse_prefix=False)
-    reusing, fresh = engine.new_session(), plain.new_session()
+    reusing, fresh = ChatSession(engine), ChatSession(plain)
     steps = [
         (QUESTION, [tiny_image(80), tiny_image(81)]),
         ("What accessory minerals are present?", None),

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from thinchat.chat.session import ChatSession
 from thinchat.engine import ChatEngine
 from thinchat.errors import ModelSpecError, PromptTooLongError
 from thinchat.testing import tiny_image, tiny_llava
@@ -93,7 +94,7 @@ def test_gemma_template_stops_at_end_of_turn(tiny_gemma_dir):
     engine = ChatEngine.from_pretrained(tiny_gemma_dir)
     tokenizer = engine.tokenizer
     assert tokenizer.convert_tokens_to_ids("<end_of_turn>") in engine.stop_token_ids
-    session = engine.new_session(system="Answer in the language of the question.")
+    session = ChatSession(engine, system="Answer in the language of the question.")
     session.ask(QUESTION, images=[tiny_image(5)], max_new_tokens=6)
     session.ask("见到哪些副矿物？", max_new_tokens=6)
     assert engine.last_reused_tokens == 0  # sliding-window caches are not cut back: full prefill

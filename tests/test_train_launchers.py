@@ -132,7 +132,7 @@ def test_bash_launcher_rejects_an_unknown_launcher():
 
 @pytest.mark.slow
 def test_deepspeed_zero2_through_the_real_launcher(tiny):
-    """`deepspeed --module thinchat.train` with configs/zero2.json (DeepSpeed's CPU accelerator here).
+    """`deepspeed --module thinchat train` with configs/zero2.json (DeepSpeed's CPU accelerator here).
 
     Marked slow: the first run on a machine JIT-builds DeepSpeed's shared-memory comm op (minutes).
     """

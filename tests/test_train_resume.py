@@ -91,7 +91,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_loss_curve(setup):
     assert not (root / "killed" / "adapter_model.safetensors").exists()
 
     resumed = subprocess.run(
-        [sys.executable, "-m", "thinchat.train", "--config", str(config), "--resume"],
+        [sys.executable, "-m", "thinchat", "train", "--config", str(config), "--resume"],
         env=env,
         capture_output=True,
         text=True,

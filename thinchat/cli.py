@@ -39,6 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train and use a multimodal chat model on rock thin-section images.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    # `deepspeed --module thinchat train ...` starts `python -m thinchat --local_rank=N train ...`.
+    parser.add_argument(
+        "--local_rank",
+        "--local-rank",
+        dest="launcher_local_rank",
+        type=int,
+        default=None,
+        help=argparse.SUPPRESS,
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)

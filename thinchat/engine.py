@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from thinchat.chat.history import Turn, fit
-from thinchat.chat.session import ChatSession
 from thinchat.compose import max_positions
 from thinchat.errors import ConfigError, ImageError, PromptTooLongError, ThinchatError
 from thinchat.generation import GenerationSettings, decode_attention, stop_token_ids, stream_in_thread
 
-__all__ = ["ChatEngine", "ChatSession", "GenerationSettings", "image_key", "resolve_dtype"]
+__all__ = ["ChatEngine", "GenerationSettings", "image_key", "resolve_dtype"]
 
 #: Context assumed for language models that do not declare a position limit.
 DEFAULT_CONTEXT = 4096
@@ -137,11 +136,7 @@ class ChatEngine:
         model, processor = load_pretrained(path, device=device, dtype=dtype, merge=True)
         return cls(model, processor, name=Path(path).expanduser().resolve().name, settings=settings)
 
-    # ----- sessions and one-shot calls -------------------------------------------------------------
-    def new_session(self, system: str | None = None) -> ChatSession:
-        """A multi-turn conversation (CLI, web demo). ``system`` is an optional system prompt."""
-        return ChatSession(self, system=system)
-
+    # ----- one-shot calls (a multi-turn conversation is a ``thinchat.chat.session.ChatSession(engine)``) ---
     def describe(self, images: list[Any], prompt: str, **overrides: Any) -> str:
         """One question about ``images`` (pseudo-labelling, captioning): the whole answer, stripped."""
         turn = Turn(question=prompt, images=list(images))

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from thinchat.chat.session import ChatSession
 from thinchat.errors import ModelSpecError, ThinchatError
 
 COMMANDS = ("/image", "/reset", "/save", "/help", "/quit")
@@ -117,7 +118,7 @@ def run(
     engine = ChatEngine.from_pretrained(
         args.from_pretrained, device=args.device, dtype=args.dtype, settings=settings
     )
-    session = engine.new_session(system=args.system)
+    session = ChatSession(engine, system=args.system)
     if images:
         session.set_images(images, sources)
     interactive = stdin.isatty()

@@ -168,24 +168,24 @@ def load_clipcap(
 ) -> tuple[ClipCapModel, ClipCapProcessor]:
     """``(ClipCapModel, ClipCapProcessor)`` for a ``clipcap`` stage output, in eval mode.
 
-    The Llava part loads through :func:`thinchat.loading.load_pretrained` (a LoRA adapter is wrapped or
+    The Llava part loads through :func:`thinchat.llava_checkpoint.load_llava` (a LoRA adapter is wrapped or
     merged as for any LoRA checkpoint; a frozen-LM run loads its base), so the two cannot drift.
     """
     from transformers import AutoProcessor
 
     from thinchat.generation import stop_token_ids
-    from thinchat.loading import CHECKPOINT_META, base_model_path, is_adapter_dir, load_pretrained
+    from thinchat.llava_checkpoint import CHECKPOINT_META, base_model_path, is_adapter_dir, load_llava
 
     path = Path(path).expanduser()
     prefix = ClipCapPrefix.load(path)
     if is_adapter_dir(path) or (path / "config.json").is_file():  # LoRA run, or a merged export
-        llava, processor = load_pretrained(path, device=device, dtype=dtype, merge=merge, clipcap=False)
+        llava, processor = load_llava(path, device=device, dtype=dtype, merge=merge)
     else:  # a frozen-LM run: the prefix and processor only, the base Llava unchanged
         if not (path / CHECKPOINT_META).is_file():
             raise ModelSpecError(
                 f"{path}: ClipCap prefix without {CHECKPOINT_META}; which base model is it for?"
             )
-        llava, _ = load_pretrained(base_model_path(path), device=device, dtype=dtype, clipcap=False)
+        llava, _ = load_llava(base_model_path(path), device=device, dtype=dtype)
         processor = AutoProcessor.from_pretrained(path)
     prefix = prefix.to(device) if device else prefix
     model = ClipCapModel(llava, prefix, stop_token_ids(llava, processor.tokenizer)).eval()

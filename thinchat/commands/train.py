@@ -7,8 +7,6 @@ All settings live in the YAML config (one typed dataclass per stage, see thincha
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,10 +54,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_arguments(parser)
     parser.set_defaults(func=run)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry for ``python -m thinchat.train`` (and the launchers): same flags as ``thinchat train``."""
-    from thinchat.cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])

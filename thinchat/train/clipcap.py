@@ -246,7 +246,7 @@ def train_clipcap(config: Any, resume: str | bool | None = None) -> list[float]:
 
     from thinchat.train.config import config_dict
     from thinchat.train.model_setup import load_base
-    from thinchat.train.run import cpu_settings
+    from thinchat.train.trainer import cpu_settings
 
     output_dir = Path(config.output_dir)
     if isinstance(resume, str) and resume and resume != "auto":

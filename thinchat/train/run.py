@@ -177,15 +177,6 @@ def save_final(trainer, model, processor, config: TrainConfig, output_dir: Path)
     log.info("wrote %s", output_dir)
 
 
-def cpu_settings(config: TrainConfig) -> None:
-    """Flush denormals (arithmetic on them is many times slower on x86 CPUs) and set the thread count."""
-    import torch
-
-    torch.set_flush_denormal(True)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-
-
 def train_clipcap_stage(config: ClipCapStageConfig, resume: str | bool | None = None) -> Path:
     """The clipcap stage: a ClipCap prefix + LoRA on the LM for imported embeddings (``thinchat.train.clipcap``)."""
     from thinchat.train.clipcap import train_clipcap
@@ -234,6 +225,8 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
             "or choose another output_dir"
         )
     train_samples, val_samples = load_data(config)
+
+    from thinchat.train.trainer import cpu_settings
 
     cpu_settings(config)
     from transformers import ProgressCallback, set_seed

@@ -17,6 +17,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
+from thinchat.chat.session import ChatSession
 from thinchat.errors import ImageError, ThinchatError
 from thinchat.images import DEFAULT_MAX_PIXELS, load_image
 from thinchat.web.strings import DEFAULT_LANG, languages, strings
@@ -43,7 +44,7 @@ class WebChat:
         sid = state.get("id")
         if sid not in self._sessions:
             sid = uuid.uuid4().hex
-            self._sessions[sid] = self.engine.new_session()
+            self._sessions[sid] = ChatSession(self.engine)
             state = {"id": sid, "shown": None}
         self._sessions.move_to_end(sid)
         while len(self._sessions) > MAX_SESSIONS:
