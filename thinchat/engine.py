@@ -31,6 +31,7 @@ from thinchat.chat.history import Turn, fit
 from thinchat.compose import max_positions
 from thinchat.errors import ConfigError, ImageError, PromptTooLongError, ThinchatError
 from thinchat.generation import GenerationSettings, decode_attention, stop_token_ids, stream_in_thread
+from thinchat.precision import DTYPE_NAMES
 
 __all__ = ["ChatEngine", "GenerationSettings", "image_key", "resolve_dtype"]
 
@@ -40,15 +41,6 @@ DEFAULT_CONTEXT = 4096
 MIN_PREFIX_REUSE = 16
 #: How many images' projected features the engine keeps (LRU); one slide pair costs ~100 KB-1 MB.
 FEATURE_CACHE_SIZE = 64
-
-_DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-}
 
 
 def default_device() -> str:
@@ -68,7 +60,7 @@ def resolve_dtype(dtype: Any, device: str | None = None):
         return torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    name = _DTYPES.get(str(dtype).lower())
+    name = DTYPE_NAMES.get(str(dtype).lower())
     if name is None:
         raise ConfigError(f"unknown dtype {dtype!r}; choose one of float32, bfloat16, float16")
     return getattr(torch, name)

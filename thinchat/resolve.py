@@ -94,7 +94,7 @@ def local_directory(source: ModelSource) -> str:
 
 
 def _dequantised_gguf(gguf_path: Path) -> Path:
-    from thinchat.presets import _save_gguf_as_safetensors
+    from thinchat.presets import save_gguf_as_safetensors
 
     stat = gguf_path.stat()
     key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
@@ -102,7 +102,7 @@ def _dequantised_gguf(gguf_path: Path) -> Path:
     if not (target / "config.json").is_file():
         check_gguf_architecture(gguf_path)
         target.mkdir(parents=True, exist_ok=True)
-        _save_gguf_as_safetensors(gguf_path, target)
+        save_gguf_as_safetensors(gguf_path, target)
     return target
 
 

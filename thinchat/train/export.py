@@ -14,17 +14,9 @@ import shutil
 from pathlib import Path
 
 from thinchat.errors import ConfigError, ModelSpecError
+from thinchat.precision import DTYPE_NAMES
 
 log = logging.getLogger(__name__)
-
-DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-}
 
 
 def export(
@@ -41,8 +33,8 @@ def export(
     from thinchat.loading import load_pretrained
 
     checkpoint, out = Path(checkpoint), Path(out)
-    if dtype not in DTYPES:
-        raise ConfigError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    if dtype not in DTYPE_NAMES:
+        raise ConfigError(f"--dtype {dtype}: choose one of {', '.join(DTYPE_NAMES)}")
     if not checkpoint.is_dir():
         raise ModelSpecError(f"{checkpoint}: checkpoint directory not found")
     if is_adapter_dir(checkpoint) and not merge:
@@ -54,7 +46,7 @@ def export(
     if out.resolve() == checkpoint.resolve():
         raise ConfigError("--out must differ from --from_pretrained")
     model, processor = load_pretrained(checkpoint, merge=True)
-    model = model.to(getattr(torch, DTYPES[dtype]))
+    model = model.to(getattr(torch, DTYPE_NAMES[dtype]))
     model.config.use_cache = True
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
@@ -65,5 +57,5 @@ def export(
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
-    log.info("wrote merged Llava checkpoint %s (%s)", out, DTYPES[dtype])
+    log.info("wrote merged Llava checkpoint %s (%s)", out, DTYPE_NAMES[dtype])
     return out
