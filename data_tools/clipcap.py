@@ -54,7 +54,14 @@ ALLOWED_GLOBALS = frozenset(
 
 
 class ForbiddenPickleError(DataFormatError):
-    """The pickle references a global outside the allow-list (it could run code on load)."""
+    """The pickle references a global outside the allow-list (it could run code on load).
+
+    ``source`` is the file, when the raiser knows it; the message then starts with it.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None) -> None:
+        super().__init__(f"{source}: {message}" if source else message)
+        self.source = source
 
 
 def _load_storage_bytes(data: bytes) -> Any:
@@ -82,9 +89,10 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in ALLOWED_GLOBALS:
             raise ForbiddenPickleError(
-                f"{self.source}: refusing to load: the pickle references the global {module}.{name}, which is "
+                f"refusing to load: the pickle references the global {module}.{name}, which is "
                 f"not needed for tensors and could run code; only ClipCap feature pickles (captions + CLIP "
-                f"embedding tensors) are accepted"
+                f"embedding tensors) are accepted",
+                source=self.source,
             )
         if (module, name) == ("torch.storage", "_load_from_bytes"):
             return _load_storage_bytes
@@ -126,7 +134,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         return checked
 
     def persistent_load(self, pid: Any) -> Any:
-        raise ForbiddenPickleError(f"{self.source}: refusing to load: unexpected persistent id {pid!r}")
+        raise ForbiddenPickleError(f"refusing to load: unexpected persistent id {pid!r}", source=self.source)
 
 
 def load_clipcap_pickle(path: str | Path) -> tuple[list[tuple[str, str]], dict[str, Any]]:
@@ -138,9 +146,9 @@ def load_clipcap_pickle(path: str | Path) -> tuple[list[tuple[str, str]], dict[s
         with source.open("rb") as handle:
             data = RestrictedUnpickler(handle, str(source), source.stat().st_size).load()
     except ForbiddenPickleError as exc:
-        if str(exc).startswith(str(source)):
+        if exc.source is not None:
             raise
-        raise ForbiddenPickleError(f"{source}: {exc}") from exc
+        raise ForbiddenPickleError(str(exc), source=str(source)) from exc
     except DataFormatError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, RuntimeError) as exc:

@@ -11,10 +11,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from thinchat.errors import ImageError
-from thinchat.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_image
+from thinchat.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    check_file,
+    check_pixels,
+    image_errors,
+    load_image,
+)
 
 VIEWS = ("ppl", "xpl")  # view suffixes of a two-image field: {id}_ppl.png, {id}_xpl.png (PPL first)
 
@@ -22,33 +29,17 @@ VIEWS = ("ppl", "xpl")  # view suffixes of a two-image field: {id}_ppl.png, {id}
 def check_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Raise ``ImageError`` (with the reason) unless ``path`` is a readable image within the pixel cap."""
     label = str(path)
-    if not path.is_file():
-        raise ImageError(f"{label}: file not found; check the path and the --images directory")
-    if path.stat().st_size == 0:
-        raise ImageError(f"{label}: zero-byte file, expected an image (JPEG, PNG, TIFF...)")
-    try:
-        with Image.open(path) as img:
+    check_file(path, label)
+    with image_errors(label), Image.open(path) as img:
+        check_pixels(img, label, max_pixels, hint="downscale the image or raise --max-pixels")
+        if img.format == "JPEG":
             width, height = img.size
-            if width * height > max_pixels:
-                raise ImageError(
-                    f"{label}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
-                    f"(decompression-bomb guard); downscale the image or raise --max-pixels"
-                )
-            if img.format == "JPEG":
-                img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
-                img.load()
-                return
-            if img.format == "PNG":
-                img.verify()
-                return
-    except ImageError:
-        raise
-    except UnidentifiedImageError as exc:
-        raise ImageError(f"{label}: not a readable image file (format not recognised)") from exc
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{label}: refused as a decompression bomb ({exc})") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{label}: corrupt or truncated image ({exc})") from exc
+            img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+            img.load()
+            return
+        if img.format == "PNG":
+            img.verify()
+            return
     load_image(path, max_pixels=max_pixels)
 
 

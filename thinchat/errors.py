@@ -20,6 +20,14 @@ class ImageError(ThinchatError):
     """An image is missing, unreadable, not an image, or too large."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image over the pixel cap, or a decompression bomb (a server answers 413, not 400)."""
+
+
+class UnreadableImageError(ImageError):
+    """Data that is not an image, or a corrupt or truncated one."""
+
+
 class ConfigError(ThinchatError):
     """A config file or override names an unknown key or an out-of-range value."""
 

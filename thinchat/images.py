@@ -8,16 +8,59 @@ and a decompression bomb is refused before its pixels are decoded.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from thinchat.errors import ImageError
+from thinchat.errors import ImageError, ImageTooLargeError, UnreadableImageError
 
 #: Default pixel cap: a 8192 x 8192 slide scan. Larger images are refused (decompression-bomb guard).
 DEFAULT_MAX_PIXELS = 8192 * 8192
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+
+
+@contextmanager
+def image_errors(label: str) -> Iterator[None]:
+    """Turn what Pillow raises while opening or decoding into typed ``ImageError`` s naming ``label``.
+
+    Why one mapping: the loader, the data tools' fast check and the server's header check each open
+    images their own way, and must refuse the same files with the same error types.
+    """
+    try:
+        yield
+    except ImageError:
+        raise
+    except UnidentifiedImageError as exc:  # before OSError: it is one
+        raise UnreadableImageError(f"{label}: not a readable image file (format not recognised)") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{label}: refused as a decompression bomb ({exc})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UnreadableImageError(f"{label}: corrupt or truncated image ({exc})") from exc
+
+
+def check_pixels(
+    img: Image.Image, label: str, max_pixels: int, hint: str = "downscale the image or raise the pixel limit"
+) -> None:
+    """Refuse an opened image over ``max_pixels`` from its header (nothing decoded yet); ``hint`` names
+    the caller's own option for the limit."""
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{label}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}; {hint}"
+        )
+
+
+def check_file(path: Path, label: str) -> None:
+    """Refuse a missing path, a directory or an empty file before Pillow looks at it."""
+    if not path.exists():
+        raise ImageError(f"{label}: file not found; check the path and the --images directory")
+    if path.is_dir():
+        raise ImageError(f"{label}: is a directory, expected an image file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{label}: zero-byte file, expected an image (JPEG, PNG, TIFF...)")
 
 
 def load_image(
@@ -33,29 +76,9 @@ def load_image(
             raise ImageError(f"{label}: empty image data (0 bytes)")
         stream: io.BytesIO | Path = io.BytesIO(source)
     else:
-        path = Path(source)
-        if not path.exists():
-            raise ImageError(f"{label}: file not found; check the path and the --images directory")
-        if path.is_dir():
-            raise ImageError(f"{label}: is a directory, expected an image file")
-        if path.stat().st_size == 0:
-            raise ImageError(f"{label}: zero-byte file, expected an image (JPEG, PNG, TIFF...)")
-        stream = path
-    try:
-        with Image.open(stream) as img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageError(
-                    f"{label}: {width}x{height} = {width * height} pixels exceeds the limit of "
-                    f"{max_pixels}; downscale the image or raise the pixel limit"
-                )
-            img.load()
-            return img.convert("RGB")
-    except ImageError:
-        raise
-    except UnidentifiedImageError as exc:
-        raise ImageError(f"{label}: not a readable image file (format not recognised)") from exc
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{label}: refused as a decompression bomb ({exc})") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{label}: corrupt or truncated image ({exc})") from exc
+        stream = Path(source)
+        check_file(stream, label)
+    with image_errors(label), Image.open(stream) as img:
+        check_pixels(img, label, max_pixels)
+        img.load()
+        return img.convert("RGB")

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from thinchat.errors import ImageError
-from thinchat.images import load_image
+from thinchat.errors import ImageError, ImageTooLargeError
+from thinchat.images import check_pixels, image_errors, load_image
 from thinchat.server.api_errors import APIError
 from thinchat.server.schemas import ChatMessage, ImagePart, TextPart
 
@@ -153,27 +153,22 @@ def resolve_allowed_path(raw: str, allow_dirs: tuple[Path, ...], param: str) -> 
 def _check_header(source: bytes | Path, name: str, limits: InputLimits, param: str) -> None:
     """Refuse non-images and images over the pixel cap from the header alone (no pixel is decoded)."""
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-            width, height = img.size
-    except Image.DecompressionBombError as exc:
-        raise APIError(
-            413, f"{name}: refused as a decompression bomb", param=param, code="image_too_large"
-        ) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise APIError(
-            400,
-            f"{name}: not a readable image file (format not recognised)",
-            param=param,
-            code="invalid_image",
-        ) from exc
-    if width * height > limits.max_image_pixels:
-        raise APIError(
-            413,
-            f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of "
-            f"{limits.max_image_pixels}; downscale the image or raise --max-image-pixels",
-            param=param,
-            code="image_too_large",
-        )
+        with (
+            image_errors(name),
+            Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img,
+        ):
+            check_pixels(
+                img, name, limits.max_image_pixels, hint="downscale the image or raise --max-image-pixels"
+            )
+    except ImageError as exc:
+        raise _image_api_error(exc, param) from exc
+
+
+def _image_api_error(exc: ImageError, param: str) -> APIError:
+    """413 for an image over the limits, 400 for anything else wrong with it."""
+    if isinstance(exc, ImageTooLargeError):
+        return APIError(413, str(exc), param=param, code="image_too_large")
+    return APIError(400, str(exc), param=param, code="invalid_image")
 
 
 def plan_image(url: str, limits: InputLimits, param: str) -> PendingImage:
@@ -208,7 +203,7 @@ def decode_images(pending: list[PendingImage], limits: InputLimits) -> list[Imag
         try:
             images.append(load_image(item.source, max_pixels=limits.max_image_pixels, name=item.name))
         except ImageError as exc:
-            raise APIError(400, str(exc), param=item.param, code="invalid_image") from exc
+            raise _image_api_error(exc, item.param) from exc
     return images
 
 
