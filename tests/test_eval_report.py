@@ -76,7 +76,7 @@ def test_bad_test_sets_raise(tmp_path, entries, message):
 def test_invalid_json_names_line(tmp_path):
     path = tmp_path / "t.json"
     path.write_text('[\n{"id": 1,\n oops}\n]', encoding="utf-8")
-    with pytest.raises(DataFormatError, match=r"t\.json:3: invalid JSON"):
+    with pytest.raises(DataFormatError, match=r"t\.json:3: not valid JSON"):
         load_eval_set(path)
 
 

@@ -8,12 +8,55 @@ chat engine render identical prompts.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from thinchat.errors import DataFormatError
 
 IMAGE_PLACEHOLDER = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def read_llava_json(path: str | Path, hint: str, split: str | None = None) -> tuple[Path, list[Any]]:
+    """The entries of a LLaVA conversation JSON file and the file they came from (images are relative
+    to its folder). The one reader of the format: training, evaluation and the ClipCap data.
+
+    ``split``: a directory saved by ``thinchat data convert --format-out hf`` is read as that split.
+    ``hint`` says how to get the file when it is missing. Entries are not checked here: each reader
+    needs different keys.
+    """
+    path = Path(path)
+    if split and path.is_dir():
+        from thinchat.hfdata import as_llava_json, is_saved_dataset
+
+        if is_saved_dataset(path):
+            path = as_llava_json(path, split)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: file not found; {hint}")
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(f"{path}: not UTF-8 text ({exc})") from exc
+    if not isinstance(entries, list):
+        raise DataFormatError(
+            f"{path}: expected a JSON list of entries with 'conversations' (LLaVA format), "
+            f"got {type(entries).__name__}"
+        )
+    return path, entries
+
+
+def entry_images(entry: dict[str, Any], where: str) -> list[str]:
+    """An entry's ``image`` field as a list of relative paths (none for a text-only entry)."""
+    image = entry.get("image")
+    if image is None:
+        return []
+    names = [image] if isinstance(image, str) else image
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise DataFormatError(f"{where}: 'image' must be a path or a list of paths, got {image!r}")
+    return names
 
 
 def text_to_content(value: str) -> list[dict[str, str]]:

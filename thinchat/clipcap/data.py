@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from thinchat.conversation import read_llava_json
 from thinchat.errors import DataFormatError
 
 CONVERSATIONS = "conversations.json"
@@ -76,11 +77,10 @@ def load_clipcap_dir(data_dir: str | Path) -> ClipCapData:
             f"{conv_file}: missing; run `thinchat data import-clipcap FEATURES.pkl --out {data_dir}`"
         )
     embeddings = load_embeddings(data_dir / EMBEDDINGS)
-    try:
-        entries = json.loads(conv_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(f"{conv_file}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
-    if not isinstance(entries, list) or not entries:
+    _, entries = read_llava_json(
+        conv_file, f"run `thinchat data import-clipcap FEATURES.pkl --out {data_dir}`"
+    )
+    if not entries:
         raise DataFormatError(f"{conv_file}: expected a non-empty JSON list of conversation entries")
     for index, entry in enumerate(entries):
         key = entry.get("image_embedding") if isinstance(entry, dict) else None

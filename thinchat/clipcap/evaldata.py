@@ -8,11 +8,11 @@ as in ``thinchat.eval.data``; an entry whose embedding is missing is skipped wit
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from thinchat.clipcap.data import EMBEDDINGS, StoredEmbedding, load_embeddings
+from thinchat.conversation import read_llava_json
 from thinchat.errors import DataFormatError
 from thinchat.eval.data import IMAGE_TOKEN, EvalSample, Skipped
 from thinchat.eval.tokenize import detect_language
@@ -31,10 +31,10 @@ def is_clipcap_eval_file(path: str | Path) -> bool:
     if not path.is_file() or not (path.parent / EMBEDDINGS).is_file():
         return False
     try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        _, entries = read_llava_json(path, "")
+    except DataFormatError:
         return False
-    return isinstance(entries, list) and any(isinstance(e, dict) and "image_embedding" in e for e in entries)
+    return any(isinstance(e, dict) and "image_embedding" in e for e in entries)
 
 
 def _first_exchange(entry: dict, where: str) -> tuple[str, str]:
@@ -53,11 +53,8 @@ def load_clipcap_eval_set(
     """Samples (file order, first ``limit``) and skipped ones, from an import directory's JSON."""
     path = Path(data_path)
     embeddings = load_embeddings(path.parent / EMBEDDINGS)
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
-    if not isinstance(entries, list) or not entries:
+    path, entries = read_llava_json(path, "pass the conversations.json of an import directory")
+    if not entries:
         raise DataFormatError(f"{path}: expected a non-empty JSON list of entries")
     groups: dict[tuple[str, str], EmbeddingEvalSample] = {}
     missing: dict[str, str] = {}

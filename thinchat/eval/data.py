@@ -9,10 +9,10 @@ whose images are missing or unreadable are skipped and reported with the reason,
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from thinchat.conversation import entry_images, read_llava_json
 from thinchat.errors import DataFormatError, ImageError
 from thinchat.eval.tokenize import detect_language
 from thinchat.images import load_image
@@ -82,22 +82,7 @@ def load_eval_set(data_path: str | Path, limit: int | None = None) -> tuple[list
     Raises ``DataFormatError`` for an unreadable file, a malformed entry (named by index and id) or a set
     with no entries; ``limit`` keeps the first N samples (after grouping), skipped ones included.
     """
-    path = Path(data_path)
-    if path.is_dir():  # a split saved by `data convert --format-out hf` (datasets.save_to_disk)
-        from thinchat.hfdata import as_llava_json, is_saved_dataset
-
-        if is_saved_dataset(path):
-            path = as_llava_json(path, "test")
-    if not path.is_file():
-        raise DataFormatError(f"{path}: test data file not found; pass --data TEST.json")
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
-    except UnicodeDecodeError as exc:
-        raise DataFormatError(f"{path}: not UTF-8 text ({exc})") from exc
-    if not isinstance(entries, list):
-        raise DataFormatError(f"{path}: expected a JSON list of LLaVA entries, got {type(entries).__name__}")
+    path, entries = read_llava_json(data_path, "pass --data TEST.json", split="test")
     if not entries:
         raise DataFormatError(f"{path}: empty reference set (the list has no entries)")
 
@@ -109,10 +94,7 @@ def load_eval_set(data_path: str | Path, limit: int | None = None) -> tuple[list
         if not isinstance(entry, dict):
             raise DataFormatError(f"{where}: expected an object with 'conversations'")
         question, reference = _describe_turns(entry, where)
-        raw = entry.get("image", [])
-        image_list = [raw] if isinstance(raw, str) else raw
-        if not isinstance(image_list, list) or not all(isinstance(p, str) for p in image_list):
-            raise DataFormatError(f"{where}: 'image' must be a path string or a list of path strings")
+        image_list = entry_images(entry, where)
         if question.count(IMAGE_TOKEN) != len(image_list):
             raise DataFormatError(
                 f"{where}: the question has {question.count(IMAGE_TOKEN)} {IMAGE_TOKEN} placeholders but "

@@ -7,14 +7,13 @@ Here every entry is parsed into chat messages once, with errors naming the file,
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thinchat.conversation import count_images, llava_to_messages
+from thinchat.conversation import count_images, entry_images, llava_to_messages, read_llava_json
 from thinchat.errors import DataFormatError
 
 log = logging.getLogger(__name__)
@@ -30,36 +29,11 @@ class Sample:
     where: str = ""
 
 
-def _entry_images(entry: dict[str, Any], base: Path, where: str) -> list[Path]:
-    image = entry.get("image")
-    if image is None:
-        return []
-    names = [image] if isinstance(image, str) else image
-    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-        raise DataFormatError(f"{where}: 'image' must be a path or a list of paths, got {image!r}")
-    return [base / name for name in names]
-
-
 def load_samples(path: str | Path, max_images: int = 4, check_files: bool = True) -> list[Sample]:
     """Parse ``path`` into samples; raises ``DataFormatError`` naming file and entry on any problem."""
-    path = Path(path)
-    if path.is_dir():  # a split saved by `data convert --format-out hf` (datasets.save_to_disk)
-        from thinchat.hfdata import as_llava_json, is_saved_dataset
-
-        if is_saved_dataset(path):
-            path = as_llava_json(path, "train")
-    if not path.is_file():
-        raise DataFormatError(
-            f"dataset not found: {path} (make one with `thinchat data synth` / `data convert`)"
-        )
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
-    except UnicodeDecodeError as exc:
-        raise DataFormatError(f"{path}: not UTF-8 text ({exc})") from exc
-    if not isinstance(entries, list):
-        raise DataFormatError(f"{path}: expected a JSON list of entries with 'conversations' (LLaVA format)")
+    path, entries = read_llava_json(
+        path, "make one with `thinchat data synth` / `data convert`", split="train"
+    )
     samples = []
     for index, entry in enumerate(entries):
         entry_id = str(entry.get("id", index)) if isinstance(entry, dict) else str(index)
@@ -71,7 +45,7 @@ def load_samples(path: str | Path, max_images: int = 4, check_files: bool = True
         messages = llava_to_messages(entry["conversations"], where=where)
         if not any(m["role"] == "assistant" for m in messages):
             raise DataFormatError(f"{where}: has no 'gpt' turn, so there is nothing to learn from it")
-        images = _entry_images(entry, path.parent, where)
+        images = [path.parent / name for name in entry_images(entry, where)]
         placeholders = count_images(messages)
         if placeholders != len(images):
             raise DataFormatError(
