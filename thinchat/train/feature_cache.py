@@ -5,7 +5,8 @@ is a constant, yet a naive trainer recomputes it every step of every epoch. The 
 projector *input* (the hidden state Llava selects, CLS dropped for the "default" strategy) so the
 projector stays trainable; ``thinchat.train.embeds.merge_image_features`` finishes the job as Llava does.
 
-Keys. One safetensors file per image under ``ROOT/<tower key>/<aa>/<image sha256>.safetensors``:
+Keys (``thinchat.train.feature_keys``). One safetensors file per image under
+``ROOT/<tower key>/<aa>/<image sha256>.safetensors``:
 - the image key is sha256 of the file bytes (paths) or of mode + size + pixels (PIL images);
 - the tower key hashes the tower config, a sha256 fingerprint of every tower weight, the feature
   layer / select strategy, the image processor settings (size, crop, normalisation...) and the storage
@@ -22,7 +23,6 @@ half the disk). ``dtype="float32"`` for bit-exact fp32 training; sizes in docs/p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from thinchat.errors import ConfigError
-from thinchat.train.embeds import tower_features, tower_settings, vision_tower
+from thinchat.train.embeds import tower_features, vision_tower
+from thinchat.train.feature_keys import image_key, image_processor_of, pixel_key, tower_identity, tower_key
 
 if TYPE_CHECKING:
     import torch
@@ -74,38 +75,6 @@ def barrier() -> None:
     dist.barrier()
 
 
-def weight_fingerprint(module) -> str:
-    """sha256 over every parameter and buffer (names, shapes, dtypes, bytes): changes when any weight does."""
-    import torch
-
-    digest = hashlib.sha256()
-    params = [p for p in module.parameters() if hasattr(p, "ds_id")]
-    if params:  # DeepSpeed ZeRO-3 partitions weights: gather them, or every tower would hash alike
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            state = {k: v.clone() for k, v in module.state_dict().items()}
-    else:
-        state = module.state_dict()
-    for name in sorted(state):
-        tensor = state[name].detach().to("cpu").contiguous()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _image_processor(processor):
-    return getattr(processor, "image_processor", processor)
-
-
-def _processor_settings(image_processor) -> dict[str, Any]:
-    settings = image_processor.to_dict()
-    # Bookkeeping keys that do not change the pixels.
-    for key in ("processor_class", "_processor_class", "image_processor_type", "_auto_class"):
-        settings.pop(key, None)
-    return settings
-
-
 class FeatureCache:
     """Tower features keyed by image content + tower identity + preprocessing, stored as safetensors.
 
@@ -121,7 +90,7 @@ class FeatureCache:
         if dtype not in DTYPES:
             raise ConfigError(f"feature cache dtype '{dtype}' is not one of {', '.join(DTYPES)}")
         self.model = model
-        self.image_processor = _image_processor(processor) if processor is not None else None
+        self.image_processor = image_processor_of(processor) if processor is not None else None
         self.dtype_name = dtype
         #: Where ``precompute`` runs the tower (None: where the tower's weights are).
         self.device = torch.device(device) if device is not None else None
@@ -131,23 +100,9 @@ class FeatureCache:
         self.batch_size = batch_size or (16 if on_cpu else 64)
         self.stats = CacheStats()
         self._path_keys: dict[tuple[str, int, int], str] = {}
-        layer, strategy = tower_settings(model)
         tower = vision_tower(model)
-        tower_config = json.loads(tower.config.to_json_string(use_diff=False))
-        for key in ("_name_or_path", "transformers_version"):  # where it was loaded from is not what it is
-            tower_config.pop(key, None)
-        identity = {
-            "tower_config": tower_config,
-            "tower_weights": weight_fingerprint(tower),
-            "vision_feature_layer": layer,
-            "vision_feature_select_strategy": strategy,
-            "image_processor": _processor_settings(self.image_processor) if self.image_processor else None,
-            "dtype": dtype,
-        }
-        if self.compute_dtype != torch.float32:  # fp32 (CPU) entries keep the key they always had
-            identity["compute_dtype"] = str(self.compute_dtype).removeprefix("torch.")
-        blob = json.dumps(identity, sort_keys=True, default=str).encode()
-        self.tower_key = hashlib.sha256(blob).hexdigest()[:24]
+        identity = tower_identity(model, self.image_processor, dtype, self.compute_dtype)
+        self.tower_key = tower_key(identity)
         self.dir = Path(root).expanduser() / self.tower_key
         self.dir.mkdir(parents=True, exist_ok=True)
         info = self.dir / "cache_info.json"
@@ -159,23 +114,7 @@ class FeatureCache:
     # ----------------------------------------------------------------- keys
     def image_key(self, image: Image | str | Path) -> str:
         """sha256 of a file's bytes (memoised by path, size and mtime) or of a PIL image's pixels."""
-        if isinstance(image, (str, Path)):
-            path = Path(image)
-            try:
-                stat = path.stat()
-            except OSError as exc:
-                from thinchat.errors import ImageError
-
-                raise ImageError(
-                    f"{path}: image not found ({exc.strerror}); check the dataset's image paths"
-                ) from exc
-            memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-            if memo not in self._path_keys:
-                self._path_keys[memo] = hashlib.sha256(path.read_bytes()).hexdigest()
-            return self._path_keys[memo]
-        digest = hashlib.sha256(f"{image.mode}:{image.size};".encode())
-        digest.update(image.tobytes())
-        return digest.hexdigest()
+        return image_key(image, self._path_keys)
 
     def path_for(self, key: str) -> Path:
         return self.dir / key[:2] / f"{key}.safetensors"
@@ -276,15 +215,6 @@ class FeatureCache:
             raise ValueError("features_for() needs at least one image")
         return torch.stack([found[key] for key in keys])
 
-    def pixel_key(self, pixel_values: torch.Tensor) -> str:
-        """sha256 of one preprocessed image tensor: the exact tower input, so size and processor are in it."""
-        import torch
-
-        tensor = pixel_values.detach().to("cpu", torch.float32).contiguous()
-        digest = hashlib.sha256(f"pixels:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()
-
     def features_for_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Like ``features_for`` for already-preprocessed ``pixel_values`` (n_images, 3, H, W).
 
@@ -294,7 +224,7 @@ class FeatureCache:
         import torch
 
         self.check_frozen()
-        keys = [self.pixel_key(row) for row in pixel_values]
+        keys = [pixel_key(row) for row in pixel_values]
         found: dict[str, torch.Tensor] = {}
         todo: dict[str, int] = {}
         for index, key in enumerate(keys):
