@@ -193,7 +193,7 @@ def test_head_only_on_answer_positions_gives_the_full_loss(base, tmp_path):
     from thinchat.clipcap.data import collate, encode_samples
     from thinchat.train.clipcap import ClipCapRun, add_lora
     from thinchat.train.config import load_train_config
-    from thinchat.train.model_setup import load_base
+    from thinchat.train.stages import load_base
 
     data = clipcap_dir(tmp_path / "train", 3)
     config = load_train_config(YAML, [f"model={base}", f"data={data}", "val_data=null", "prefix_tokens=2"])

@@ -12,8 +12,9 @@ from train_helpers import save_tiny, tiny_overrides, write_dataset
 
 from thinchat.errors import ThinchatError
 from thinchat.train.config import load_train_config
-from thinchat.train.model_setup import load_base, qlora_skip_modules
+from thinchat.train.model_setup import qlora_skip_modules
 from thinchat.train.run import train
+from thinchat.train.stages import load_base
 
 bnb = pytest.importorskip("bitsandbytes", reason="stage qlora needs bitsandbytes (thinchat[qlora])")
 

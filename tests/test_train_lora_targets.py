@@ -9,7 +9,8 @@ import pytest
 from thinchat.errors import ConfigError
 from thinchat.testing import tiny_llava
 from thinchat.train.config import load_train_config
-from thinchat.train.model_setup import LM_PREFIX, TOWER_PREFIX, lora_targets, prepare_model
+from thinchat.train.model_setup import LM_PREFIX, TOWER_PREFIX, lora_targets
+from thinchat.train.stages import prepare_model
 
 
 def lora_module_names(model) -> list[str]:

@@ -160,7 +160,7 @@ def test_projector_gets_its_own_learning_rate(two_stages):
     from transformers import TrainingArguments
 
     from thinchat.testing import tiny_llava
-    from thinchat.train.model_setup import prepare_model
+    from thinchat.train.stages import prepare_model
     from thinchat.train.trainer import ThinchatTrainer
 
     model, _ = tiny_llava("llama", "dinov2")
@@ -208,7 +208,7 @@ def test_loss_on_scored_positions_only_matches_the_full_loss():
     import torch
 
     from thinchat.testing import tiny_llava
-    from thinchat.train.model_setup import prepare_model
+    from thinchat.train.stages import prepare_model
     from thinchat.train.trainer import logits_only_where_scored
 
     model, _ = tiny_llava("llama", "dinov2")

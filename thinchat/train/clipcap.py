@@ -245,7 +245,7 @@ def train_clipcap(config: Any, resume: str | bool | None = None) -> list[float]:
     from tqdm import tqdm
 
     from thinchat.train.config import config_dict
-    from thinchat.train.model_setup import load_base
+    from thinchat.train.model_setup import load_base_dir
     from thinchat.train.trainer import cpu_settings
 
     output_dir = Path(config.output_dir)
@@ -266,7 +266,7 @@ def train_clipcap(config: Any, resume: str | bool | None = None) -> list[float]:
         )
     cpu_settings(config)
     torch.manual_seed(config.seed)
-    model, processor = load_base(config)
+    model, processor = load_base_dir(config.model, dtype=torch.float32)
     model.requires_grad_(False)
     hidden = model.get_input_embeddings().weight.shape[1]
     prefix = ClipCapPrefix(

@@ -1,4 +1,4 @@
-"""Load the base Llava for a stage and decide which weights train: freezing, peft LoRA, 4-bit QLoRA.
+"""What the stages (``thinchat.train.stages``) build on: LoRA targets, QLoRA checks, loading the base.
 
 Why LoRA targets are resolved here and not left to peft's suffix matching: a list like
 ``["q_proj", "v_proj"]`` also matches CLIP/SigLIP attention in the vision tower. The targets are turned
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from thinchat.errors import ConfigError, ModelSpecError, ThinchatError
-from thinchat.train.config import FullConfig, LoraStageConfig, ProjectorConfig, QLoraConfig, TrainConfig
+from thinchat.train.config import LoraStageConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def check_qlora_possible(config: TrainConfig | None = None) -> None:
 
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ThinchatError("stage qlora needs bitsandbytes: pip install 'thinchat[qlora]'")
-    on_gpu = torch.cuda.is_available() and not getattr(config, "cpu", False)
+    on_gpu = torch.cuda.is_available() and not (config is not None and config.cpu)
     device = "cuda" if on_gpu else "cpu"
     try:
         import bitsandbytes.functional as bnbf
@@ -130,114 +130,23 @@ def compute_dtype(config: TrainConfig):
     return torch.float16 if config.fp16 else torch.float32
 
 
-def base_dtype(config: TrainConfig):
-    """The dtype the frozen base is loaded in: bf16 for LoRA training in bf16 on a GPU, else fp32.
-
-    Why: with an fp32 base under bf16 autocast every matmul first casts its fp32 weight to bf16 and
-    reads twice the bytes, in the forward and again in the backward, and a frozen weight never needs
-    fp32. The trained weights (LoRA, projector) stay fp32 (``prepare_model``, peft's adapter autocast)
-    so AdamW updates keep full precision. Only LoRA: its output is an adapter, while stage 1 and full
-    fine-tuning save the whole model, which must not come out rounded to bf16; CPU runs keep fp32.
-    """
-    import torch
-
-    on_gpu = torch.cuda.is_available() and not config.cpu
-    if on_gpu and config.bf16 is True and isinstance(config, LoraStageConfig):
-        return torch.bfloat16
-    return torch.float32
-
-
-def load_base(config: TrainConfig, dtype=None):
-    """``(model, processor)`` from the base directory; QLoRA loads the LM in 4 bit."""
-    import torch
+def load_base_dir(base: str | Path, **kwargs: Any) -> tuple[Any, Any]:
+    """``(model, processor)`` of a base Llava directory; ``kwargs`` go to ``from_pretrained`` (the stage's
+    dtype, QLoRA's quantisation: ``thinchat.train.stages``)."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    base = Path(config.model)
+    base = Path(base)
     if not (base / "config.json").is_file():
         raise ModelSpecError(
             f"model={base}: not a Llava checkpoint directory (no config.json); build one with "
             "`thinchat build --vision ... --llm ... --out checkpoints/base` or use a stage-1 output"
         )
-    kwargs: dict = {"dtype": dtype or base_dtype(config)}
-    if isinstance(config, QLoraConfig):
-        from transformers import BitsAndBytesConfig
-
-        compute = compute_dtype(config)
-        on_gpu = torch.cuda.is_available() and not config.cpu
-        kwargs = {
-            "dtype": compute,
-            "device_map": {"": torch.cuda.current_device() if on_gpu else "cpu"},
-            "quantization_config": BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type=config.quant_type,
-                bnb_4bit_use_double_quant=config.double_quant,
-                bnb_4bit_compute_dtype=compute,
-                llm_int8_skip_modules=qlora_skip_modules(base),
-            ),
-        }
     try:
         processor = AutoProcessor.from_pretrained(base)
         model = LlavaForConditionalGeneration.from_pretrained(base, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelSpecError(f"{base}: could not load a Llava checkpoint ({exc})") from exc
     return model, processor
-
-
-def tower_trainable(config: TrainConfig) -> bool:
-    return bool(getattr(config, "unfreeze_tower", False) or getattr(config, "tower_lora", False))
-
-
-def prepare_model(
-    model, config: TrainConfig, gradient_batches: Callable[[], tuple[list, Callable]] | None = None
-):
-    """Freeze / wrap ``model`` for the stage; returns the model the Trainer trains.
-
-    ``gradient_batches`` (for ``lora_init: lora_ga``) returns the batches and the loss function whose
-    mean gradient initialises the adapter.
-    """
-    model.config.use_cache = False
-    for param in model.parameters():
-        param.requires_grad = False
-    projector = model.model.multi_modal_projector
-    if isinstance(config, (ProjectorConfig, LoraStageConfig)) and not isinstance(config, QLoraConfig):
-        projector.float()  # trained weights keep fp32 (AdamW) on a bf16 base; a no-op on an fp32 one
-    if isinstance(config, ProjectorConfig):
-        for param in projector.parameters():
-            param.requires_grad = True
-        return model
-    if isinstance(config, FullConfig):
-        for name, param in model.named_parameters():
-            in_tower = name.startswith(TOWER_PREFIX)
-            param.requires_grad = not in_tower or config.unfreeze_tower
-        return model
-    if isinstance(config, LoraStageConfig):
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-        if isinstance(config, QLoraConfig):
-            model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=config.gradient_checkpointing
-            )
-        save = ([PROJECTOR] if config.train_projector else []) + (
-            ["vision_tower"] if config.unfreeze_tower else []
-        )
-        from thinchat.train.lora_init import estimate_gradients, peft_init_kwargs
-
-        lora = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=lora_targets(model, config),
-            modules_to_save=save or None,
-            bias="none",
-            **peft_init_kwargs(config.lora_init),
-        )
-        if config.lora_init == "lora_ga":
-            if gradient_batches is None:
-                raise ConfigError("lora_init: lora_ga needs training batches to estimate the gradient")
-            estimate_gradients(model, lora, *gradient_batches())
-        model = get_peft_model(model, lora)
-        return model
-    raise ConfigError(f"unknown stage {config.stage!r}")
 
 
 def count_trainable(model) -> tuple[int, int]:

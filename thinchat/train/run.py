@@ -10,16 +10,16 @@ which ``thinchat.loading.load_pretrained`` reads.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from thinchat.errors import ConfigError
 from thinchat.train import checkpoints
-from thinchat.train.config import ClipCapStageConfig, LoraStageConfig, QLoraConfig, TrainConfig, config_dict
+from thinchat.train.config import TrainConfig, config_dict
 from thinchat.train.data import Sample, first_turns, load_samples, mix_text_only
-from thinchat.train.lora_init import gradient_batches, mutates_base, save_converted, save_initial_adapter
+from thinchat.train.lora_init import gradient_batches, save_initial_adapter
+from thinchat.train.stages import stage_for
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +91,7 @@ def attach_feature_cache(config: TrainConfig, model, processor, datasets: list[A
     ``device``: the training device (``TrainingArguments.device``); the tower runs there in the
     training precision, each rank on its shard of the images (``FeatureCache.precompute``).
     """
-    from thinchat.train.model_setup import tower_trainable
-
-    if not config.feature_cache or tower_trainable(config):
+    if not config.feature_cache or stage_for(config).tower_trainable(config):
         return None
     from thinchat.train.feature_cache import FeatureCache
 
@@ -155,38 +153,6 @@ def _richest_answer(messages: list[dict[str, Any]]) -> str:
     return max(answers, key=len, default="")
 
 
-def save_final(trainer, model, processor, config: TrainConfig, output_dir: Path) -> None:
-    """Write the final model into ``output_dir`` (adapter + meta for LoRA, a Llava directory otherwise)."""
-    if not trainer.args.should_save:
-        return
-    if isinstance(config, LoraStageConfig) and mutates_base(config.lora_init):
-        save_converted(model, output_dir)  # a plain LoRA on the unchanged base (see lora_init)
-    else:
-        trainer.save_model(str(output_dir))
-    processor.save_pretrained(str(output_dir))
-    if isinstance(config, LoraStageConfig):
-        base = Path(config.model).resolve()
-        try:
-            base_ref = os.path.relpath(base, output_dir.resolve())
-        except ValueError:  # another drive on Windows
-            base_ref = str(base)
-        checkpoints.write_json_atomic(
-            output_dir / "thinchat_checkpoint.json",
-            {"base_model": base_ref, "stage": config.stage, "config": config_dict(config)},
-        )
-    log.info("wrote %s", output_dir)
-
-
-def train_clipcap_stage(config: ClipCapStageConfig, resume: str | bool | None = None) -> Path:
-    """The clipcap stage: a ClipCap prefix + LoRA on the LM for imported embeddings (``thinchat.train.clipcap``)."""
-    from thinchat.train.clipcap import train_clipcap
-
-    losses = train_clipcap(config, resume=resume)
-    if losses:
-        log.info("clipcap stage: loss %.4f -> %.4f over %d steps", losses[0], losses[-1], len(losses))
-    return Path(config.output_dir)
-
-
 def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequence[Any] = ()) -> Path:
     """Run one stage; returns the output directory (the final model is written there).
 
@@ -197,10 +163,8 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
     from thinchat.precision import resolve_bf16
 
     config = resolve_bf16(config)  # bf16: auto -> true / false, measured on the training device
-    if isinstance(config, QLoraConfig):
-        from thinchat.train.model_setup import check_qlora_possible
-
-        check_qlora_possible(config)
+    stage = stage_for(config)
+    stage.check(config)
     output_dir = Path(config.output_dir)
     if resume == "auto":
         resume = True if checkpoints.newest_complete(output_dir) is not None else None
@@ -215,8 +179,8 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
             f"model={base}: not a Llava checkpoint directory (no config.json); run `thinchat build` "
             "first, or point model at a stage-1 output"
         )
-    if isinstance(config, ClipCapStageConfig):
-        return train_clipcap_stage(config, resume)
+    if not stage.uses_trainer:
+        return stage.train(config, resume)
     current = checkpoints.fingerprint(base, config.stage, config)
     resume_from = checkpoints.resolve_resume(output_dir, resume, current)
     if resume_from is None and checkpoints.newest_complete(output_dir) is not None:
@@ -233,22 +197,22 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
 
     from thinchat.compose import max_positions
     from thinchat.train.dataset import Collator, SupervisedDataset
-    from thinchat.train.model_setup import count_trainable, load_base, prepare_model
+    from thinchat.train.model_setup import count_trainable
     from thinchat.train.trainer import ThinchatTrainer, TokensPerSecond
 
     set_seed(config.seed)  # LoRA / projector initialisation must not depend on what ran before
-    model, processor = load_base(config)
+    model, processor = stage.load(config)
     limit = max_positions(model.config.text_config)
     max_length = min(config.max_length, limit) if limit else config.max_length
     train_set = SupervisedDataset(train_samples, processor, max_length, config.too_long, "train")
     val_set = (
         SupervisedDataset(val_samples, processor, max_length, config.too_long, "val") if val_samples else None
     )
-    model.requires_grad_(False)  # prepare_model decides what trains; the feature cache needs a frozen tower
+    model.requires_grad_(False)  # stage.prepare decides what trains; the feature cache needs a frozen tower
     # The arguments first: they set up torch.distributed, so the feature cache can shard across ranks.
     args = training_arguments(config, output_dir, val_set is not None)
     feature_cache = attach_feature_cache(config, model, processor, [train_set, val_set], args.device)
-    model = prepare_model(model, config, lambda: gradient_batches(config, train_set, feature_cache))
+    model = stage.prepare(model, config, lambda: gradient_batches(config, train_set, feature_cache))
     trainable, total = count_trainable(model)
     log.info(
         "stage %s: training %d of %d parameters (%.2f%%)",
@@ -263,10 +227,9 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
         checkpoints.write_json_atomic(
             output_dir / checkpoints.RUN_META, {**current, "config": config_dict(config)}
         )
-    mutated = isinstance(config, LoraStageConfig) and mutates_base(config.lora_init)
-    if mutated and resume_from is None and checkpoints.is_main_process():
+    if stage.rewrites_base(config) and resume_from is None and checkpoints.is_main_process():
         save_initial_adapter(model, output_dir)
-    if getattr(config, "init", "random") == "ridge" and resume_from is None:
+    if stage.fits_projector(config) and resume_from is None:
         fit_projector(config, model, processor, train_set, feature_cache)
     if config.closed_form_only():
         if checkpoints.is_main_process():
@@ -281,7 +244,7 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
         eval_dataset=val_set,
         data_collator=Collator(processor.tokenizer.pad_token_id),
         processing_class=processor.tokenizer,
-        projector_lr=getattr(config, "projector_lr", None),
+        projector_lr=config.projector_lr,
         keep_checkpoints=config.save_total_limit,
         lengths=train_set.lengths,
         group_by_length=config.group_by_length,
@@ -292,5 +255,7 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
     for callback in callbacks:
         trainer.add_callback(callback)
     trainer.train(resume_from_checkpoint=resume_from)
-    save_final(trainer, trainer.model, processor, config, output_dir)
+    if trainer.args.should_save:
+        stage.save_final(trainer, trainer.model, processor, config, output_dir)
+        log.info("wrote %s", output_dir)
     return output_dir
