@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from thinchat.chat.repl import add_arguments, run
-from thinchat.commands.threads import passive_omp_threads
+from thinchat.commands.chat import add_arguments, run
 from thinchat.errors import ThinchatError
+from thinchat.threads import passive_omp_threads
 
 
 def main(argv: list[str] | None = None) -> int:

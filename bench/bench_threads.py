@@ -6,7 +6,7 @@ Each job is a separate process answering 16-token requests, each on a fresh thre
 generates, with a 135M-sized LM's decode matmuls (30 layers of SmolLM2's 576 x 1536 MLP shapes at batch 1:
 many short OpenMP regions, the pattern that suffers when idle threads spin). "before": torch's default thread count and libgomp's default (active) waiting, what a heavy
 command got without thinchat's settings. "after": what ``thinchat`` sets for a heavy command
-(thinchat/commands/threads.py: threads from the CPU affinity and cgroup quota, ``OMP_WAIT_POLICY=PASSIVE``);
+(thinchat/threads.py: threads from the CPU affinity and cgroup quota, ``OMP_WAIT_POLICY=PASSIVE``);
 "after, --threads 1": the same with one thread per job. Prints JSON: tokens/s per job for each case and
 the machine. Keeps to about 6 x (seconds + 3) s.
 """
@@ -55,7 +55,7 @@ def _env(case: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     if case == "after":
         sys.path.insert(0, str(ROOT))
-        from thinchat.commands.threads import available_cpus
+        from thinchat.threads import available_cpus
 
         env.update(OMP_NUM_THREADS=str(available_cpus()), OMP_WAIT_POLICY="PASSIVE")
     if case == "after, --threads 1":

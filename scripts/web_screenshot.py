@@ -36,7 +36,7 @@ def main() -> int:
     args = parser.parse_args()
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from thinchat.commands.threads import passive_omp_threads
+    from thinchat.threads import passive_omp_threads
 
     passive_omp_threads()
     from playwright.sync_api import sync_playwright

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from thinchat.chat.repl import add_arguments, escape, run
+from thinchat.chat.repl import escape
+from thinchat.commands.chat import add_arguments, run
 from thinchat.testing import tiny_image, tiny_llava
 
 REPO = Path(__file__).resolve().parents[1]

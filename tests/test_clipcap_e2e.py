@@ -105,7 +105,7 @@ def test_eval_refuses_mismatches(world, tmp_path):
 
 
 def test_chat_one_turn_and_engine_on_a_new_image(world):
-    from thinchat.chat.repl import add_arguments, run
+    from thinchat.commands.chat import add_arguments, run
     from thinchat.engine import ChatEngine
 
     parser = argparse.ArgumentParser()

@@ -24,7 +24,7 @@ LAYERS: dict[int, tuple[str, tuple[str, ...]]] = {
         (
             "thinchat/__init__.py", "thinchat/errors.py", "thinchat/config.py", "thinchat/images.py",
             "thinchat/conversation.py", "thinchat/chat_templates.py", "thinchat/generation.py",
-            "thinchat/precision.py", "thinchat/hfdata.py", "thinchat/domain/",
+            "thinchat/precision.py", "thinchat/hfdata.py", "thinchat/threads.py", "thinchat/domain/",
         ),
     ),
     2: (
@@ -47,7 +47,7 @@ LAYERS: dict[int, tuple[str, tuple[str, ...]]] = {
         "recipes, commands",
         (
             "thinchat/recipe.py", "thinchat/quickstart.py", "thinchat/finetune.py", "thinchat/commands/",
-            "thinchat/cli.py", "thinchat/__main__.py", "data_tools/cli.py", "cli_demo.py", "web_demo.py",
+            "thinchat/cli.py", "thinchat/__main__.py", "cli_demo.py", "web_demo.py",
         ),
     ),
 }  # fmt: skip

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from thinchat.commands import threads
+from thinchat import threads
 
 
 @pytest.mark.parametrize(

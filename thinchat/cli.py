@@ -14,12 +14,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from thinchat.commands.options import add_threads
 from thinchat.errors import ThinchatError
 
 COMMAND_MODULES = (
     "thinchat.commands.presets",
     "thinchat.commands.build",
-    "data_tools.cli",
+    "thinchat.commands.data",
     "thinchat.commands.train",
     "thinchat.commands.export",
     "thinchat.commands.chat",
@@ -52,26 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
     for name in sorted(HEAVY_COMMANDS):
-        # chat defines its own --threads (shared with cli_demo.py): keep that one.
+        # chat adds --threads itself (shared with cli_demo.py): keep that one.
         with contextlib.suppress(argparse.ArgumentError):
-            subparsers.choices[name].add_argument(
-                "--threads",
-                type=_positive_int,
-                default=None,
-                help="torch threads (default: $OMP_NUM_THREADS, else the CPUs this process may use: "
-                "affinity and cgroup quota); idle threads wait passively",
-            )
+            add_threads(subparsers.choices[name])
     return parser
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: expected 1 or more")
-    return value
-
-
-#: Commands that generate on worker threads: idle OpenMP teams must sleep, not spin (see commands/threads.py).
+#: Commands that generate on worker threads: idle OpenMP teams must sleep, not spin (see thinchat/threads.py).
 GENERATING_COMMANDS = frozenset({"chat", "serve", "web", "eval", "caption"})
 #: Commands that run torch: their thread count follows the CPUs this process may use, with passive waiting.
 HEAVY_COMMANDS = GENERATING_COMMANDS | {"train", "probe", "finetune", "quickstart"}
@@ -82,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in HEAVY_COMMANDS:
         from thinchat.commands.quiet import quiet_known_noise
-        from thinchat.commands.threads import configure_threads
+        from thinchat.threads import configure_threads
 
         configure_threads(args.threads)
         quiet_known_noise()

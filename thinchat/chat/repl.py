@@ -1,4 +1,5 @@
-"""The terminal chat loop behind ``python cli_demo.py`` and ``thinchat chat``.
+"""The terminal chat loop behind ``python cli_demo.py`` and ``thinchat chat`` (their options and the
+model loading are in ``thinchat/commands/chat.py``).
 
 Why one loop for two entry points: LLaVA's CLI needed a restart to change the image; here ``/image``
 switches slides mid-conversation, and the same loop serves people (readline editing and history,
@@ -10,16 +11,14 @@ line per question (newlines inside an answer written as ``\\n``, see :func:`esca
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
-import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 from thinchat.chat.session import ChatSession
-from thinchat.errors import ModelSpecError, ThinchatError
+from thinchat.errors import ThinchatError
 
 COMMANDS = ("/image", "/reset", "/save", "/help", "/quit")
 HELP = """commands:
@@ -31,107 +30,22 @@ HELP = """commands:
 anything else is a question about the current slide"""
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by ``cli_demo.py`` and ``thinchat chat``."""
-    parser.add_argument(
-        "--from_pretrained",
-        "--from-pretrained",
-        dest="from_pretrained",
-        required=True,
-        metavar="DIR",
-        help="checkpoint directory: base, LoRA adapter or merged export",
-    )
-    parser.add_argument(
-        "--image",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="PATH",
-        help="slide image(s) for the first question, e.g. PPL then XPL",
-    )
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit (default 256)")
-    parser.add_argument(
-        "--temperature", type=float, default=None, help="0 = greedy (default); e.g. 0.7 to sample"
-    )
-    parser.add_argument(
-        "--top-p", type=float, default=None, help="nucleus sampling when temperature > 0 (default 0.9)"
-    )
-    parser.add_argument("--repetition-penalty", type=float, default=None, help="default 1.1; 1 = off")
-    parser.add_argument(
-        "--seed", type=int, default=None, help="sampling seed, for reproducible sampled answers"
-    )
-    parser.add_argument(
-        "--system", default=None, help="optional system prompt (none by default, as in training)"
-    )
-    parser.add_argument(
-        "--device", default=None, help="torch device (default: the GPU when there is one, else cpu)"
-    )
-    parser.add_argument(
-        "--dtype",
-        default=None,
-        choices=["float32", "bfloat16", "float16"],
-        help="weights dtype (default: bfloat16 on a GPU, float32 on CPU; bfloat16 decodes faster on CPUs "
-        "with bf16 support)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads for torch (default: torch's choice); 1 avoids slow-downs on a busy shared machine",
-    )
-    parser.add_argument(
-        "--jsonl",
-        action="store_true",
-        help="with piped stdin: one JSON object per question {question, answer | error}",
-    )
-
-
-def run(
-    args: argparse.Namespace,
-    stdin: TextIO | None = None,
-    stdout: TextIO | None = None,
-    stderr: TextIO | None = None,
-) -> int:
-    """Load the model and chat until /quit or end of input; returns the exit status."""
-    from thinchat.engine import ChatEngine
-    from thinchat.generation import GenerationSettings
-
-    stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
-    settings = GenerationSettings().with_overrides(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-    )
-    checkpoint = Path(args.from_pretrained).expanduser()
-    if not checkpoint.is_dir():  # fail in a second, not after importing torch and transformers
-        raise ModelSpecError(
-            f"{checkpoint}: checkpoint directory not found (expected the output of thinchat "
-            "build/train/export)"
-        )
-    images, sources = _load_images(args.image)  # a bad --image stops before the slow model load
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    engine = ChatEngine.from_pretrained(
-        args.from_pretrained, device=args.device, dtype=args.dtype, settings=settings
-    )
-    session = ChatSession(engine, system=args.system)
-    if images:
-        session.set_images(images, sources)
+def talk(session: ChatSession, stdin: TextIO, stdout: TextIO, stderr: TextIO, *, jsonl: bool = False) -> int:
+    """Chat on ``session`` until /quit or end of input; returns the exit status (1: a scripted question
+    failed). A terminal gets prompts and streamed answers, piped input one stdout line per question."""
     interactive = stdin.isatty()
-    repl = _Repl(session, stdout, stderr, interactive=interactive, jsonl=args.jsonl)
+    repl = _Repl(session, stdout, stderr, interactive=interactive, jsonl=jsonl)
     if interactive:
         print(
-            f"thinchat: chatting with {engine.name} ({len(images)} image(s)); /help for commands", file=stderr
+            f"thinchat: chatting with {session.engine.name} ({len(session.images)} image(s)); /help for commands",
+            file=stderr,
         )
         return repl.loop(_readline_lines(stderr))
     return repl.loop(line.rstrip("\r\n") for line in stdin)
 
 
-def _load_images(paths: list[str]) -> tuple[list[Any], list[str]]:
+def load_images(paths: list[str]) -> tuple[list[Any], list[str]]:
+    """Decoded images and their absolute paths (the transcript's labels)."""
     from thinchat.images import load_image
 
     return [load_image(p) for p in paths], [str(Path(p).expanduser().resolve()) for p in paths]
@@ -227,7 +141,7 @@ class _Repl:
             self.say(f"current slide: {', '.join(str(s) for s in current) if current else 'none'}")
             return
         try:
-            images, sources = _load_images(paths)
+            images, sources = load_images(paths)
         except ThinchatError as exc:
             self.say(f"error: {exc} (the slide is unchanged)")
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from thinchat.commands.options import add_checkpoint, add_device
 from thinchat.errors import ThinchatError
 from thinchat.eval.caption import DEFAULT_PROMPT
 
@@ -43,8 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "after each batch; a rerun skips ids already in --out. Unreadable images are reported and skipped "
         "(exit status 1) while the rest is captioned.",
     )
-    parser.add_argument("--from_pretrained", "--from-pretrained", required=True, metavar="CKPT",
-                        help="checkpoint directory (Llava, LoRA or ClipCap)")  # fmt: skip
+    add_checkpoint(parser, "checkpoint directory (Llava, LoRA or ClipCap)", metavar="CKPT")
     parser.add_argument("--images", nargs="+", required=True, metavar="DIR|FILE",
                         help="a directory (searched recursively) and/or image files")  # fmt: skip
     parser.add_argument("--out", required=True, help="results file: .tsv (id, images, caption) or .jsonl")
@@ -61,5 +61,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="_ppl,_xpl",
         help="group files whose names end with these suffixes (X_ppl.png + X_xpl.png) into one slide, in this order",
     )
-    parser.add_argument("--device", default=None, help="torch device (default: the loader's choice)")
+    add_device(parser, "torch device (default: the loader's choice)")
     parser.set_defaults(func=_run)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from thinchat.commands.options import add_checkpoint, add_device
+
 
 def checkpoint_names(paths: list[str]) -> dict[str, str]:
     """``{name: path}`` with names from directory names, made unique (``ckpt``, ``ckpt-2``)."""
@@ -48,13 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compare them side by side. Writes report.md, report.json, generations_<name>.jsonl and chart.png. "
         "See docs/evaluation.md for how to read each metric.",
     )
-    parser.add_argument(
-        "--from_pretrained",
-        "--from-pretrained",
-        action="append",
-        required=True,
+    add_checkpoint(
+        parser,
+        "checkpoint directory (Llava or LoRA); repeat to compare several (e.g. base and finetuned)",
         metavar="CKPT",
-        help="checkpoint directory (Llava or LoRA); repeat to compare several (e.g. base and finetuned)",
+        repeat=True,
     )
     parser.add_argument("--data", required=True, help="test set in LLaVA JSON format (first human/gpt turn)")
     parser.add_argument("--out", required=True, help="output directory for the report")
@@ -88,5 +88,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="METEOR 1.5 via java (auto: when java is on PATH) or the labelled nltk approximation",
     )
-    parser.add_argument("--device", default=None, help="torch device (default: the loader's choice)")
+    add_device(parser, "torch device (default: the loader's choice)")
     parser.set_defaults(func=_run)

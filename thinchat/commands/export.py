@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from thinchat.commands.options import add_checkpoint, add_dtype
+
 
 def run(args: argparse.Namespace) -> int:
     from thinchat.train.export import export
@@ -20,15 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Fold a LoRA adapter (and its trained projector) into the base weights and save a "
         "standard transformers Llava checkpoint that needs neither peft nor the base model.",
     )
-    parser.add_argument(
-        "--from_pretrained",
-        "--from-pretrained",
-        required=True,
-        metavar="CKPT",
-        help="checkpoint directory written by thinchat train",
-    )
+    add_checkpoint(parser, "checkpoint directory written by thinchat train", metavar="CKPT")
     parser.add_argument("--out", required=True, metavar="DIR", help="where to write the merged checkpoint")
     parser.add_argument("--merge", action="store_true", help="merge the LoRA adapter into the weights")
-    parser.add_argument("--dtype", default="float32", help="weights dtype: float32, bfloat16 or float16")
+    add_dtype(parser, default="float32", text="weights dtype of the merged checkpoint (default float32)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
     parser.set_defaults(func=run)

@@ -11,20 +11,21 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from thinchat.commands.threads import passive_omp_threads
+from thinchat.commands.options import (
+    LOCAL_HOSTS,
+    add_bind,
+    add_checkpoint,
+    add_device,
+    add_dtype,
+    positive_int,
+)
 from thinchat.errors import ConfigError
+from thinchat.threads import passive_omp_threads
 
 log = logging.getLogger(__name__)
 
 #: Environment variable read for the API key when neither --api-key nor --api-key-file is given.
 API_KEY_ENV = "THINCHAT_API_KEY"
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,18 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Serve a base, LoRA or merged checkpoint over the OpenAI chat-completions API. Images come "
         "as data URIs, or as paths inside --allow-dir directories; URLs are never fetched.",
     )
-    parser.add_argument(
-        "--from_pretrained",
-        "--from-pretrained",
-        dest="from_pretrained",
-        required=True,
-        metavar="DIR",
-        help="checkpoint directory (base, stage-1, LoRA, merged or ClipCap)",
-    )
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)"
-    )
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    add_checkpoint(parser, "checkpoint directory (base, stage-1, LoRA, merged or ClipCap)")
+    add_bind(parser, port=8000)
     parser.add_argument(
         "--api-key",
         default=None,
@@ -68,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--max-concurrency",
-        type=_positive,
+        type=positive_int,
         default=1,
         help="requests generating at once (default 1: the model runs one at a time)",
     )
@@ -80,25 +71,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--max-image-pixels",
-        type=_positive,
+        type=positive_int,
         default=4096 * 4096,
         help="largest image accepted, in pixels (default 4096x4096)",
     )
-    parser.add_argument("--max-images", type=_positive, default=4, help="images per request (default 4)")
+    parser.add_argument("--max-images", type=positive_int, default=4, help="images per request (default 4)")
     parser.add_argument(
         "--max-image-bytes",
-        type=_positive,
+        type=positive_int,
         default=8 * 1024 * 1024,
         help="largest encoded image (file or data URI) in bytes (default 8 MiB)",
     )
     parser.add_argument(
         "--max-request-bytes",
-        type=_positive,
+        type=positive_int,
         default=20 * 1024 * 1024,
         help="largest request body in bytes (default 20 MiB)",
     )
     parser.add_argument(
-        "--max-messages", type=_positive, default=256, help="messages per request (default 256)"
+        "--max-messages", type=positive_int, default=256, help="messages per request (default 256)"
     )
     parser.add_argument(
         "--max-stop", type=int, default=4, help="stop strings per request (default 4, as OpenAI)"
@@ -108,11 +99,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="model id clients send (default: the checkpoint directory's name)",
     )
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", default=None, help="float32 (default on CPU), bfloat16 or float16")
+    add_device(parser)
+    add_dtype(parser)
     parser.add_argument(
         "--max-new-tokens",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="default answer length when a request sets no max_tokens",
     )
@@ -162,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         allow_dirs.append(path.resolve())
     if args.max_queue < 0:
         raise ConfigError(f"--max-queue {args.max_queue}: expected an integer >= 0")
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+    if args.host not in LOCAL_HOSTS and not api_key:
         log.warning(
             "serving on %s without --api-key: anyone who can reach this port can use the model", args.host
         )

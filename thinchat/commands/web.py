@@ -10,30 +10,21 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from thinchat.commands.threads import passive_omp_threads
+from thinchat.commands.options import LOCAL_HOSTS, add_bind, add_checkpoint, add_device, add_dtype
 from thinchat.errors import ConfigError, ThinchatError
+from thinchat.threads import passive_omp_threads
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``thinchat web`` and ``web_demo.py``."""
-    parser.add_argument(
-        "--from_pretrained",
-        "--from-pretrained",
-        dest="from_pretrained",
-        required=True,
-        metavar="DIR",
-        help="checkpoint directory (base, stage-1, LoRA, merged or ClipCap)",
-    )
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)"
-    )
-    parser.add_argument("--port", type=int, default=7860, help="TCP port (default 7860)")
+    add_checkpoint(parser, "checkpoint directory (base, stage-1, LoRA, merged or ClipCap)")
+    add_bind(parser, port=7860)
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     parser.add_argument("--lang", choices=("zh", "en"), default="zh", help="interface language (default zh)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", default=None, help="float32 (default on CPU), bfloat16 or float16")
+    add_device(parser)
+    add_dtype(parser)
     parser.add_argument("--temperature", type=float, default=None, help="initial temperature slider value")
     parser.add_argument(
         "--max-new-tokens", type=int, default=None, help="initial max-new-tokens slider value"
@@ -84,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         args.from_pretrained, device=args.device, dtype=args.dtype, settings=settings
     )
     demo = build_demo(engine, lang=args.lang, max_image_pixels=args.max_image_pixels or DEFAULT_MAX_PIXELS)
-    if args.host not in ("127.0.0.1", "localhost", "::1") or args.share:
+    if args.host not in LOCAL_HOSTS or args.share:
         log.warning("the demo is reachable beyond this machine: anyone with the link can use the model")
     launch(demo, host=args.host, port=args.port, share=args.share, max_upload_mb=max_upload_mb)
     return 0
