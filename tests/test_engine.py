@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from thinchat.chat.session import ChatSession
-from thinchat.engine import ChatEngine, image_key
+from thinchat.engine import ChatEngine
 from thinchat.errors import ConfigError, PromptTooLongError, ThinchatError
+from thinchat.images import image_key
 from thinchat.testing import tiny_image, tiny_llava
 
 QUESTION = "Describe this thin section."

@@ -95,20 +95,3 @@ def test_cli_eval_and_clear_error(tmp_path, checkpoints, capsys):
     argv[argv.index("--data") + 1] = str(empty)
     assert main(argv) == 2
     assert "empty reference set" in capsys.readouterr().err
-
-
-def test_left_padded_batch_matches_one_at_a_time():
-    from thinchat.eval.generate import generate_batch, prepare_processor
-    from thinchat.testing import tiny_image
-
-    model, processor = tiny_llava(lm="qwen2", seed=5)  # a seed whose random outputs are not empty
-    prepare_processor(processor)
-    convs = [
-        [{"from": "human", "value": "<image>\n描述这张薄片。石英约占多少？"}],
-        [{"from": "human", "value": "<image>\n<image>\nDescribe."}],
-        [{"from": "human", "value": "hi"}],
-    ]
-    images = [[tiny_image(0)], [tiny_image(1), tiny_image(2)], []]
-    batched = generate_batch(model, processor, convs, images, 12)
-    single = [generate_batch(model, processor, [c], [i], 12)[0] for c, i in zip(convs, images, strict=True)]
-    assert batched == single and any(batched)

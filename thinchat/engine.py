@@ -20,10 +20,9 @@ Here every front end calls :class:`ChatEngine`, which
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +30,10 @@ from thinchat.chat.history import Turn, fit
 from thinchat.compose import max_positions
 from thinchat.errors import ConfigError, ImageError, PromptTooLongError, ThinchatError
 from thinchat.generation import GenerationSettings, decode_attention, stop_token_ids, stream_in_thread
-from thinchat.precision import DTYPE_NAMES
+from thinchat.images import image_key
+from thinchat.precision import default_device, resolve_dtype
 
-__all__ = ["ChatEngine", "GenerationSettings", "image_key", "resolve_dtype"]
+__all__ = ["ChatEngine", "GenerationSettings"]
 
 #: Context assumed for language models that do not declare a position limit.
 DEFAULT_CONTEXT = 4096
@@ -41,36 +41,6 @@ DEFAULT_CONTEXT = 4096
 MIN_PREFIX_REUSE = 16
 #: How many images' projected features the engine keeps (LRU); one slide pair costs ~100 KB-1 MB.
 FEATURE_CACHE_SIZE = 64
-
-
-def default_device() -> str:
-    """The GPU when there is one, else the CPU: what every front end means by "no --device given"."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_dtype(dtype: Any, device: str | None = None):
-    """``None``/"auto" -> bf16 on a GPU that supports it, else float32 (CPU-safe); names like "bf16" ->
-    torch dtypes; torch dtypes pass through."""
-    import torch
-
-    if dtype is None or dtype == "auto":
-        on_gpu = str(device or "cpu").startswith("cuda") and torch.cuda.is_available()
-        return torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = DTYPE_NAMES.get(str(dtype).lower())
-    if name is None:
-        raise ConfigError(f"unknown dtype {dtype!r}; choose one of float32, bfloat16, float16")
-    return getattr(torch, name)
-
-
-def image_key(image) -> str:
-    """Content hash of an image's decoded pixels: the same slide hashes the same whatever its file name."""
-    digest = hashlib.sha256(f"{image.mode}:{image.size[0]}x{image.size[1]}:".encode())
-    digest.update(image.tobytes())
-    return digest.hexdigest()
 
 
 class ChatEngine:
@@ -164,6 +134,61 @@ class ChatEngine:
             output = self._run_generate(**self._generate_kwargs(inputs, settings))
         new_tokens = output.sequences[0, inputs["input_ids"].shape[1] :]
         return self.tokenizer.decode(new_tokens, skip_special_tokens=True)
+
+    def generate_batch(
+        self,
+        conversations: Sequence[list[dict[str, Any]]],
+        images: Sequence[list[Any]],
+        max_new_tokens: int,
+        **generate_kwargs: Any,
+    ) -> list[str]:
+        """Greedy answers to several prompts in one ``generate`` (``thinchat eval``, ``caption``, replay).
+
+        ``conversations[i]`` are transformers chat messages whose image parts match ``images[i]`` (may
+        be empty). Each prompt is rendered and tokenized as for a chat (:meth:`render`), rows are padded
+        on the left so every row's answer starts at the same position, and the images go in as
+        projected features (:meth:`image_features`). Greedy, no repetition penalty: deterministic and
+        comparable between checkpoints. No KV cache is kept (the next batch shares no prefix).
+        """
+        import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        rows = [
+            self._tokenize(self.render(m, imgs))["input_ids"][0]
+            for m, imgs in zip(conversations, images, strict=True)
+        ]
+        pad = (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id
+        )
+        width = max(len(row) for row in rows)
+        input_ids = torch.full((len(rows), width), pad, dtype=rows[0].dtype)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, width - len(row) :] = row
+            attention_mask[i, width - len(row) :] = 1
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids.to(self.model.device),
+            "attention_mask": attention_mask.to(self.model.device),
+        }
+        flat = [image for row in images for image in row]
+        with self._lock:
+            if flat:
+                features = self.image_features(flat)
+                kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
+            with torch.inference_mode(), decode_attention(self.model.device):
+                out = self.model.generate(
+                    **kwargs,
+                    do_sample=False,
+                    num_beams=1,
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=self.stop_token_ids,
+                    pad_token_id=pad,
+                    **generate_kwargs,
+                )
+        new_tokens = out[:, width:]
+        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     def resolve(self, **overrides: Any) -> GenerationSettings:
         """The engine's settings with per-call overrides (``None`` keeps the default)."""

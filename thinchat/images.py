@@ -7,10 +7,12 @@ and a decompression bomb is refused before its pixels are decoded.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -82,3 +84,17 @@ def load_image(
         check_pixels(img, label, max_pixels)
         img.load()
         return img.convert("RGB")
+
+
+def image_key(image: Any) -> str:
+    """Content hash of what stands for an image: a PIL image's decoded pixels (the same slide hashes the
+    same whatever its file name), or a stored embedding's values (``thinchat.clipcap``)."""
+    tensor = getattr(image, "tensor", None)
+    if tensor is not None:
+        data = tensor.detach().to("cpu").contiguous()
+        digest = hashlib.sha256(f"embedding:{tuple(data.shape)}:{data.dtype}:".encode())
+        digest.update(data.reshape(-1).float().numpy().tobytes())
+        return digest.hexdigest()
+    digest = hashlib.sha256(f"{image.mode}:{image.size[0]}x{image.size[1]}:".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()

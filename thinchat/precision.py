@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from thinchat.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 #: Weight dtype names a user may write (``--dtype``, ``dtype=``) -> the torch dtype attribute. One table
@@ -142,3 +144,26 @@ def resolve_bf16(config: Any) -> Any:
         return config
     choice = measure_precision(training_device(config))
     return dataclasses.replace(config, bf16=choice.bf16)
+
+
+def default_device() -> str:
+    """The GPU when there is one, else the CPU: what every front end means by "no --device given"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: Any, device: str | None = None):
+    """``None``/"auto" -> bf16 on a GPU that supports it, else float32 (CPU-safe); names like "bf16" ->
+    torch dtypes; torch dtypes pass through."""
+    import torch
+
+    if dtype is None or dtype == "auto":
+        on_gpu = str(device or "cpu").startswith("cuda") and torch.cuda.is_available()
+        return torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = DTYPE_NAMES.get(str(dtype).lower())
+    if name is None:
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of float32, bfloat16, float16")
+    return getattr(torch, name)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from thinchat.chat.history import Turn, current_images, render
 from thinchat.conversation import messages_to_llava
 from thinchat.errors import ThinchatError
+from thinchat.images import image_key
 
 if TYPE_CHECKING:
     from thinchat.engine import ChatEngine
@@ -140,8 +141,6 @@ class ChatSession:
         Images are listed by source (when known) and by pixel hash, so a saved chat can be reviewed and,
         with the image files, reused as a training example.
         """
-        from thinchat.engine import image_key
-
         records = messages_to_llava([m for m in self.history if m["role"] != "system"])
         sources = [s for turn in self.turns for s in turn.sources]
         hashes = [image_key(image) for turn in self.turns for image in turn.images]

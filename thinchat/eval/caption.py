@@ -203,17 +203,20 @@ def caption_slides(
     """Caption every slide not yet in ``writer``; bad slides are collected in ``summary.failed``."""
     from tqdm import tqdm
 
-    from thinchat.eval.generate import generate_batch, prepare_processor
+    from thinchat.conversation import llava_to_messages
+    from thinchat.engine import ChatEngine
 
-    prepare_processor(processor)
+    engine = ChatEngine(model, processor, reuse_prefix=False)
     summary = CaptionSummary(already_done=sum(1 for s in slides if s.id in writer.done))
     todo = [s for s in slides if s.id not in writer.done]
     pending: list[tuple[Slide, list]] = []
 
     def flush() -> None:
-        convs = [[{"from": "human", "value": "<image>\n" * len(s.paths) + prompt}] for s, _ in pending]
-        captions = generate_batch(model, processor, convs, [imgs for _, imgs in pending], max_new_tokens,
-                                  **generate_kwargs)  # fmt: skip
+        convs = [llava_to_messages([{"from": "human", "value": "<image>\n" * len(s.paths) + prompt}])
+                 for s, _ in pending]  # fmt: skip
+        captions = engine.generate_batch(
+            convs, [imgs for _, imgs in pending], max_new_tokens, **generate_kwargs
+        )
         writer.write(
             [{"id": s.id, "images": [p.as_posix() for p in s.paths], "caption": c}
              for (s, _), c in zip(pending, captions, strict=True)]

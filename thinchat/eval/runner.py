@@ -62,15 +62,17 @@ def generate_for_samples(
     """Greedy answers for every sample (batched, with a progress bar): ``{sample_id: answer}``."""
     from tqdm import tqdm
 
-    from thinchat.eval.generate import generate_batch, prepare_processor
+    from thinchat.conversation import llava_to_messages
+    from thinchat.engine import ChatEngine
 
-    prepare_processor(processor)
+    engine = ChatEngine(model, processor, reuse_prefix=False)
     answers: dict[str, str] = {}
     with tqdm(total=len(samples), desc=desc, unit="sample") as bar:
         for start in range(0, len(samples), batch_size):
             batch = samples[start : start + batch_size]
             images = [sample_inputs(s) for s in batch]
-            outs = generate_batch(model, processor, [s.conversation() for s in batch], images, max_new_tokens)
+            messages = [llava_to_messages(s.conversation()) for s in batch]
+            outs = engine.generate_batch(messages, images, max_new_tokens)
             answers.update({s.id: a for s, a in zip(batch, outs, strict=True)})
             bar.update(len(batch))
     return answers

@@ -1,0 +1,70 @@
+"""``ChatEngine.generate_batch``: the one path for batched greedy answers (eval, caption, replay).
+
+Why these checks: evaluation used to render and generate through the processor on its own, apart from
+the engine. The batch path now renders like a chat; its answers must be the same greedy text that the
+processor path gives (kept here as the reference) for every tiny LM family, and a left-padded batch
+must answer each row as it would alone.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from thinchat.conversation import llava_to_messages
+from thinchat.engine import ChatEngine
+from thinchat.testing import LM_FAMILIES, tiny_image, tiny_llava
+
+CONVERSATIONS = [
+    [{"from": "human", "value": "<image>\n描述这张薄片。石英约占多少？"}],
+    [{"from": "human", "value": "<image>\n<image>\nDescribe."}],
+    [{"from": "human", "value": "hi"}],
+]
+
+
+def _images() -> list[list]:
+    return [[tiny_image(0)], [tiny_image(1), tiny_image(2)], []]
+
+
+def _processor_path(model, processor, conversations, images, max_new_tokens: int) -> list[str]:
+    """The reference: the processor renders, tokenizes (left-padded) and encodes pixels itself."""
+    tokenizer = processor.tokenizer
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    texts = [
+        processor.apply_chat_template(llava_to_messages(c), add_generation_prompt=True, tokenize=False)
+        for c in conversations
+    ]
+    flat = [image for row in images for image in row]
+    inputs = processor(images=flat or None, text=texts, padding=True, return_tensors="pt")
+    inputs.pop("token_type_ids", None)
+    with torch.inference_mode():
+        out = model.generate(
+            **inputs,
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    new_tokens = out[:, inputs["input_ids"].shape[1] :]
+    return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+@pytest.mark.parametrize("lm", LM_FAMILIES)
+def test_the_engine_batch_gives_the_processor_paths_greedy_text(lm: str) -> None:
+    for seed in (0, 5):
+        model, processor = tiny_llava(lm=lm, seed=seed)
+        engine = ChatEngine(model, processor, reuse_prefix=False)
+        messages = [llava_to_messages(c) for c in CONVERSATIONS]
+        answers = engine.generate_batch(messages, _images(), 12)
+        assert answers == _processor_path(model, processor, CONVERSATIONS, _images(), 12), (lm, seed)
+
+
+def test_a_left_padded_batch_answers_each_row_as_alone() -> None:
+    model, processor = tiny_llava(lm="qwen2", seed=5)  # a seed whose random outputs are not empty
+    engine = ChatEngine(model, processor, reuse_prefix=False)
+    messages = [llava_to_messages(c) for c in CONVERSATIONS]
+    batched = engine.generate_batch(messages, _images(), 12)
+    single = [engine.generate_batch([m], [i], 12)[0] for m, i in zip(messages, _images(), strict=True)]
+    assert batched == single and any(batched)
