@@ -183,6 +183,22 @@ class FeatureCache:
             log.warning("feature cache: %s is unreadable (%s); recomputing", path, exc)
             return None
 
+    def _lookup(self, keys: list[str], items: list[Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Cached features by key, and the first item of each key not on disk (counted as hits / misses)."""
+        found: dict[str, torch.Tensor] = {}
+        todo: dict[str, Any] = {}
+        for key, item in zip(keys, items, strict=True):
+            if key in found or key in todo:
+                continue
+            cached = self._load(key)
+            if cached is None:
+                todo[key] = item
+            else:
+                found[key] = cached
+        self.stats.hits += len(found)
+        self.stats.misses += len(todo)
+        return found, todo
+
     def features_for(self, images: Sequence[Image | str | Path]) -> torch.Tensor:
         """Tower features for ``images`` in order, shape (n_images, n_tokens, vision_hidden), stored dtype.
 
@@ -193,18 +209,7 @@ class FeatureCache:
 
         self.check_frozen()
         keys = [self.image_key(im) for im in images]
-        found: dict[str, torch.Tensor] = {}
-        todo: dict[str, Image | str | Path] = {}
-        for key, image in zip(keys, images, strict=True):
-            if key in found or key in todo:
-                continue
-            cached = self._load(key)
-            if cached is None:
-                todo[key] = image
-            else:
-                found[key] = cached
-        self.stats.hits += len(found)
-        self.stats.misses += len(todo)
+        found, todo = self._lookup(keys, list(images))
         pending = list(todo.items())
         for start in range(0, len(pending), self.batch_size):
             chunk = pending[start : start + self.batch_size]
@@ -225,18 +230,7 @@ class FeatureCache:
 
         self.check_frozen()
         keys = [pixel_key(row) for row in pixel_values]
-        found: dict[str, torch.Tensor] = {}
-        todo: dict[str, int] = {}
-        for index, key in enumerate(keys):
-            if key in found or key in todo:
-                continue
-            cached = self._load(key)
-            if cached is None:
-                todo[key] = index
-            else:
-                found[key] = cached
-        self.stats.hits += len(found)
-        self.stats.misses += len(todo)
+        found, todo = self._lookup(keys, list(range(len(keys))))
         if todo:
             rows = torch.stack([pixel_values[i] for i in todo.values()])
             for key, features in zip(todo, self._tower(rows), strict=True):
