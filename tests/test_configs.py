@@ -26,7 +26,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 def _other_config_class(path: Path, data: dict):
     """The dataclass of a non-training YAML in configs/ (owned by another module): the one whose fields
     are the config's keys, so the config itself says what it is, whatever the file is called."""
-    candidates = [pytest.importorskip("thinchat.quickstart").QuickstartConfig]
+    candidates = [pytest.importorskip("thinchat.recipes.quickstart").QuickstartConfig]
     matches = [cls for cls in candidates if set(data) <= {f.name for f in dataclasses.fields(cls)}]
     assert len(matches) == 1, (
         f"{path.name}: keys {sorted(data)} fit {len(matches)} known config classes; add its class to "

@@ -149,12 +149,12 @@ def test_train_and_eval_data_can_be_a_saved_split(tmp_path):
     ],
 )
 def test_bad_input_is_refused_before_any_model_loads(tmp_path, capsys, monkeypatch, extra, message):
-    import thinchat.finetune
+    import thinchat.recipes.finetune
 
     def no_models(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(thinchat.finetune, "run_recipe", no_models)
+    monkeypatch.setattr(thinchat.recipes.finetune, "run_recipe", no_models)
     captions, images = _slides(tmp_path, n=4)
     resolved = []
     for item in extra:
@@ -203,7 +203,7 @@ def test_config_paths_resolve_against_the_config_folder(tmp_path, monkeypatch):
 
 
 def test_gpu_recipe_is_the_llava_configs_in_bf16_on_one_device():
-    from thinchat.finetune import FinetuneConfig, resolve
+    from thinchat.recipes.finetune import FinetuneConfig, resolve
     from thinchat.train.config import load_train_config
 
     config, overrides = resolve(FinetuneConfig(captions="c.tsv", images=".", hardware="gpu"))

@@ -46,8 +46,8 @@ LAYERS: dict[int, tuple[str, tuple[str, ...]]] = {
     6: (
         "recipes, commands",
         (
-            "thinchat/recipe.py", "thinchat/quickstart.py", "thinchat/finetune.py", "thinchat/commands/",
-            "thinchat/cli.py", "thinchat/__main__.py", "cli_demo.py", "web_demo.py",
+            "thinchat/recipes/", "thinchat/commands/", "thinchat/cli.py", "thinchat/__main__.py",
+            "cli_demo.py", "web_demo.py",
         ),
     ),
 }  # fmt: skip

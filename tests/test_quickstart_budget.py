@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from thinchat.quickstart import QuickstartConfig, check_thresholds, step_budget
+from thinchat.recipes.quickstart import QuickstartConfig, check_thresholds, step_budget
 
 
 @pytest.mark.parametrize(

@@ -55,7 +55,7 @@ def load(args: argparse.Namespace):
     """The FinetuneConfig from --config, the flags and KEY=VALUE, with a clear error for a stage YAML."""
     from thinchat.config import apply_overrides, from_dict, read_yaml
     from thinchat.errors import ConfigError
-    from thinchat.finetune import FinetuneConfig
+    from thinchat.recipes.finetune import FinetuneConfig
     from thinchat.train.config import STAGE_CLASSES
 
     data = read_yaml(args.config)
@@ -73,7 +73,7 @@ def load(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from thinchat.finetune import run_finetune
+    from thinchat.recipes.finetune import run_finetune
 
     config = load(args)
     summary = run_finetune(config)

@@ -22,8 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from thinchat.config import load_config
-    from thinchat.quickstart import QuickstartConfig, run_quickstart
-    from thinchat.recipe import chat_commands
+    from thinchat.recipes.quickstart import QuickstartConfig, run_quickstart
+    from thinchat.recipes.recipe import chat_commands
 
     overrides = list(args.overrides)
     if args.lang:

@@ -1,7 +1,7 @@
 """The main job on what ships with thinchat: synthetic slides -> conversations -> base -> stage 1 ->
 LoRA stage 2 -> base-vs-finetuned report, all offline on the embedded presets.
 
-Why a synth step plus the shared recipe (thinchat/recipe.py): the quickstart is ``thinchat finetune`` on
+Why a synth step plus the shared recipe (thinchat/recipes/recipe.py): the quickstart is ``thinchat finetune`` on
 synthetic slides, so its CI result vouches for the one command users run on their own slides. Each step is
 the same Python API the individual commands use, and a re-run reuses every step whose inputs did not change.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from thinchat.config import field
-from thinchat.recipe import (  # noqa: F401  (step_budget and the step runner are part of this API)
+from thinchat.recipes.recipe import (  # noqa: F401  (step_budget and the step runner are part of this API)
     LANG_PRESETS,
     STEP_DEAD_ZONE,
     STEP_QUANTUM,

@@ -2,7 +2,7 @@
 held-out report, in one resumable command.
 
 Why the quickstart's recipe and not a new one: it is the recipe whose CI result is known
-(thinchat/recipe.py); here only the data step differs (the user's captions, fixed or drawn splits) and the
+(thinchat/recipes/recipe.py); here only the data step differs (the user's captions, fixed or drawn splits) and the
 stage configs are picked for the hardware found: on a CPU the quickstart's budget configs
 (configs/demo_cpu*.yaml), on a GPU the LLaVA configs (configs/pretrain_projector.yaml +
 configs/finetune_lora.yaml) in bf16 on one device.
@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from thinchat.config import field
 from thinchat.errors import ConfigError
-from thinchat.recipe import LANG_PRESETS, Steps, chat_commands, config_path, fingerprint, run_recipe
+from thinchat.recipes.recipe import LANG_PRESETS, Steps, chat_commands, config_path, fingerprint, run_recipe
 
 log = logging.getLogger(__name__)
 

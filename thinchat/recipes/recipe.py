@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 #: The offline LM preset per caption language.
 LANG_PRESETS = {"en": "smollm2-135m-instruct", "zh": "gemma3-270m"}
 #: Where the bundled configs live when the working directory is not the repository root.
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def fingerprint(*parts: Any) -> str:
