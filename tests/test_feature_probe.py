@@ -19,11 +19,18 @@ def test_probe_counts_and_f1_on_separable_features():
     terms = [{"quartz"}, {"calcite"}, {"quartz", "calcite"}, set()] * 3
     result = probe_terms(x, terms, x[:4], terms[:4], alpha=1e-4)
     assert result["f1"] == 1.0
+    assert result["yes_no_accuracy"] == 1.0
     assert result["terms"]["quartz"] == {"tp": 2, "fp": 0, "fn": 0}
     wrong = [{"calcite"}, {"quartz"}, {"quartz", "calcite"}, set()]  # test labels swapped on two slides
     swapped = probe_terms(x, terms, x[:4], wrong, alpha=1e-4)
     assert swapped["f1"] == pytest.approx(2 * 2 / (2 * 2 + 2 + 2))
     assert swapped["terms"]["calcite"] == {"tp": 1, "fp": 1, "fn": 1}
+    # present pairs: 2 of 4 found; absent pairs: 2 of 4 rejected (both terms weigh 2)
+    assert swapped["yes_no_accuracy"] == 0.5
+    everything = probe_terms(x, terms, x[:4], [{"quartz", "calcite"}] * 3 + [{"quartz"}], alpha=1e-4)
+    # 7 present pairs, 4 found (quartz on slides 0 and 2, calcite on 1 and 2); the one absent pair
+    # (calcite on slide 3) is predicted absent
+    assert everything["yes_no_accuracy"] == pytest.approx((4 / 7 + 1.0) / 2, abs=1e-4)
     with pytest.raises(DataFormatError, match="no lexicon terms"):
         probe_terms(x, [set()] * 12, x, [set()] * 12, alpha=1.0)
 

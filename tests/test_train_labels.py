@@ -7,10 +7,10 @@ import json
 import pytest
 
 from thinchat.chat_templates import choose_template, end_of_turn_token
-from thinchat.conversation import llava_to_messages
+from thinchat.conversation import count_images, llava_to_messages
 from thinchat.errors import DataFormatError
 from thinchat.testing import LM_FAMILIES, tiny_image, tiny_llava
-from thinchat.train.data import Sample, first_turns, load_samples, mix_text_only
+from thinchat.train.data import Sample, first_turns, load_samples, mix_text_only, separate_description
 from thinchat.train.dataset import IGNORE_INDEX, Collator, SupervisedDataset, tokenize_messages
 
 ANSWERS = ["Quartz grains are subrounded.", "zircon 锆石."]
@@ -208,3 +208,65 @@ def test_max_turns_keeps_the_first_exchanges(tmp_path):
         [tmp_path / "a.png"],
     )
     assert len(first_turns(late, 1).messages) == 4  # never cut away a turn that shows an image
+
+
+def _slide_entry(types=("presence", "describe", "which")):
+    return {
+        "id": "s1",
+        "image": ["a.png", "b.png"],
+        "turn_types": list(types),
+        "conversations": [
+            {"from": "human", "value": "<image>\n<image>\nIs calcite present?"},
+            {"from": "gpt", "value": "No, there is no calcite in this slide."},
+            {"from": "human", "value": "Describe the slide."},
+            {"from": "gpt", "value": "Quartz (about 60%) and K-feldspar."},
+            {"from": "human", "value": "Which does it contain: quartz or dolomite?"},
+            {"from": "gpt", "value": "Quartz."},
+        ][: 2 * len(types)],
+    }
+
+
+def test_separate_description_trains_description_and_questions_apart(tmp_path):
+    for name in ("a.png", "b.png"):
+        tiny_image().save(tmp_path / name)
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps([_slide_entry()]), encoding="utf-8")
+    (sample,) = load_samples(path)
+    assert sample.turn_types == ["presence", "describe", "which"]
+    describe, questions = separate_description(sample)
+    assert describe.id == "s1#describe" and questions.id == "s1#questions"
+    for part in (describe, questions):
+        assert part.images == sample.images
+        first = part.messages[0]["content"]
+        assert [p["type"] for p in first[:2]] == ["image", "image"]  # both views lead each new sample
+        assert count_images(part.messages) == 2
+    assert [m["content"][-1]["text"] for m in describe.messages] == [
+        "Describe the slide.",
+        "Quartz (about 60%) and K-feldspar.",
+    ]
+    assert [m["content"][-1]["text"] for m in questions.messages] == [
+        "Is calcite present?",
+        "No, there is no calcite in this slide.",
+        "Which does it contain: quartz or dolomite?",
+        "Quartz.",
+    ]
+    assert questions.turn_types == ["presence", "which"] and describe.turn_types == ["describe"]
+    # the original conversation is untouched, and samples without a separable description pass through
+    assert count_images(sample.messages) == 2 and len(sample.messages) == 6
+    only = Sample("t", sample.messages[2:4], [], "", ["describe"])
+    assert separate_description(only) == [only]
+    untyped = Sample("u", sample.messages, sample.images)
+    assert separate_description(untyped) == [untyped]
+
+
+def test_turn_types_must_match_the_answers(tmp_path):
+    tiny_image().save(tmp_path / "a.png")
+    tiny_image().save(tmp_path / "b.png")
+    entry = _slide_entry()
+    entry["turn_types"] = ["describe"]
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps([entry]), encoding="utf-8")
+    with pytest.raises(
+        DataFormatError, match=r"entry 0 \(id s1\): 'turn_types' must list one type per answer \(3\)"
+    ):
+        load_samples(path)

@@ -243,3 +243,33 @@ def test_loss_on_scored_positions_only_matches_the_full_loss():
     for a, b in zip(full_grads, part_grads, strict=True):
         assert (a is None and b is None) or torch.allclose(a, b, atol=1e-6)
     assert logits_only_where_scored({"input_ids": input_ids}) == {"input_ids": input_ids}
+
+
+@pytest.mark.parametrize(
+    ("stage", "bf16", "expected"),
+    [
+        ("lora", True, torch.bfloat16),  # CPU too: the frozen base need not be cast at every matmul
+        ("lora", False, torch.float32),
+        ("full", True, torch.float32),  # a saved whole model must not come out rounded to bf16
+        ("projector", True, torch.float32),
+    ],
+)
+def test_the_frozen_base_is_loaded_in_the_training_precision_only_for_lora(stage, bf16, expected):
+    from thinchat.train.stages import stage_for
+
+    config = load_train_config(None, [f"stage={stage}", f"bf16={str(bf16).lower()}", "cpu=true"])
+    assert stage_for(config).load_kwargs(config)["dtype"] == expected
+
+
+def test_lora_on_a_bf16_base_trains_fp32_weights(tmp_path):
+    from thinchat.train.stages import stage_for
+
+    base = save_tiny(tmp_path / "base")
+    config = load_train_config(None, [f"model={base}", "stage=lora", "bf16=true", "cpu=true"])
+    stage = stage_for(config)
+    model, _ = stage.load(config)
+    assert model.model.language_model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    model = stage.prepare(model.requires_grad_(False), config)
+    trained = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and set(trained.values()) == {torch.float32}
+    assert any("multi_modal_projector" in n for n in trained)

@@ -65,7 +65,26 @@ def probe_terms(
     )
     total = 2 * tp.sum() + fp.sum() + fn.sum()
     per_term = {n: {"tp": int(tp[i]), "fp": int(fp[i]), "fn": int(fn[i])} for i, n in enumerate(names)}
-    return {"f1": round(float(2 * tp.sum() / total) if total > 0 else 0.0, 4), "terms": per_term}
+    return {
+        "f1": round(float(2 * tp.sum() / total) if total > 0 else 0.0, 4),
+        "yes_no_accuracy": presence_accuracy(predicted, y_test),
+        "terms": per_term,
+    }
+
+
+def presence_accuracy(predicted: Any, truth: Any) -> float:
+    """Balanced yes/no accuracy of the presence predictions, weighted as the question-following probes are.
+
+    The report's yes/no score (``thinchat.eval.question_following``) averages the accuracy on terms a
+    slide has and on terms it lacks, the absent ones drawn in proportion to how often the test set names
+    them. The same weighting here makes the probe's figure the ceiling of that score on these features.
+    """
+    present = truth.sum()
+    yes = float((predicted * truth).sum() / present) if present > 0 else 0.0
+    weight = truth.sum(0, keepdim=True)  # term frequency in the test set
+    absent = ((1 - truth) * weight).sum()
+    no = float((((1 - predicted) * (1 - truth)) * weight).sum() / absent) if absent > 0 else 0.0
+    return round((yes + no) / 2, 4)
 
 
 def run_probe(
@@ -118,5 +137,12 @@ def run_probe(
                 alpha,
             )
             results.append({"vision": vision, "image_size": size, "layer": layer, "alpha": alpha, **scores})
-            log.info("probe %s %d px layer %d: term F1 %.3f", vision, size, layer, scores["f1"])
+            log.info(
+                "probe %s %d px layer %d: term F1 %.3f, balanced yes/no %.3f",
+                vision,
+                size,
+                layer,
+                scores["f1"],
+                scores["yes_no_accuracy"],
+            )
     return results

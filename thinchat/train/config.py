@@ -46,6 +46,11 @@ class TrainConfig:
     max_turns: int | None = field(
         None, help="keep the first N question/answer exchanges of each conversation (1: captions for stage 1)"
     )
+    separate_description: bool = field(
+        False,
+        help="train each slide's description and its question turns as two samples, so no answer can be "
+        "copied from another in the context (needs the converter's turn_types)",
+    )
     num_train_epochs: float = field(1.0, help="passes over the training set")
     max_steps: int = field(-1, help="stop after this many optimizer steps (-1: use num_train_epochs)")
     per_device_train_batch_size: int = field(4, help="samples per device per forward pass")

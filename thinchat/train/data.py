@@ -27,6 +27,9 @@ class Sample:
     messages: list[dict[str, Any]]
     images: list[Path] = field(default_factory=list)
     where: str = ""
+    turn_types: list[str] | None = (
+        None  # one per exchange, from the converter (``describe``, ``presence``...)
+    )
 
 
 def load_samples(path: str | Path, max_images: int = 4, check_files: bool = True) -> list[Sample]:
@@ -58,10 +61,63 @@ def load_samples(path: str | Path, max_images: int = 4, check_files: bool = True
             for image in images:
                 if not image.is_file():
                     raise DataFormatError(f"{where}: image file not found: {image}")
-        samples.append(Sample(entry_id, messages, images, where))
+        samples.append(Sample(entry_id, messages, images, where, _turn_types(entry, messages, where)))
     if not samples:
         raise DataFormatError(f"{path}: the dataset is empty")
     return samples
+
+
+def _turn_types(entry: dict[str, Any], messages: list[dict[str, Any]], where: str) -> list[str] | None:
+    types = entry.get("turn_types")
+    if types is None:
+        return None
+    answers = sum(1 for m in messages if m["role"] == "assistant")
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types) or len(types) != answers:
+        raise DataFormatError(
+            f"{where}: 'turn_types' must list one type per answer ({answers}), got {types!r}; "
+            "re-run `thinchat data convert` or remove the key"
+        )
+    return types
+
+
+def separate_description(sample: Sample) -> list[Sample]:
+    """Split a slide's conversation into its description exchange and its question exchanges.
+
+    Why: in one shuffled conversation, a question asked after the description (or after another answer
+    that names the same mineral) can be answered by copying from the context, so half of the question
+    turns teach copying instead of reading the image; evaluation and a user's first question have no
+    such context. Both new samples show all the slide's images at their start. Samples without a
+    ``describe`` turn type, or with nothing besides it, come back unchanged.
+    """
+    types = sample.turn_types
+    if not types or "describe" not in types or len(types) < 2:
+        return [sample]
+    lead: list[dict[str, Any]] = []
+    exchanges: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    images: list[dict[str, Any]] = []
+    for message in sample.messages:
+        content = message["content"]
+        if message["role"] == "user" and isinstance(content, list):
+            images += [p for p in content if p["type"] == "image"]
+            message = {**message, "content": [p for p in content if p["type"] != "image"]}
+        if message["role"] == "system" and not exchanges and not current:
+            lead.append(message)
+            continue
+        current.append(message)
+        if message["role"] == "assistant":
+            exchanges.append(current)
+            current = []
+    describe = [e for e, t in zip(exchanges, types, strict=True) if t == "describe"]
+    questions = [e for e, t in zip(exchanges, types, strict=True) if t != "describe"]
+    parts = []
+    for name, group in (("describe", describe), ("questions", questions)):
+        messages = lead + [dict(m) for exchange in group for m in exchange]
+        first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
+        messages[first_user] = {**messages[first_user], "content": images + messages[first_user]["content"]}
+        kinds = [t for t in types if (t == "describe") == (name == "describe")]
+        parts.append(Sample(f"{sample.id}#{name}", messages, sample.images, sample.where, kinds))
+    return parts
 
 
 def first_turns(sample: Sample, max_turns: int | None) -> Sample:

@@ -17,7 +17,7 @@ from typing import Any
 from thinchat.errors import ConfigError
 from thinchat.train import checkpoints
 from thinchat.train.config import TrainConfig, config_dict
-from thinchat.train.data import Sample, first_turns, load_samples, mix_text_only
+from thinchat.train.data import Sample, first_turns, load_samples, mix_text_only, separate_description
 from thinchat.train.lora_init import gradient_batches, save_initial_adapter
 from thinchat.train.stages import stage_for
 
@@ -29,6 +29,8 @@ def load_data(config: TrainConfig) -> tuple[list[Sample], list[Sample] | None]:
     samples = [
         first_turns(s, config.max_turns) for s in load_samples(config.data, max_images=config.max_images)
     ]
+    if config.separate_description:
+        samples = [part for s in samples for part in separate_description(s)]
     extra = load_samples(config.text_data, max_images=config.max_images) if config.text_data else []
     bad = [s for s in extra if s.images]
     if bad:
@@ -42,6 +44,8 @@ def load_data(config: TrainConfig) -> tuple[list[Sample], list[Sample] | None]:
             first_turns(s, config.max_turns)
             for s in load_samples(config.val_data, max_images=config.max_images)
         ]
+        if config.separate_description:
+            val = [part for s in val for part in separate_description(s)]
     return train, val
 
 
