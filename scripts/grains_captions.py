@@ -1,11 +1,11 @@
-"""Captions and a fixed test set for the grains set (../shared/data/grains: 210 sandstone grains, PPL + XPL,
-class labels), for ``thinchat finetune``.
+"""Captions and a fixed test set for a grains set (single sandstone grains, a PPL and an XPL image each,
+``labels.csv`` with ``id,class,ppl,xpl`` and class quartz / feldspar / lithic), for ``thinchat finetune``.
 
 Why only the label: the set says what each grain is (quartz, feldspar, rock fragment) and nothing else, so
 a caption claiming more (extinction, twinning) would teach the model things nobody checked. The grounded
 questions ("Is this grain quartz?") come from ``data convert --qa-turns`` over these captions.
 
-    python scripts/grains_captions.py --grains ../shared/data/grains --out /tmp/grains
+    python scripts/grains_captions.py --grains path/to/grains --out /tmp/grains
     # writes /tmp/grains/captions.jsonl and /tmp/grains/test_ids.txt (20% of each class, seeded)
 """
 
@@ -36,7 +36,9 @@ TEMPLATES = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--grains", default="../shared/data/grains", help="the grains folder")
+    parser.add_argument(
+        "--grains", default="../shared/data/grains", help="the grains folder (labels.csv, ppl/, xpl/)"
+    )
     parser.add_argument("--out", required=True, help="folder for captions.jsonl and test_ids.txt")
     parser.add_argument("--test-share", type=float, default=0.2, help="share of each class held out")
     parser.add_argument("--seed", type=int, default=0)
