@@ -119,9 +119,8 @@ def decode_attention(device: Any):
     """A context in which ``generate`` runs attention without cuDNN on a GPU (a no-op elsewhere).
 
     Why: torch's cuDNN attention builds an execution graph for every new shape and caches it per
-    thread. Every decode step has a new key length, so each token paid a graph build (~50 ms on an
-    H200, measured: streamed decode 77 ms/token against 20 for the same generate on a thread that had
-    seen those lengths), and the streaming thread is new for every answer. Flash and memory-efficient
+    thread. Every decode step has a new key length, so each token would pay a graph build (figures:
+    docs/performance.md, GPU), and the streaming thread is new for every answer. Flash and memory-efficient
     attention have no per-shape set-up. The flags are process-wide while it is entered; the engine
     runs one generation at a time.
     """

@@ -1,11 +1,10 @@
 """Pick the training precision for the host by measuring it: ``bf16: auto``.
 
-Why measure instead of reading CPU flags: the project's CPU machines differ from run to run, and the
-flags do not say which precision is faster. On an AMD EPYC with avx512_bf16 a bf16 matmul ran at 278
-GFLOP/s against 99 fp32; on an Intel Xeon without AMX at 113 against 255 (bf16 slower); on a Xeon with
-AMX, where oneDNN runs bf16 on the tile unit, at 1066 against 116 on one thread (docs/experiments.md). A
-fixed ``bf16:`` in a config is wrong on two of the three. Two short square matmuls (a few tens of
-milliseconds in all) tell them apart.
+Why measure instead of reading CPU flags: the flags do not say which precision is faster. On an AMD
+EPYC with avx512_bf16 a bf16 matmul is two to three times faster than fp32; on an Intel Xeon without AMX it
+is slower; on a Xeon with AMX, where oneDNN runs bf16 on the tile unit, it is about nine times faster
+(rates per machine: docs/experiments.md, Precision). A fixed ``bf16:`` in a config is wrong on some of
+them. Two short square matmuls (a few tens of milliseconds in all) tell them apart.
 
 On a GPU the answer does not need a measurement: bf16 autocast where the GPU supports it (Ampere and
 newer), fp32 otherwise (fp16 with loss scaling stays an explicit ``fp16: true``). The rates are still

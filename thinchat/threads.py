@@ -5,9 +5,8 @@ Why: torch sizes its thread pool from the machine's cores, not from what this pr
 affinity and the cgroup CPU quota of a container), so a process limited to 2 CPUs on a 64-core host
 starts 64 threads that fight over 2 cores. And with libgomp's default (active) wait policy, an idle
 OpenMP team keeps spinning: the engine generates on a fresh thread per request, so every finished
-thread's team competes with the next request (measured with ``thinchat serve`` on the 135M offline base
-on 2 cores, 16-token requests took 4.4 s, then 33 s and 23 s; with ``PASSIVE`` 2.4, 2.2 and 1.9 s), and
-when another job runs on the same cores a spinning team steals its time (bench/bench_threads.py). Both
+thread's team competes with the next request (``thinchat serve`` figures: docs/experiments.md, Server),
+and when another job runs on the same cores a spinning team steals its time (bench/bench_threads.py). Both
 variables must be set before torch loads its OpenMP runtime; values the user set are kept.
 """
 

@@ -1,7 +1,7 @@
 """Read and check a LLaVA conversation JSON before training, and mix in text-only entries.
 
 Why check everything up front: a malformed turn or an ``<image>`` count that does not match the images
-used to surface hours into a run (or, worse, silently shifted image features onto the wrong tokens).
+would otherwise surface hours into a run (or, worse, silently shift image features onto the wrong tokens).
 Here every entry is parsed into chat messages once, with errors naming the file, the entry index and id.
 """
 

@@ -42,8 +42,8 @@ def logits_only_where_scored(inputs: dict[str, Any]) -> dict[str, Any]:
     Why: the vocabulary projection and its softmax are computed for every position, yet only answer
     tokens carry a label; image tokens and the prompt are most of a sample. Llava's forward takes a
     boolean ``logits_to_keep`` mask (flattened logits) and its causal-LM loss takes pre-shifted
-    labels, so the loss is the same number while the head runs on ~half the positions (measured
-    3-4% of a CPU step on the quickstart at 84 px).
+    labels, so the loss is the same number while the head runs on ~half the positions
+    (docs/experiments.md, Training step cost).
     """
     import torch.nn.functional as F
 
