@@ -98,8 +98,8 @@ def qlora_skip_modules(base: str | Path) -> list[str]:
 
     Why full names read off the model: transformers matches ``llm_int8_skip_modules`` from the start of
     a module's name (up to a dot) or as a suffix, and in transformers 5 the tower is
-    ``model.vision_tower``, so the short names ``vision_tower`` / ``multi_modal_projector`` match
-    nothing: the tower and the projector were quantised and peft could not train the projector. The
+    ``model.vision_tower``, so the short names ``vision_tower`` / ``multi_modal_projector`` would match
+    nothing: the tower and the projector would be quantised and peft could not train the projector. The
     model is built on the meta device (no weights, no memory) and its own names are taken.
     """
     import torch

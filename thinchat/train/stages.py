@@ -132,7 +132,7 @@ class LoraStage(Stage):
 
         Why: with an fp32 base under bf16 autocast every matmul first casts its fp32 weight to bf16 and
         reads twice the bytes, in the forward and again in the backward, and a frozen weight never needs
-        fp32 (on the quickstart's CPU recipe the casts were a fifth of a step). The trained weights
+        fp32 (on the quickstart's CPU recipe the casts take a fifth of a step). The trained weights
         (LoRA, projector) stay fp32 (:meth:`prepare`, peft's adapter autocast) so AdamW updates keep
         full precision. Only LoRA: its output is an adapter, while stage 1 and full fine-tuning save the
         whole model, which must not come out rounded to bf16.
