@@ -39,7 +39,7 @@ DTYPE_NAMES = {
 
 #: bf16 must beat fp32 on the matmul by this factor to be chosen on a CPU. Why not 1.0: under autocast
 #: only the matmuls run in bf16; casts, norms, softmax and the optimizer stay fp32, so a training step
-#: gains much less than the matmul does (AMD EPYC: matmul 2.8x faster in bf16, LoRA step 1.9x). Near
+#: gains much less than the matmul does (figures: docs/experiments.md, Precision). Near
 #: parity the casts make bf16 the slower choice.
 BF16_MARGIN = 1.25
 #: Matmul side on CPU: 512^3 = 0.27 GFLOP, about 1-3 ms on 2 cores at 100-300 GFLOP/s.

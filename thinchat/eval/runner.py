@@ -141,7 +141,8 @@ def evaluate(
     text_conversations = load_text_entries(text_data) if text_data else []
     retention: dict[str, dict[str, Any]] = {}
     for name, path in checkpoints.items():
-        # A LoRA checkpoint is merged, as the chat engine does: same outputs, ~20% faster decoding.
+        # A LoRA checkpoint is merged, as the chat engine does: same outputs, faster decoding
+        # (docs/experiments.md, Evaluation speed).
         model, processor = load_pretrained(path, device=device, merge=True)
         generations[name] = generate_for_samples(
             model, processor, samples, batch_size, max_new_tokens, desc=f"eval {name}"
