@@ -110,9 +110,13 @@ def _image_columns(features: dict[str, Any]) -> list[str]:
     return columns
 
 
+def image_suffix(stored_path: str | None) -> str:
+    """The file suffix an image stored under ``stored_path`` is written with (``.png`` when unknown)."""
+    return Path(stored_path or "x.png").suffix or ".png"
+
+
 def _write_image(value: dict[str, Any], target: Path) -> Path:
-    suffix = Path(value.get("path") or "x.png").suffix or ".png"
-    target = target.with_suffix(suffix)
+    target = target.with_suffix(image_suffix(value.get("path")))
     if value.get("bytes"):
         target.write_bytes(value["bytes"])
     elif value.get("path") and Path(value["path"]).is_file():
@@ -180,9 +184,9 @@ def export_dataset(source: str | Path, out: Path) -> dict[str, Any]:
     return plan
 
 
-def as_llava_json(path: Path, split: str) -> Path:
-    """A saved converted split (``<dict>/<split>`` or a DatasetDict's ``split``) as LLaVA JSON + image files
-    in ``<path>.llava/`` beside it (written once), so ``thinchat train`` / ``eval`` read it like a JSON."""
+def open_split(path: Path, split: str):
+    """The saved converted split ``split`` of ``path`` (a DatasetDict or one saved split) and the name of
+    its ``<name>.llava/`` folder beside it; ``DataFormatError`` when it is not a converted split."""
     import datasets
 
     loaded = datasets.load_from_disk(str(path))
@@ -195,6 +199,15 @@ def as_llava_json(path: Path, split: str) -> Path:
     missing = {"id", "image", "conversations"} - set(loaded.column_names)
     if missing:
         raise DataFormatError(f"{path}: not a converted split (missing {', '.join(sorted(missing))})")
+    return loaded, name
+
+
+def as_llava_json(path: Path, split: str) -> Path:
+    """A saved converted split (``<dict>/<split>`` or a DatasetDict's ``split``) as LLaVA JSON + image files
+    in ``<path>.llava/`` beside it (written once), so ``thinchat train`` / ``eval`` read it like a JSON.
+    Image ``k`` of row ``id`` is ``images/<id>_<k><suffix>`` (``image_suffix``): the trainer's lazy
+    reader (``thinchat/train/sources.py``) names the same files from the table."""
+    loaded, name = open_split(path, split)
     target_dir = path.parent / f"{name}.llava"
     target = target_dir / "data.json"
     if target.is_file() and target.stat().st_mtime >= path.stat().st_mtime:
@@ -213,6 +226,8 @@ def as_llava_json(path: Path, split: str) -> Path:
             entry = {"id": row["id"], "image": names, "conversations": row["conversations"]}
             if row.get("lang"):
                 entry["lang"] = row["lang"]
+            if row.get("turn_types"):
+                entry["turn_types"] = row["turn_types"]
             out.write(("," if index else "") + "\n" + json.dumps(entry, ensure_ascii=False))
         out.write("\n]\n")
     return target

@@ -2,13 +2,17 @@
 
 Why check everything up front: a malformed turn or an ``<image>`` count that does not match the images
 would otherwise surface hours into a run (or, worse, silently shift image features onto the wrong tokens).
-Here every entry is parsed into chat messages once, with errors naming the file, the entry index and id.
+``parse_entry`` turns one entry into chat messages, with errors naming the file, the entry index and id;
+``load_samples`` parses a whole file into a list, and the trainer's lazy sources
+(``thinchat/train/sources.py``) run the same checks up front and parse again on access.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,38 +37,53 @@ class Sample:
 
 
 def load_samples(path: str | Path, max_images: int = 4, check_files: bool = True) -> list[Sample]:
-    """Parse ``path`` into samples; raises ``DataFormatError`` naming file and entry on any problem."""
+    """Parse ``path`` into samples; raises ``DataFormatError`` naming file and entry on any problem.
+
+    Every sample is held at once: for a large set the trainer reads ``thinchat.train.sources`` instead.
+    """
     path, entries = read_llava_json(
         path, "make one with `thinchat data synth` / `data convert`", split="train"
     )
-    samples = []
-    for index, entry in enumerate(entries):
-        entry_id = str(entry.get("id", index)) if isinstance(entry, dict) else str(index)
-        where = f"{path}: entry {index} (id {entry_id})"
-        if not isinstance(entry, dict) or "conversations" not in entry:
-            raise DataFormatError(
-                f"{where}: expected an object with 'conversations' (and 'image' for image entries)"
-            )
-        messages = llava_to_messages(entry["conversations"], where=where)
-        if not any(m["role"] == "assistant" for m in messages):
-            raise DataFormatError(f"{where}: has no 'gpt' turn, so there is nothing to learn from it")
-        images = [path.parent / name for name in entry_images(entry, where)]
-        placeholders = count_images(messages)
-        if placeholders != len(images):
-            raise DataFormatError(
-                f"{where}: {placeholders} <image> placeholder(s) but {len(images)} image(s); "
-                "put one <image> in the human turns per listed image"
-            )
-        if len(images) > max_images:
-            raise DataFormatError(f"{where}: {len(images)} images, more than max_images={max_images}")
-        if check_files:
-            for image in images:
-                if not image.is_file():
-                    raise DataFormatError(f"{where}: image file not found: {image}")
-        samples.append(Sample(entry_id, messages, images, where, _turn_types(entry, messages, where)))
+    samples = [
+        parse_entry(entry, index, str(path), path.parent, max_images, check_files)
+        for index, entry in enumerate(entries)
+    ]
     if not samples:
         raise DataFormatError(f"{path}: the dataset is empty")
     return samples
+
+
+def parse_entry(
+    entry: Any, index: int, source: str, image_root: Path, max_images: int = 4, check_files: bool = True
+) -> Sample:
+    """One LLaVA entry (``index`` of ``source``; image paths relative to ``image_root``) as a checked sample.
+
+    Raises ``DataFormatError`` starting ``<source>: entry <index> (id <id>)``: the one set of checks
+    that the list reader and the lazy sources share, so both fail with the same message.
+    """
+    entry_id = str(entry.get("id", index)) if isinstance(entry, dict) else str(index)
+    where = f"{source}: entry {index} (id {entry_id})"
+    if not isinstance(entry, dict) or "conversations" not in entry:
+        raise DataFormatError(
+            f"{where}: expected an object with 'conversations' (and 'image' for image entries)"
+        )
+    messages = llava_to_messages(entry["conversations"], where=where)
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DataFormatError(f"{where}: has no 'gpt' turn, so there is nothing to learn from it")
+    images = [image_root / name for name in entry_images(entry, where)]
+    placeholders = count_images(messages)
+    if placeholders != len(images):
+        raise DataFormatError(
+            f"{where}: {placeholders} <image> placeholder(s) but {len(images)} image(s); "
+            "put one <image> in the human turns per listed image"
+        )
+    if len(images) > max_images:
+        raise DataFormatError(f"{where}: {len(images)} images, more than max_images={max_images}")
+    if check_files:
+        for image in images:
+            if not image.is_file():
+                raise DataFormatError(f"{where}: image file not found: {image}")
+    return Sample(entry_id, messages, images, where, _turn_types(entry, messages, where))
 
 
 def _turn_types(entry: dict[str, Any], messages: list[dict[str, Any]], where: str) -> list[str] | None:
@@ -141,25 +160,57 @@ def first_turns(sample: Sample, max_turns: int | None) -> Sample:
     return sample
 
 
+class Picked(Sequence[Sample]):
+    """The samples ``parts[p][i]`` for each ``(p, i)`` picked, in order: a mix that holds two index
+    arrays rather than the samples, so a lazy source stays lazy."""
+
+    def __init__(self, parts: list[Sequence[Sample]], picks: list[tuple[int, int]]) -> None:
+        self.parts = parts
+        self._part = array("b", (p for p, _ in picks))
+        self._index = array("q", (i for _, i in picks))
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]  # type: ignore[return-value]
+        return self.parts[self._part[index]][self._index[index]]
+
+    def has_images(self, index: int) -> bool:
+        return has_images(self.parts[self._part[index]], self._index[index])
+
+
+def has_images(samples: Sequence[Sample], index: int) -> bool:
+    """Whether ``samples[index]`` shows images, asked of the source without parsing where it can say."""
+    probe = getattr(samples, "has_images", None)
+    return probe(index) if probe is not None else bool(samples[index].images)
+
+
 def mix_text_only(
-    samples: list[Sample], extra_text: list[Sample], ratio: float | None, seed: int
-) -> list[Sample]:
-    """Return the epoch's sample list with text-only entries making up ``ratio`` of it.
+    samples: Sequence[Sample], extra_text: Sequence[Sample], ratio: float | None, seed: int
+) -> Sequence[Sample]:
+    """Return the epoch's samples with text-only entries making up ``ratio`` of them.
 
     Why a ratio: a small domain set would otherwise drown (or be drowned by) general language data;
     Multimodal-GPT mixes the two at a fixed proportion so the LM keeps its language ability.
-    With ``ratio=None`` every entry (image or text-only, from both files) is used once.
+    With ``ratio=None`` every entry (image or text-only, from both files) is used once. The draw picks
+    indices, so a list and a lazy source of the same entries give the same mix.
     """
-    with_images = [s for s in samples if s.images]
-    text_pool = [s for s in samples if not s.images] + extra_text
+    flags = [has_images(samples, i) for i in range(len(samples))]
+    with_images = [(0, i) for i, flag in enumerate(flags) if flag]
+    text_pool = [(0, i) for i, flag in enumerate(flags) if not flag]
+    text_pool += [(1, i) for i in range(len(extra_text))]
+    del flags
+    parts = [samples, extra_text]
     if ratio is None:
-        return with_images + text_pool
+        return Picked(parts, with_images + text_pool)
     if not text_pool:
         if ratio > 0:
             raise DataFormatError(f"text_only_ratio={ratio} but no text-only entries exist (set text_data)")
-        return with_images
+        return Picked(parts, with_images)
     if not with_images:
-        return text_pool
+        return Picked(parts, text_pool)
     wanted = round(ratio / (1.0 - ratio) * len(with_images))
     rng = random.Random(seed)
     if wanted <= len(text_pool):
@@ -169,4 +220,4 @@ def mix_text_only(
     log.info(
         "mixing %d text-only entries with %d image entries (ratio %.2f)", len(chosen), len(with_images), ratio
     )
-    return with_images + chosen
+    return Picked(parts, with_images + chosen)

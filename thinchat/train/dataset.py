@@ -4,13 +4,16 @@ Why the template decides: LLaVA-style trainers that rebuild the prompt by hand a
 tokens break on every template change ("tokenization mismatch", loss 0). Here the processor renders the
 same template used at inference, ``return_assistant_tokens_mask=True`` marks each assistant turn
 including its end-of-turn token, and labels are ``input_ids`` there and ``-100`` elsewhere.
-Samples are tokenised once up front (with blank stand-in images of the right size, so image tokens are
-expanded exactly as at training time); each ``__getitem__`` only loads and preprocesses the real images.
+Samples are tokenised up front to check them and measure their lengths (with blank stand-in images of
+the right size, so image tokens are expanded exactly as at training time); only indices and lengths are
+kept, and each ``__getitem__`` tokenises its sample again and loads and preprocesses the real images.
 """
 
 from __future__ import annotations
 
 import logging
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,11 +104,18 @@ def fit_length(input_ids: list[int], labels: list[int], limit: int, image_token_
 
 
 class SupervisedDataset:
-    """A map-style dataset of tokenised samples; images are loaded when an item is requested."""
+    """A map-style dataset of tokenised samples; each item is tokenised and its images loaded on request.
+
+    Why tokenise twice: the up-front pass must tokenise every sample to check it, fit it to
+    ``max_length`` (or skip it) and know its length for ``group_by_length``, but keeping the token lists
+    would cost far more than the samples (two Python int lists per sample, image tokens included). It
+    keeps the kept samples' indices and lengths; ``__getitem__`` renders its one sample again, the same
+    way. ``samples`` is any ``Sequence[Sample]``: a list, or a lazy source (``thinchat.train.sources``).
+    """
 
     def __init__(
         self,
-        samples: list[Sample],
+        samples: Sequence[Sample],
         processor,
         max_length: int,
         too_long: str = "truncate",
@@ -113,37 +123,25 @@ class SupervisedDataset:
     ) -> None:
         from tqdm.auto import tqdm
 
+        self.samples = samples
         self.processor = processor
+        self.max_length = max_length
+        self.too_long = too_long
         #: False when a feature cache supplies the tower features: images are then never decoded.
         self.load_pixels = True
         self.image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
         self.skipped = SkipCounts()
-        self.items: list[Encoded] = []
-        cache: dict[int, Encoded] = {}
-        for sample in tqdm(samples, desc=f"tokenising {name}", unit="sample", disable=len(samples) < 500):
-            key = id(sample)
-            if key in cache:  # text-only entries drawn twice by the ratio mix
-                self.items.append(cache[key])
-                continue
-            encoded = tokenize_messages(
-                processor, sample.messages, blank_images(processor, len(sample.images))
-            )
-            n_image_tokens = sum(1 for t in encoded["input_ids"] if t == self.image_token_id)
-            if sample.images and n_image_tokens % len(sample.images):
-                raise DataFormatError(f"{sample.where}: image tokens do not split evenly over its images")
-            if any(label == self.image_token_id for label in encoded["labels"]):
-                raise DataFormatError(
-                    f"{sample.where}: an assistant turn contains <image>; images go in human turns"
-                )
-            ids, labels, reason = fit_length(
-                encoded["input_ids"], encoded["labels"], max_length, self.image_token_id, too_long
-            )
+        self._kept = array("q")
+        self._lengths = array("q")
+        for index in tqdm(
+            range(len(samples)), desc=f"tokenising {name}", unit="sample", disable=len(samples) < 500
+        ):
+            ids, _, reason = self._encode(samples[index])
             if reason is not None:
                 setattr(self.skipped, reason, getattr(self.skipped, reason) + 1)
                 continue
-            item = Encoded(sample, ids, labels)
-            cache[key] = item
-            self.items.append(item)
+            self._kept.append(index)
+            self._lengths.append(len(ids))
         if self.skipped.total():
             log.warning(
                 "%s: skipped %d of %d samples longer than max_length=%d (too long: %d, images alone too long: %d, "
@@ -156,24 +154,59 @@ class SupervisedDataset:
                 self.skipped.images_do_not_fit,
                 self.skipped.no_answer_left,
             )
-        if not self.items:
+        if not self._kept:
             raise DataFormatError(
                 f"{name}: every sample is longer than max_length={max_length}; raise max_length"
             )
 
+    def _encode(self, sample: Sample):
+        """``(input_ids, labels, None)`` fitted to ``max_length``, or ``(None, None, reason)`` to skip."""
+        encoded = tokenize_messages(
+            self.processor, sample.messages, blank_images(self.processor, len(sample.images))
+        )
+        n_image_tokens = sum(1 for t in encoded["input_ids"] if t == self.image_token_id)
+        if sample.images and n_image_tokens % len(sample.images):
+            raise DataFormatError(f"{sample.where}: image tokens do not split evenly over its images")
+        if any(label == self.image_token_id for label in encoded["labels"]):
+            raise DataFormatError(
+                f"{sample.where}: an assistant turn contains <image>; images go in human turns"
+            )
+        return fit_length(
+            encoded["input_ids"], encoded["labels"], self.max_length, self.image_token_id, self.too_long
+        )
+
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self._kept)
 
     @property
     def lengths(self) -> list[int]:
-        return [len(item.input_ids) for item in self.items]
+        return self._lengths.tolist()
+
+    def sample(self, index: int) -> Sample:
+        """The ``index``-th kept sample (not tokenised)."""
+        return self.samples[self._kept[index]]
+
+    def iter_samples(self) -> Iterator[Sample]:
+        """The kept samples in order, parsed one at a time (the feature cache, the projector fit)."""
+        return (self.sample(i) for i in range(len(self)))
+
+    def encoded(self, index: int) -> Encoded:
+        """The ``index``-th kept sample with its tokens and labels."""
+        sample = self.sample(index)
+        ids, labels, _ = self._encode(sample)
+        return Encoded(sample, ids, labels)
+
+    @property
+    def items(self) -> Sequence[Encoded]:
+        """Every kept sample tokenised, computed per access (``items[i]`` is ``encoded(i)``)."""
+        return _EncodedView(self)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         import torch
 
         from thinchat.images import load_image
 
-        item = self.items[index]
+        item = self.encoded(index)
         out: dict[str, Any] = {
             "input_ids": torch.tensor(item.input_ids, dtype=torch.long),
             "labels": torch.tensor(item.labels, dtype=torch.long),
@@ -185,6 +218,21 @@ class SupervisedDataset:
             ]
             out["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         return out
+
+
+class _EncodedView(Sequence[Encoded]):
+    def __init__(self, dataset: SupervisedDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Encoded:  # type: ignore[override]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.dataset.encoded(index)
 
 
 class Collator:

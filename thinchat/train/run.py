@@ -17,35 +17,31 @@ from typing import Any
 from thinchat.errors import ConfigError
 from thinchat.train import checkpoints
 from thinchat.train.config import TrainConfig, config_dict
-from thinchat.train.data import Sample, first_turns, load_samples, mix_text_only, separate_description
+from thinchat.train.data import Sample, has_images, mix_text_only
 from thinchat.train.lora_init import gradient_batches, save_initial_adapter
+from thinchat.train.sources import open_samples
 from thinchat.train.stages import stage_for
 
 log = logging.getLogger(__name__)
 
 
-def load_data(config: TrainConfig) -> tuple[list[Sample], list[Sample] | None]:
-    """Parse the training (with text-only mix) and validation sets; errors before any model loads."""
-    samples = [
-        first_turns(s, config.max_turns) for s in load_samples(config.data, max_images=config.max_images)
-    ]
-    if config.separate_description:
-        samples = [part for s in samples for part in separate_description(s)]
-    extra = load_samples(config.text_data, max_images=config.max_images) if config.text_data else []
-    bad = [s for s in extra if s.images]
-    if bad:
+def load_data(config: TrainConfig) -> tuple[Sequence[Sample], Sequence[Sample] | None]:
+    """The training (with text-only mix) and validation sets, checked entry by entry before any model
+    loads and parsed on access (``thinchat.train.sources``): a 100k-slide set is never one list."""
+    common = {"max_images": config.max_images, "max_turns": config.max_turns}
+    samples = open_samples(config.data, separate=config.separate_description, **common)
+    extra: Sequence[Sample] = (
+        open_samples(config.text_data, max_images=config.max_images) if config.text_data else []
+    )
+    bad = next((i for i in range(len(extra)) if has_images(extra, i)), None)
+    if bad is not None:
         raise ConfigError(
-            f"text_data={config.text_data}: {bad[0].where} has images; text_data is for text-only entries"
+            f"text_data={config.text_data}: {extra[bad].where} has images; text_data is for text-only entries"
         )
     train = mix_text_only(samples, extra, config.text_only_ratio, config.seed)
     val = None
     if config.val_data:
-        val = [
-            first_turns(s, config.max_turns)
-            for s in load_samples(config.val_data, max_images=config.max_images)
-        ]
-        if config.separate_description:
-            val = [part for s in val for part in separate_description(s)]
+        val = open_samples(config.val_data, split="val", separate=config.separate_description, **common)
     return train, val
 
 
@@ -110,7 +106,7 @@ def attach_feature_cache(config: TrainConfig, model, processor, datasets: list[A
     cache = FeatureCache(
         root, model, processor, dtype=config.feature_cache_dtype, device=device, compute_dtype=compute
     )
-    paths = [p for ds in datasets if ds is not None for item in ds.items for p in item.sample.images]
+    paths = [p for ds in datasets if ds is not None for sample in ds.iter_samples() for p in sample.images]
     cache.precompute(paths)
     for ds in datasets:
         if ds is not None:
@@ -123,9 +119,11 @@ def fit_projector(config, model, processor, train_set, cache) -> None:
     """Stage 1 in closed form (``init: ridge``): see ``thinchat.train.projector_init``."""
     from thinchat.train.projector_init import init_projector_ridge
 
-    items = [item for item in train_set.items if item.sample.images]
-    answers = [_richest_answer(item.sample.messages) for item in items]
-    features = [cache.features_for(item.sample.images) for item in items]
+    answers, features = [], []
+    for sample in train_set.iter_samples():  # one sample parsed at a time
+        if sample.images:
+            answers.append(_richest_answer(sample.messages))
+            features.append(cache.features_for(sample.images))
     keep = [i for i, answer in enumerate(answers) if answer.strip()]
     stats = init_projector_ridge(
         model,
