@@ -1,13 +1,24 @@
-"""Peak memory of reading a 100k-slide set: one JSON list of dicts vs a saved ``datasets.DatasetDict``.
+"""Peak memory of a 100k-slide set: reading it (a JSON list vs a saved ``datasets.DatasetDict``) and
+what the trainer holds for it (a list of samples vs the lazy sources).
 
-    python bench/bench_datasets.py [--rows 100000] [--keep DIR]
+    python bench/bench_datasets.py [--rows 100000] [--keep DIR] [--reading-only | --trainer-only]
+        [--before TREE]
 
 Writes a generated set twice (LLaVA JSON with image files referenced by path; a DatasetDict with the
 image bytes stored as ``Image`` features, as ``thinchat data convert --format-out hf`` writes it), then
-measures, each in a fresh process (peak RSS, and anonymous / file-backed RSS at the end): ``json.load`` of the list (what the trainer reads today), iterating
-every row of the DatasetDict (memory-mapped Arrow, images undecoded), and streaming it to the trainer's
-JSON + image files (thinchat/hfdata.py ``as_llava_json``). Images are 16 x 16 PNGs: the point is the
-per-row overhead, not pixels. Prints JSON: peak RSS (MiB) and seconds per case, rows, machine, date.
+measures, each in a fresh process (peak RSS, and anonymous / file-backed RSS at the end):
+
+- reading: ``json.load`` of the list, iterating every row of the DatasetDict (memory-mapped Arrow,
+  images undecoded), and streaming it to JSON + image files (thinchat/hfdata.py ``as_llava_json``);
+- the trainer: building ``SupervisedDataset`` (thinchat/train/dataset.py: every sample checked and
+  tokenised once, lengths kept) on ``load_samples``' list of samples, on ``open_samples`` of the
+  DatasetDict split and of the JSON (thinchat/train/sources.py), then ``dataset[i]`` (tokens + pixels) for
+  300 items spread over the set, with the tiny llama + DINOv2 processor of ``thinchat.testing`` (28 px
+  images: few image tokens per sample). ``--before TREE``: the list case again with another checkout of
+  thinchat first on ``PYTHONPATH`` (e.g. ``git archive`` of an older commit), to compare.
+
+Images are 16 x 16 PNGs: the point is the per-row overhead, not pixels. Prints JSON: peak RSS (MiB) and
+seconds per case, rows, machine, date.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ import argparse
 import datetime
 import io
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,6 +49,27 @@ CASES = {
         "from pathlib import Path\nfrom thinchat.hfdata import as_llava_json\n"
         "as_llava_json(Path(sys.argv[1]) / 'hf', 'train')"
     ),
+}
+
+_TRAINER = (
+    "import datasets\nfrom thinchat.testing import tiny_llava\nfrom thinchat.train.dataset import SupervisedDataset\n"
+    "_, processor = tiny_llava('llama', 'dinov2', image_size=28)\n"
+)
+_ITERATE = (
+    "ds = SupervisedDataset(samples, processor, 2048)\n"
+    "n = sum(len(ds[i]['input_ids']) for i in range(0, len(ds), max(1, len(ds) // 300)))\n"
+)
+TRAINER_CASES = {
+    "trainer baseline (imports + tiny processor)": _TRAINER,
+    "trainer, list of samples (load_samples)": _TRAINER
+    + "from thinchat.train.data import load_samples\nsamples = load_samples(sys.argv[1] + '/train.json')\n"
+    + _ITERATE,
+    "trainer, lazy: DatasetDict split (open_samples)": _TRAINER
+    + "from thinchat.train.sources import open_samples\nsamples = open_samples(sys.argv[1] + '/hf')\n"
+    + _ITERATE,
+    "trainer, lazy: JSON (open_samples)": _TRAINER
+    + "from thinchat.train.sources import open_samples\nsamples = open_samples(sys.argv[1] + '/train.json')\n"
+    + _ITERATE,
 }
 
 
@@ -92,7 +125,7 @@ def generate(root: Path, rows: int) -> None:
     DatasetDict(train=data).save_to_disk(str(root / "hf"))
 
 
-def measure(code: str, root: Path) -> dict[str, float]:
+def measure(code: str, root: Path, pythonpath: str | None = None) -> dict[str, float]:
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork + exec, so a child would report this
     # (large) parent's peak; VmHWM belongs to the child's own address space.
     script = (
@@ -101,8 +134,15 @@ def measure(code: str, root: Path) -> dict[str, float]:
         + "\nst = {l.split(':')[0]: int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(('VmHWM', 'Rss'))}"
         + "\nprint(st['VmHWM'] / 1024, st['RssAnon'] / 1024, st['RssFile'] / 1024, time.perf_counter() - start)"
     )
+    # ``python -c`` puts its working directory first on sys.path: run in the checkout to measure.
+    env = {**os.environ, "PYTHONPATH": pythonpath} if pythonpath else None
     out = subprocess.run(
-        [sys.executable, "-c", script, str(root)], capture_output=True, text=True, check=True, cwd=ROOT
+        [sys.executable, "-c", script, str(root)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=pythonpath or ROOT,
+        env=env,
     ).stdout
     peak, anon, file, seconds = map(float, out.split()[-4:])
     # The peak counts the memory-mapped Arrow pages read (page cache, given back under pressure); the
@@ -119,6 +159,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--keep", default=None, help="write the generated set here instead of a temp dir")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--reading-only", action="store_true", help="skip the trainer cases")
+    only.add_argument("--trainer-only", action="store_true", help="skip the reading cases")
+    parser.add_argument("--before", default=None, help="also run the list case on this thinchat checkout")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,8 +183,20 @@ def main() -> None:
                 "unknown",
             ),
         }
-        for name, code in CASES.items():
-            report[name] = measure(code, root)
+        if not args.trainer_only:
+            for name, code in CASES.items():
+                report[name] = measure(code, root)
+        if not args.reading_only:
+            from thinchat.hfdata import as_llava_json
+
+            as_llava_json(root / "hf", "train")  # the images the lazy split reads: extracted once, not timed
+            for name, code in TRAINER_CASES.items():
+                report[name] = measure(code, root)
+            if args.before:
+                name = "trainer, list of samples (load_samples)"
+                report[f"{name}, --before {args.before}"] = measure(
+                    TRAINER_CASES[name], root, str(Path(args.before).resolve())
+                )
     print(json.dumps(report, indent=1))
 
 
