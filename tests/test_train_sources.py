@@ -26,7 +26,6 @@ def typed_dataset(root: Path) -> tuple[Path, Path]:
     for i, entry in enumerate(entries[:8]):
         extra = QUESTIONS[: i % 3]
         describe = entry["conversations"]
-        turns = [{"from": "human", "value": q} for q, _, _ in extra]
         if i % 2:  # the description after the questions: <image> moves to the first turn
             prompt = describe[0]["value"]
             conv = []
@@ -43,7 +42,6 @@ def typed_dataset(root: Path) -> tuple[Path, Path]:
             for q, a, _ in extra:
                 conv += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
             types = ["describe"] + [t for _, _, t in extra]
-        assert len(turns) == len(extra)
         entry["conversations"] = conv
         if i != 6:  # one entry without types: never separated
             entry["turn_types"] = types
