@@ -231,3 +231,16 @@ def test_the_same_words_about_another_image_never_reuse_its_tokens(engine):
     ]
     first_image = int((ids == engine.image_token_id).nonzero()[0])
     assert engine.last_reused_tokens <= first_image
+
+
+def test_a_batch_with_more_images_than_the_feature_cache_holds(engine, monkeypatch):
+    import thinchat.engine
+
+    monkeypatch.setattr(thinchat.engine, "FEATURE_CACHE_SIZE", 2)
+    images = [tiny_image(40 + i) for i in range(5)]
+    features = engine.image_features(images)
+    assert len(features) == 5 and len(engine._features) == 2
+    assert torch.equal(features[4], engine.image_features([images[4]])[0])  # the newest stay cached
+    messages = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]] * 5
+    answers = engine.generate_batch(messages, [[image] for image in images], 4)
+    assert len(answers) == 5

@@ -287,9 +287,10 @@ class ChatEngine:
                 self._features[key] = feature.detach()
         for key in keys:
             self._features.move_to_end(key)
+        features = [self._features[key] for key in keys]  # before eviction: a batch may exceed the cache
         while len(self._features) > FEATURE_CACHE_SIZE:
             self._features.popitem(last=False)
-        return [self._features[key] for key in keys]
+        return features
 
     # ----- generation --------------------------------------------------------------------------------
     def _inputs(
