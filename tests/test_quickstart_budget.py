@@ -14,7 +14,8 @@ from thinchat.recipes.quickstart import QuickstartConfig, check_thresholds, step
         (460.0, 384),  # within the dead zone: timing noise never changes the steps
         (330.0, 384),
         (600.0, 576),  # 1.5x faster: 1.5x the steps, a multiple of 32
-        (100.0, 192),  # never under half
+        (255.0, 384),  # a slower host (fp32 on a Xeon without AMX) trains max_steps and takes longer
+        (100.0, 384),
         (2000.0, 576),  # never over 1.5x
     ],
 )

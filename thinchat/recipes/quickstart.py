@@ -74,9 +74,9 @@ class QuickstartConfig:
     )
     reference_gflops: float = field(
         400.0,
-        help="matmul GFLOP/s (of the precision bf16: auto picks) at which stage 2's max_steps fit the "
-        "15-minute budget; the quickstart measures the host and scales the steps by its rate over this one "
-        "(docs/experiments.md); 0: use max_steps as it is",
+        help="matmul GFLOP/s (of the precision bf16: auto picks) that stage 2's max_steps is set for; the "
+        "quickstart measures the host and scales the steps by its rate over this one, so a faster host "
+        "trains more in the same time (docs/experiments.md); 0: use max_steps as it is",
     )
     min_mineral_f1: float = field(0.6, help="threshold: finetuned mineral-term F1")
     min_cider_ratio: float = field(2.0, help="threshold: finetuned CIDEr-D / base CIDEr-D")

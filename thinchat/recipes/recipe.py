@@ -234,7 +234,7 @@ def chat_commands(model: Path | str) -> list[str]:
 #: Within this relative distance of the reference rate the steps stay exactly max_steps, so repeated runs
 #: on one machine train the same steps (and give the same scores) despite timing noise.
 STEP_DEAD_ZONE = 0.2
-#: The scaled budget is a multiple of this and stays within [max_steps / 2, STEP_CAP * max_steps].
+#: The scaled budget is a multiple of this and stays within [max_steps, STEP_CAP * max_steps].
 STEP_QUANTUM = 32
 #: A faster matmul speeds a whole step up by less (casts, norms, the optimizer and Python do not scale).
 STEP_CAP = 1.5
@@ -243,6 +243,10 @@ STEP_CAP = 1.5
 def step_budget(max_steps: int, reference_gflops: float, measured: float | None = None) -> dict[str, Any]:
     """Stage-2 steps for this host: ``max_steps`` scaled by the measured matmul rate of the precision
     ``bf16: auto`` chooses, relative to ``reference_gflops``; a faster host trains more within the same time.
+
+    Never fewer than ``max_steps``: question following grows with the steps far more than the
+    description does (docs/experiments.md), so a slower host takes longer rather than train an assistant
+    that answers yes/no near chance.
     """
     if reference_gflops <= 0:
         return {"steps": max_steps, "reason": "max_steps as configured (reference_gflops: 0)"}
@@ -255,7 +259,7 @@ def step_budget(max_steps: int, reference_gflops: float, measured: float | None 
         steps = max_steps
     else:
         scaled = round(max_steps * ratio / STEP_QUANTUM) * STEP_QUANTUM
-        steps = int(min(max(scaled, max_steps // 2), STEP_CAP * max_steps))
+        steps = int(min(max(scaled, max_steps), STEP_CAP * max_steps))
     return {
         "steps": steps,
         "measured_gflops": round(measured, 1),
