@@ -272,3 +272,25 @@ def test_convert_fixed_test_and_val_ids_from_the_cli(tmp_path):
         for name in ("train", "val", "test")
     }
     assert ids["test"] == ["s00", "s01"] and ids["val"] == ["s02"] and len(ids["train"]) == 7
+
+
+def test_exported_dataset_converts_to_its_own_ids(tmp_path):
+    """A dataset's rows (two views, ids with dots) keep their ids through export + convert."""
+    import datasets
+
+    from data_tools.convert import convert
+    from thinchat.hfdata import export_dataset
+    from thinchat.testing import tiny_image
+
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"src{i}.png")
+        tiny_image(seed=i).save(paths[-1])
+    views = [[str(paths[0]), str(paths[1])], [str(paths[2]), str(paths[3])]]
+    columns = {"id": ["s.1", "s.2"], "image": views, "caption": ["Quartz.", "Calcite."]}
+    table = datasets.Dataset.from_dict(columns).cast_column("image", datasets.List(datasets.Image()))
+    datasets.DatasetDict(train=table).save_to_disk(str(tmp_path / "hf"))
+    plan = export_dataset(tmp_path / "hf", tmp_path / "export")
+    convert(plan["captions"], plan["images"], tmp_path / "conv.json")
+    entries = json.loads((tmp_path / "conv.json").read_text(encoding="utf-8"))
+    assert sorted((e["id"], len(e["image"])) for e in entries) == [("s.1", 2), ("s.2", 2)]

@@ -116,7 +116,7 @@ def image_suffix(stored_path: str | None) -> str:
 
 
 def _write_image(value: dict[str, Any], target: Path) -> Path:
-    target = target.with_suffix(image_suffix(value.get("path")))
+    target = target.with_name(target.name + image_suffix(value.get("path")))  # "s.1" stays "s.1"
     if value.get("bytes"):
         target.write_bytes(value["bytes"])
     elif value.get("path") and Path(value["path"]).is_file():
@@ -170,8 +170,8 @@ def export_dataset(source: str | Path, out: Path) -> dict[str, Any]:
                 caption = _caption(row, columns)
                 values = row[column] if isinstance(row[column], list) else [row[column]]
                 names = []
-                for view, value in enumerate(values):
-                    folder = images / f"view{view}"
+                for view, value in enumerate(values):  # the first view at the top: its name is the slide id
+                    folder = images / f"view{view}" if view else images
                     folder.mkdir(parents=True, exist_ok=True)
                     names.append(_write_image(value, folder / slide).relative_to(images).as_posix())
                 captions.write(json.dumps({"image": names, "caption": caption}, ensure_ascii=False) + "\n")
