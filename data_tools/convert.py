@@ -14,7 +14,7 @@ import os
 import random
 import statistics
 from collections import Counter, defaultdict
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tqdm import tqdm
@@ -26,7 +26,7 @@ from thinchat.domain.grounded_qa import GroundedQA, QAOptions, TermPool
 from thinchat.domain.lexicon import is_chinese, load_lexicon
 from thinchat.domain.questions import load_questions
 from thinchat.errors import DataFormatError, ImageError
-from thinchat.images import DEFAULT_MAX_PIXELS
+from thinchat.images import DEFAULT_MAX_PIXELS, PAIR_SUFFIXES, slide_id
 
 log = logging.getLogger(__name__)
 SPLIT_NAMES = {1: ("train",), 2: ("train", "val"), 3: ("train", "val", "test")}
@@ -64,10 +64,23 @@ def _assign_splits(keys: list[tuple[str, ...]], ratios: tuple[float, ...] | None
     return out
 
 
-def _base_id(row: Row, fmt: str) -> str:
-    """The id a slide's entries start with (``thinchat caption`` names its output rows the same way)."""
-    base = row.refs[0] if fmt in ("tsv", "folder") else Path(row.refs[0]).stem
-    return base.replace("/", "_")
+def _relative_image(path: Path, root: Path) -> str:
+    """``path`` relative to the images root, ``/``-separated; a file outside it (allowed) by its name."""
+    rel = Path(os.path.relpath(path, root))
+    return path.name if rel.parts[:1] == ("..",) else rel.as_posix()
+
+
+def _base_id(row: Row, paths: tuple[Path, ...], root: Path) -> str:
+    """The id a slide's entries start with: ``thinchat.images.slide_id`` of its images, as ``caption`` names rows.
+
+    A row naming a field (``0001``) that resolved to only some of its views (``0001_ppl.png``) keeps the
+    field's name, as it has when both views are there.
+    """
+    rels = [_relative_image(p, root) for p in paths]
+    views = {row.refs[0] + s for s in PAIR_SUFFIXES}
+    if len(row.refs) == 1 and all(str(PurePosixPath(r).with_suffix("")) in views for r in rels):
+        return row.refs[0].replace("/", "_")
+    return slide_id(rels)
 
 
 def read_ids(source: str | Path | list[str] | None) -> set[str] | None:
@@ -248,7 +261,7 @@ def convert(
     per_image: dict[tuple[Path, ...], list[Row]] = defaultdict(list)
     for row, paths in accepted:
         per_image[paths].append(row)
-    base_ids = {paths: _base_id(rows[0], fmt) for paths, rows in per_image.items()}
+    base_ids = {paths: _base_id(rows[0], paths, images_dir) for paths, rows in per_image.items()}
     if test_ids is not None or val_ids is not None:
         split_of = assign_fixed_splits(base_ids, read_ids(test_ids), read_ids(val_ids), ratios, seed)
     else:

@@ -257,3 +257,67 @@ def test_question_pools_size() -> None:
     pools = load_questions()
     assert len(pools.describe["zh"]) >= 20 and len(pools.describe["en"]) >= 20
     assert len(set(pools.describe["zh"])) == len(pools.describe["zh"])
+
+
+def _nested_images(root: Path) -> Path:
+    """``a.jpg``, ``sub/b.jpg``, the pair ``sub/c_ppl.jpg`` + ``sub/c_xpl.jpg`` and ``deep/x/d.jpg``."""
+    for k, name in enumerate(("a.jpg", "sub/b.jpg", "sub/c_ppl.jpg", "sub/c_xpl.jpg", "deep/x/d.jpg")):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        _jpg(root / name, seed=k)
+    return root
+
+
+def test_jsonl_pair_ids_in_subfolders_match_caption(tmp_path: Path) -> None:
+    from thinchat.eval.caption import discover_slides
+
+    img = _nested_images(tmp_path / "img")
+    cap = tmp_path / "c.jsonl"
+    rows = [
+        {"image": "a.jpg", "caption": EN},
+        {"image": "sub/b.jpg", "caption": ZH},
+        {"image": ["sub/c_xpl.jpg", "sub/c_ppl.jpg"], "caption": EN},  # a pair in any order
+        {"image": "deep/x/d.jpg", "caption": ZH},
+    ]
+    cap.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    convert(cap, img, tmp_path / "out.json")
+    converted = {r["id"] for r in _load(tmp_path / "out.json")}
+    assert converted == {"a", "sub_b", "sub_c", "deep_x_d"}
+    assert converted == {s.id for s in discover_slides([img], ("_ppl", "_xpl"))}
+
+
+def test_csv_and_coco_single_images_in_subfolders_match_caption(tmp_path: Path) -> None:
+    from thinchat.eval.caption import discover_slides
+
+    img = _nested_images(tmp_path / "img")
+    names = ["a.jpg", "sub/b.jpg", "sub/c_ppl.jpg", "sub/c_xpl.jpg", "deep/x/d.jpg"]
+    expected = {s.id for s in discover_slides([img])}  # no pairing: one slide per image
+    assert expected == {"a", "sub_b", "sub_c_ppl", "sub_c_xpl", "deep_x_d"}
+    csv_file = tmp_path / "c.csv"
+    csv_file.write_text("image,caption\n" + "".join(f"{n},{EN}\n" for n in names), encoding="utf-8")
+    coco = tmp_path / "coco.json"
+    coco.write_text(
+        json.dumps(
+            {
+                "images": [{"id": i, "file_name": n} for i, n in enumerate(names)],
+                "annotations": [{"image_id": i, "caption": EN} for i in range(len(names))],
+            }
+        ),
+        encoding="utf-8",
+    )
+    for source in (csv_file, coco):
+        out = tmp_path / f"{source.stem}.json"
+        convert(source, img, out)
+        assert {r["id"] for r in _load(out)} == expected, source.name
+
+
+def test_tsv_field_ids_keep_their_name(tmp_path: Path) -> None:
+    """A TSV field id names its slide (both views or one); a file path is named like ``caption`` names it."""
+    img = tmp_path / "img"
+    img.mkdir()
+    _jpg(img / "0001_ppl.jpg", 1), _jpg(img / "0001_xpl.jpg", 2), _jpg(img / "0002_ppl.jpg", 3)
+    (img / "sub").mkdir()
+    _jpg(img / "sub" / "0003.jpg", 4)
+    cap = tmp_path / "c.tsv"
+    cap.write_text(f"0001\t{EN}\n0002\t{EN}\nsub/0003.jpg\t{EN}\n", encoding="utf-8")
+    convert(cap, img, tmp_path / "out.json")
+    assert [r["id"] for r in _load(tmp_path / "out.json")] == ["0001", "0002", "sub_0003"]

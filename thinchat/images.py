@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
@@ -22,6 +22,28 @@ from thinchat.errors import ImageError, ImageTooLargeError, UnreadableImageError
 DEFAULT_MAX_PIXELS = 8192 * 8192
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+#: Name endings of the two views of one field (plane- and cross-polarised), in prompt order.
+PAIR_SUFFIXES = ("_ppl", "_xpl")
+
+
+def slide_id(images: Sequence[str], pair_suffixes: Sequence[str] = PAIR_SUFFIXES) -> str:
+    """The id of a slide from its images' paths relative to the images root (POSIX, ``/``-separated).
+
+    One rule for ``thinchat data convert`` (entry ids, ``--test-ids``) and ``thinchat caption`` (row ids),
+    so captions and conversations join on it: the first image's path without its file suffix, ``/`` as
+    ``_``; when the images are exactly one PPL/XPL pair (``sub/a_ppl.png`` + ``sub/a_xpl.png``, any
+    order), the common stem with the pair suffix removed (``sub_a``).
+    """
+    stems = [p[: -len(PurePosixPath(p).suffix)] if PurePosixPath(p).suffix else p for p in images]
+    if not stems:
+        raise ValueError("slide_id needs at least one image path")
+    ident = stems[0]
+    if pair_suffixes and len(stems) == len(pair_suffixes):
+        first = next((s for s in pair_suffixes if stems[0].endswith(s)), None)
+        common = stems[0][: -len(first)] if first else None
+        if common and sorted(stems) == sorted(common + s for s in pair_suffixes):
+            ident = common
+    return ident.replace("/", "_")
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from thinchat.errors import DataFormatError, ImageError, ThinchatError
-from thinchat.images import IMAGE_SUFFIXES, load_image
+from thinchat.images import IMAGE_SUFFIXES, load_image, slide_id
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,12 @@ def _image_files(directory: Path) -> list[Path]:
 def discover_slides(inputs: Sequence[str | Path], pair_suffixes: Sequence[str] = ()) -> list[Slide]:
     """Slides from directories (searched recursively for image files) and/or image files, in sorted order.
 
-    Ids are named as ``thinchat data convert`` names entries, so captions and conversations join on them:
-    the path relative to the directory (a single directory input) or as given, without the image suffix
-    and with ``/`` as ``_`` (a name used twice, e.g. ``a.png`` and ``a.jpg``, keeps its suffix). With
-    ``pair_suffixes`` (e.g. ``("_ppl", "_xpl")``) files whose name stem ends with a suffix are grouped by
-    the stem before it into one slide, in suffix order; a group missing a member is reported as failed.
+    Ids are ``thinchat.images.slide_id``, the rule ``thinchat data convert`` names entries by, so captions
+    and conversations join on them: the path relative to the directory (a single directory input) or as
+    given, without the image suffix and with ``/`` as ``_`` (a name used twice, e.g. ``a.png`` and
+    ``a.jpg``, keeps its suffix). With ``pair_suffixes`` (e.g. ``("_ppl", "_xpl")``) files whose name stem
+    ends with a suffix are grouped by the stem before it into one slide named by that stem, in suffix
+    order; a group missing a member is reported as failed.
     """
     files: list[tuple[str, Path]] = []
     for item in inputs:
@@ -73,19 +74,21 @@ def discover_slides(inputs: Sequence[str | Path], pair_suffixes: Sequence[str] =
     if not files:
         raise ImageError("no images given; pass --images DIR or image files")
     slides: dict[str, Slide] = {}
-    groups: dict[str, dict[str, Path]] = {}
+    groups: dict[str, dict[str, tuple[str, Path]]] = {}
     stems = Counter(ident[: -len(path.suffix)] if path.suffix else ident for ident, path in files)
     for ident, path in files:
         stem_id = ident[: -len(path.suffix)] if path.suffix else ident
         suffix = next((s for s in pair_suffixes if stem_id.endswith(s)), None)
         if suffix is None:
-            key = (stem_id if stems[stem_id] == 1 else ident).replace("/", "_")
+            key = slide_id([ident]) if stems[stem_id] == 1 else ident.replace("/", "_")
             slides[key] = Slide(key, [path])
         else:
-            groups.setdefault(stem_id[: -len(suffix)].replace("/", "_"), {})[suffix] = path
-    for key, members in groups.items():
+            groups.setdefault(stem_id[: -len(suffix)], {})[suffix] = (ident, path)
+    for common, members in groups.items():
         missing = [s for s in pair_suffixes if s not in members]
-        paths = [members[s] for s in pair_suffixes if s in members]
+        paths = [members[s][1] for s in pair_suffixes if s in members]
+        key = slide_id([members[s][0] for s in pair_suffixes], pair_suffixes) if not missing else None
+        key = key or common.replace("/", "_")
         error = (
             f"incomplete set: has {', '.join(s for s in pair_suffixes if s in members)}, missing {', '.join(missing)}"
             if missing
