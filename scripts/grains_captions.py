@@ -36,9 +36,7 @@ TEMPLATES = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--grains", default="../shared/data/grains", help="the grains folder (labels.csv, ppl/, xpl/)"
-    )
+    parser.add_argument("--grains", required=True, help="the grains folder (labels.csv, ppl/, xpl/)")
     parser.add_argument("--out", required=True, help="folder for captions.jsonl and test_ids.txt")
     parser.add_argument("--test-share", type=float, default=0.2, help="share of each class held out")
     parser.add_argument("--seed", type=int, default=0)
