@@ -246,19 +246,25 @@ def test_loss_on_scored_positions_only_matches_the_full_loss():
 
 
 @pytest.mark.parametrize(
-    ("stage", "bf16", "expected"),
+    ("stage", "bf16", "extra", "expected"),
     [
-        ("lora", True, torch.bfloat16),  # CPU too: the frozen base need not be cast at every matmul
-        ("lora", False, torch.float32),
-        ("full", True, torch.float32),  # a saved whole model must not come out rounded to bf16
-        ("projector", True, torch.float32),
+        ("lora", True, [], torch.bfloat16),  # CPU too: the frozen base need not be cast at every matmul
+        ("lora", False, [], torch.float32),
+        ("lora", True, ["base_dtype=float32"], torch.float32),  # a recipe that measured better in fp32
+        ("full", True, [], torch.float32),  # a saved whole model must not come out rounded to bf16
+        ("projector", True, [], torch.float32),
     ],
 )
-def test_the_frozen_base_is_loaded_in_the_training_precision_only_for_lora(stage, bf16, expected):
+def test_the_frozen_base_is_loaded_in_the_training_precision_only_for_lora(stage, bf16, extra, expected):
     from thinchat.train.stages import stage_for
 
-    config = load_train_config(None, [f"stage={stage}", f"bf16={str(bf16).lower()}", "cpu=true"])
+    config = load_train_config(None, [f"stage={stage}", f"bf16={str(bf16).lower()}", "cpu=true", *extra])
     assert stage_for(config).load_kwargs(config)["dtype"] == expected
+
+
+def test_base_dtype_rejects_an_unknown_precision():
+    with pytest.raises(ConfigError, match="base_dtype"):
+        load_train_config(None, ["stage=lora", "base_dtype=float16"])
 
 
 def test_lora_on_a_bf16_base_trains_fp32_weights(tmp_path):

@@ -184,6 +184,12 @@ class LoraStageConfig(TrainConfig):
     tower_lora: bool = field(False, help="also put LoRA on the vision tower's linear layers")
     unfreeze_tower: bool = field(False, help="train the whole vision tower (saved with the adapter)")
     feature_cache: bool = field(True, help="cache tower features (ignored when the tower is trained)")
+    base_dtype: Literal["auto", "float32"] = field(
+        "auto",
+        help="precision of the frozen base weights: auto (bf16 when training in bf16, else fp32) or "
+        "float32 (fp32 weights cast at each matmul under bf16 autocast; slower, and measured better "
+        "for some models: docs/experiments.md)",
+    )
 
     def validate(self) -> None:
         super().validate()

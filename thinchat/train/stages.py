@@ -135,11 +135,12 @@ class LoraStage(Stage):
         fp32 (on the quickstart's CPU recipe the casts take a fifth of a step). The trained weights
         (LoRA, projector) stay fp32 (:meth:`prepare`, peft's adapter autocast) so AdamW updates keep
         full precision. Only LoRA: its output is an adapter, while stage 1 and full fine-tuning save the
-        whole model, which must not come out rounded to bf16.
+        whole model, which must not come out rounded to bf16. ``base_dtype: float32`` keeps the fp32
+        base, for a model whose measured scores are better with it.
         """
         import torch
 
-        low = config.bf16 is True
+        low = config.bf16 is True and config.base_dtype == "auto"
         return {"dtype": torch.bfloat16 if low else torch.float32}
 
     def tower_trainable(self, config: Any) -> bool:
