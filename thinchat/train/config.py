@@ -187,8 +187,8 @@ class LoraStageConfig(TrainConfig):
     base_dtype: Literal["auto", "float32"] = field(
         "auto",
         help="precision of the frozen base weights: auto (bf16 when training in bf16, else fp32) or "
-        "float32 (fp32 weights cast at each matmul under bf16 autocast; slower, and measured better "
-        "for some models: docs/experiments.md)",
+        "float32 (fp32 weights, cast at each matmul under bf16 autocast: slower, and the base's "
+        "activations stay as the fp32 model computes them)",
     )
 
     def validate(self) -> None:
