@@ -250,7 +250,7 @@ def test_loss_on_scored_positions_only_matches_the_full_loss():
     [
         ("lora", True, [], torch.bfloat16),  # CPU too: the frozen base need not be cast at every matmul
         ("lora", False, [], torch.float32),
-        ("lora", True, ["base_dtype=float32"], torch.float32),  # a recipe that measured better in fp32
+        ("lora", True, ["base_dtype=float32"], torch.float32),  # the config asks for an fp32 base
         ("full", True, [], torch.float32),  # a saved whole model must not come out rounded to bf16
         ("projector", True, [], torch.float32),
     ],

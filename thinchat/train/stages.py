@@ -136,7 +136,7 @@ class LoraStage(Stage):
         (LoRA, projector) stay fp32 (:meth:`prepare`, peft's adapter autocast) so AdamW updates keep
         full precision. Only LoRA: its output is an adapter, while stage 1 and full fine-tuning save the
         whole model, which must not come out rounded to bf16. ``base_dtype: float32`` keeps the fp32
-        base, for a model whose measured scores are better with it.
+        base (slower; on the zh quickstart it scored no better, docs/experiments.md).
         """
         import torch
 
