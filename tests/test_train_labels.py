@@ -10,7 +10,7 @@ from thinchat.chat_templates import choose_template, end_of_turn_token
 from thinchat.conversation import count_images, llava_to_messages
 from thinchat.errors import DataFormatError
 from thinchat.testing import LM_FAMILIES, tiny_image, tiny_llava
-from thinchat.train.data import Sample, first_turns, load_samples, mix_text_only, separate_description
+from thinchat.train.data import Sample, first_turns, load_samples, mix_text_only, split_turns
 from thinchat.train.dataset import IGNORE_INDEX, Collator, SupervisedDataset, tokenize_messages
 
 ANSWERS = ["Quartz grains are subrounded.", "zircon 锆石."]
@@ -226,25 +226,35 @@ def _slide_entry(types=("presence", "describe", "which")):
     }
 
 
-def test_separate_description_trains_description_and_questions_apart(tmp_path):
+def _typed_sample(tmp_path):
     for name in ("a.png", "b.png"):
         tiny_image().save(tmp_path / name)
     path = tmp_path / "train.json"
     path.write_text(json.dumps([_slide_entry()]), encoding="utf-8")
     (sample,) = load_samples(path)
     assert sample.turn_types == ["presence", "describe", "which"]
-    describe, questions = separate_description(sample)
-    assert describe.id == "s1#describe" and questions.id == "s1#questions"
+    return sample
+
+
+def _texts(sample):
+    return [m["content"][-1]["text"] for m in sample.messages]
+
+
+def _images_lead(part, sample):
+    assert part.images == sample.images
+    first = part.messages[0]["content"]
+    assert [p["type"] for p in first[:2]] == ["image", "image"]  # both views lead each new sample
+    assert count_images(part.messages) == 2
+
+
+def test_split_description_trains_description_and_questions_apart(tmp_path):
+    sample = _typed_sample(tmp_path)
+    describe, questions = split_turns(sample, "split_description")
+    assert describe.id == "s1#0" and questions.id == "s1#1"
     for part in (describe, questions):
-        assert part.images == sample.images
-        first = part.messages[0]["content"]
-        assert [p["type"] for p in first[:2]] == ["image", "image"]  # both views lead each new sample
-        assert count_images(part.messages) == 2
-    assert [m["content"][-1]["text"] for m in describe.messages] == [
-        "Describe the slide.",
-        "Quartz (about 60%) and K-feldspar.",
-    ]
-    assert [m["content"][-1]["text"] for m in questions.messages] == [
+        _images_lead(part, sample)
+    assert _texts(describe) == ["Describe the slide.", "Quartz (about 60%) and K-feldspar."]
+    assert _texts(questions) == [
         "Is calcite present?",
         "No, there is no calcite in this slide.",
         "Which does it contain: quartz or dolomite?",
@@ -254,9 +264,29 @@ def test_separate_description_trains_description_and_questions_apart(tmp_path):
     # the original conversation is untouched, and samples without a separable description pass through
     assert count_images(sample.messages) == 2 and len(sample.messages) == 6
     only = Sample("t", sample.messages[2:4], [], "", ["describe"])
-    assert separate_description(only) == [only]
+    assert split_turns(only, "split_description") == [only]
     untyped = Sample("u", sample.messages, sample.images)
-    assert separate_description(untyped) == [untyped]
+    assert split_turns(untyped, "split_description") == [untyped]
+    no_description = Sample("n", sample.messages, sample.images, "", ["presence", "which", "which"])
+    assert split_turns(no_description, "split_description") == [no_description]
+
+
+def test_per_exchange_gives_every_answer_only_the_images_and_its_question(tmp_path):
+    sample = _typed_sample(tmp_path)
+    parts = split_turns(sample, "per_exchange")
+    assert [p.id for p in parts] == ["s1#0", "s1#1", "s1#2"]
+    for part in parts:
+        _images_lead(part, sample)
+        assert [m["role"] for m in part.messages] == ["user", "assistant"]
+    assert [_texts(p) for p in parts] == [
+        ["Is calcite present?", "No, there is no calcite in this slide."],
+        ["Describe the slide.", "Quartz (about 60%) and K-feldspar."],
+        ["Which does it contain: quartz or dolomite?", "Quartz."],
+    ]
+    assert [p.turn_types for p in parts] == [["presence"], ["describe"], ["which"]]
+    assert split_turns(sample, "conversation") == [sample]
+    with pytest.raises(ValueError, match="turn_layout must be one of"):
+        split_turns(sample, "shuffled")
 
 
 def test_turn_types_must_match_the_answers(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from train_helpers import save_tiny, tiny_overrides, write_dataset
 
 from thinchat.errors import DataFormatError
-from thinchat.train.data import first_turns, load_samples, mix_text_only, separate_description
+from thinchat.train.data import first_turns, load_samples, mix_text_only, split_turns
 from thinchat.train.sources import open_samples
 
 QUESTIONS = [
@@ -62,11 +62,10 @@ def typed_dataset(root: Path) -> tuple[Path, Path]:
     return path, text
 
 
-def list_path(path, text, max_turns, separate, ratio):
+def list_path(path, text, max_turns, layout, ratio):
     """The trainer's data as it was built before the lazy sources: lists of samples."""
     samples = [first_turns(s, max_turns) for s in load_samples(path)]
-    if separate:
-        samples = [part for s in samples for part in separate_description(s)]
+    samples = [part for s in samples for part in split_turns(s, layout)]
     return list(mix_text_only(samples, load_samples(text), ratio, seed=3))
 
 
@@ -79,17 +78,25 @@ def same(a, b, where=True) -> None:
 
 
 @pytest.mark.parametrize(
-    ("max_turns", "separate", "ratio"),
-    [(None, True, None), (None, True, 0.3), (2, True, 0.6), (1, False, None), (None, False, 0.2)],
+    ("max_turns", "layout", "ratio"),
+    [
+        (None, "split_description", None),
+        (None, "split_description", 0.3),
+        (2, "split_description", 0.6),
+        (None, "per_exchange", 0.3),
+        (2, "per_exchange", None),
+        (1, "conversation", None),
+        (None, "conversation", 0.2),
+    ],
 )
-def test_lazy_json_source_equals_the_list_path(tmp_path, max_turns, separate, ratio):
+def test_lazy_json_source_equals_the_list_path(tmp_path, max_turns, layout, ratio):
     path, text = typed_dataset(tmp_path)
-    expected = list_path(path, text, max_turns, separate, ratio)
-    lazy = open_samples(path, max_turns=max_turns, separate=separate)
+    expected = list_path(path, text, max_turns, layout, ratio)
+    lazy = open_samples(path, max_turns=max_turns, layout=layout)
     mixed = mix_text_only(lazy, open_samples(text), ratio, seed=3)
     same(list(mixed), expected)
-    if separate and max_turns is None:
-        assert any(s.id.endswith("#questions") for s in mixed)
+    if layout != "conversation" and max_turns is None:
+        assert any(s.id.endswith("#1") for s in mixed)
 
 
 def test_lazy_datasetdict_source_equals_the_list_path_and_the_lengths_agree(tmp_path):
@@ -100,8 +107,8 @@ def test_lazy_datasetdict_source_equals_the_list_path_and_the_lengths_agree(tmp_
     path, _ = typed_dataset(tmp_path)
     entries = json.loads(path.read_text(encoding="utf-8"))
     hf = write_datasetdict({"train": entries, "val": entries[:4]}, tmp_path, tmp_path / "hf", {})
-    listed = [part for s in load_samples(hf) for part in separate_description(s)]  # via as_llava_json
-    lazy = open_samples(hf, separate=True)
+    listed = [part for s in load_samples(hf) for part in split_turns(s, "per_exchange")]  # via as_llava_json
+    lazy = open_samples(hf, layout="per_exchange")
     same(lazy, listed, where=False)
     assert "(split train): entry 1 (id s001)" in lazy[1].where
     assert all(image.is_file() for s in lazy for image in s.images)

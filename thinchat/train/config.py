@@ -46,10 +46,13 @@ class TrainConfig:
     max_turns: int | None = field(
         None, help="keep the first N question/answer exchanges of each conversation (1: captions for stage 1)"
     )
-    separate_description: bool = field(
-        False,
-        help="train each slide's description and its question turns as two samples, so no answer can be "
-        "copied from another in the context (needs the converter's turn_types)",
+    turn_layout: Literal["conversation", "split_description", "per_exchange", "isolated"] = field(
+        "conversation",
+        help="how a slide's exchanges are trained: conversation (one sample, as converted), "
+        "split_description (the description and the questions as two samples), per_exchange (one sample "
+        "per exchange, each seeing only the images and its own question) or isolated (per_exchange's "
+        "attention in one sample: the images once, an exchange mask; sdpa/eager attention). "
+        "All but conversation need the converter's turn_types",
     )
     num_train_epochs: float = field(1.0, help="passes over the training set")
     max_steps: int = field(-1, help="stop after this many optimizer steps (-1: use num_train_epochs)")

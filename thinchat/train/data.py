@@ -99,18 +99,57 @@ def _turn_types(entry: dict[str, Any], messages: list[dict[str, Any]], where: st
     return types
 
 
-def separate_description(sample: Sample) -> list[Sample]:
-    """Split a slide's conversation into its description exchange and its question exchanges.
+TURN_LAYOUTS = ("conversation", "split_description", "per_exchange", "isolated")
 
-    Why: in one shuffled conversation, a question asked after the description (or after another answer
-    that names the same mineral) can be answered by copying from the context, so half of the question
-    turns teach copying instead of reading the image; evaluation and a user's first question have no
-    such context. Both new samples show all the slide's images at their start. Samples without a
-    ``describe`` turn type, or with nothing besides it, come back unchanged.
+
+def split_turns(sample: Sample, layout: str) -> list[Sample]:
+    """``sample`` as the training samples of ``layout`` (one of ``TURN_LAYOUTS``).
+
+    Why: in one shuffled conversation, a question asked after the description, or after another answer
+    that names the same mineral (a which-of answer, a quoted clause), can be answered by copying from the
+    context, so many question turns teach copying instead of reading the image; evaluation and a user's
+    first question have no such context.
+
+    - ``conversation``: the entry as converted, one sample.
+    - ``split_description``: the description exchange and the question exchanges as two samples.
+    - ``per_exchange``: every exchange its own sample, so each answer sees only the images and its own
+      question, as in evaluation; the images are encoded again per exchange (more tokens per turn).
+    - ``isolated``: one sample, as converted; the dataset packs its exchanges so that each sees only the
+      images and itself (``thinchat.train.exchanges``): ``per_exchange``'s answers at the conversation's cost.
+
+    Each new sample shows all the slide's images at its start and is named ``<id>#<k>``; samples
+    without the converter's turn types, or with a single exchange, come back unchanged.
     """
+    if layout not in TURN_LAYOUTS:
+        raise ValueError(f"turn_layout must be one of {', '.join(TURN_LAYOUTS)}, got {layout!r}")
     types = sample.turn_types
-    if not types or "describe" not in types or len(types) < 2:
+    if layout in ("conversation", "isolated") or not types or len(types) < 2:
         return [sample]
+    if layout == "split_description":
+        if "describe" not in types:
+            return [sample]
+        groups = [
+            [i for i, t in enumerate(types) if t == "describe"],
+            [i for i, t in enumerate(types) if t != "describe"],
+        ]
+    else:
+        groups = [[i] for i in range(len(types))]
+    lead, exchanges, images = _exchanges(sample)
+    parts = []
+    for k, group in enumerate(groups):
+        messages = lead + [dict(m) for i in group for m in exchanges[i]]
+        first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
+        messages[first_user] = {**messages[first_user], "content": images + messages[first_user]["content"]}
+        kinds = [types[i] for i in group]
+        parts.append(Sample(f"{sample.id}#{k}", messages, sample.images, sample.where, kinds))
+    return parts
+
+
+def _exchanges(
+    sample: Sample,
+) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]], list[dict[str, Any]]]:
+    """The leading system messages, the exchanges (user turns up to an answer) with their image parts
+    removed, and those image parts in order."""
     lead: list[dict[str, Any]] = []
     exchanges: list[list[dict[str, Any]]] = []
     current: list[dict[str, Any]] = []
@@ -127,16 +166,7 @@ def separate_description(sample: Sample) -> list[Sample]:
         if message["role"] == "assistant":
             exchanges.append(current)
             current = []
-    describe = [e for e, t in zip(exchanges, types, strict=True) if t == "describe"]
-    questions = [e for e, t in zip(exchanges, types, strict=True) if t != "describe"]
-    parts = []
-    for name, group in (("describe", describe), ("questions", questions)):
-        messages = lead + [dict(m) for exchange in group for m in exchange]
-        first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
-        messages[first_user] = {**messages[first_user], "content": images + messages[first_user]["content"]}
-        kinds = [t for t in types if (t == "describe") == (name == "describe")]
-        parts.append(Sample(f"{sample.id}#{name}", messages, sample.images, sample.where, kinds))
-    return parts
+    return lead, exchanges, images
 
 
 def first_turns(sample: Sample, max_turns: int | None) -> Sample:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from thinchat.errors import DataFormatError
-from thinchat.train.data import Sample
+from thinchat.train.data import Sample, split_turns
+from thinchat.train.exchanges import PAD_EXCHANGE, PREFIX_EXCHANGE, pack_exchanges
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class Encoded:
     sample: Sample
     input_ids: list[int]
     labels: list[int]
+    #: per token, the exchange it belongs to (``thinchat.train.exchanges``); None: one causal sequence
+    exchange_ids: list[int] | None = None
 
 
 @dataclass
@@ -120,6 +123,7 @@ class SupervisedDataset:
         max_length: int,
         too_long: str = "truncate",
         name: str = "train",
+        isolate_exchanges: bool = False,
     ) -> None:
         from tqdm.auto import tqdm
 
@@ -127,6 +131,8 @@ class SupervisedDataset:
         self.processor = processor
         self.max_length = max_length
         self.too_long = too_long
+        #: render each exchange as its own sample and pack them over one shared prefix (turn_layout isolated)
+        self.isolate_exchanges = isolate_exchanges
         #: False when a feature cache supplies the tower features: images are then never decoded.
         self.load_pixels = True
         self.image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
@@ -136,7 +142,7 @@ class SupervisedDataset:
         for index in tqdm(
             range(len(samples)), desc=f"tokenising {name}", unit="sample", disable=len(samples) < 500
         ):
-            ids, _, reason = self._encode(samples[index])
+            ids, _, _, reason = self._encode(samples[index])
             if reason is not None:
                 setattr(self.skipped, reason, getattr(self.skipped, reason) + 1)
                 continue
@@ -160,7 +166,19 @@ class SupervisedDataset:
             )
 
     def _encode(self, sample: Sample):
-        """``(input_ids, labels, None)`` fitted to ``max_length``, or ``(None, None, reason)`` to skip."""
+        """``(input_ids, labels, exchange_ids, None)`` fitted to ``max_length``, or ``(None, None, None,
+        reason)`` to skip; ``exchange_ids`` is None unless the sample's exchanges are isolated."""
+        if self.isolate_exchanges and sample.turn_types and len(sample.turn_types) > 1:
+            parts = [self._tokens(part) for part in split_turns(sample, "per_exchange")]
+            ids, labels, exchanges = pack_exchanges(parts, self.image_token_id, sample.where)
+        else:
+            (ids, labels), exchanges = self._tokens(sample), None
+        ids, labels, reason = fit_length(ids, labels, self.max_length, self.image_token_id, self.too_long)
+        if exchanges is not None and ids is not None:
+            exchanges = exchanges[: len(ids)]
+        return ids, labels, exchanges, reason
+
+    def _tokens(self, sample: Sample) -> tuple[list[int], list[int]]:
         encoded = tokenize_messages(
             self.processor, sample.messages, blank_images(self.processor, len(sample.images))
         )
@@ -171,9 +189,7 @@ class SupervisedDataset:
             raise DataFormatError(
                 f"{sample.where}: an assistant turn contains <image>; images go in human turns"
             )
-        return fit_length(
-            encoded["input_ids"], encoded["labels"], self.max_length, self.image_token_id, self.too_long
-        )
+        return encoded["input_ids"], encoded["labels"]
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -193,8 +209,8 @@ class SupervisedDataset:
     def encoded(self, index: int) -> Encoded:
         """The ``index``-th kept sample with its tokens and labels."""
         sample = self.sample(index)
-        ids, labels, _ = self._encode(sample)
-        return Encoded(sample, ids, labels)
+        ids, labels, exchanges, _ = self._encode(sample)
+        return Encoded(sample, ids, labels, exchanges)
 
     @property
     def items(self) -> Sequence[Encoded]:
@@ -212,6 +228,9 @@ class SupervisedDataset:
             "labels": torch.tensor(item.labels, dtype=torch.long),
             "image_paths": [str(p) for p in item.sample.images],
         }
+        if self.isolate_exchanges:
+            exchanges = item.exchange_ids or [PREFIX_EXCHANGE] * len(item.input_ids)
+            out["exchange_ids"] = torch.tensor(exchanges, dtype=torch.long)
         if item.sample.images and self.load_pixels:
             images = [
                 load_image(path, name=f"{item.sample.where}: {path.name}") for path in item.sample.images
@@ -236,7 +255,11 @@ class _EncodedView(Sequence[Encoded]):
 
 
 class Collator:
-    """Right-pads a batch; stacks every sample's images in order (text-only samples add none)."""
+    """Right-pads a batch; stacks every sample's images in order (text-only samples add none).
+
+    ``exchange_ids`` (isolated exchanges) are padded with ``PAD_EXCHANGE``; the trainer turns them into
+    the attention mask and position ids (``thinchat.train.exchanges.isolate_exchanges``).
+    """
 
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
@@ -254,6 +277,12 @@ class Collator:
             labels[row, :n] = f["labels"]
             attention_mask[row, :n] = 1
         batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if any("exchange_ids" in f for f in features):
+            exchange_ids = torch.full((len(features), width), PAD_EXCHANGE, dtype=torch.long)
+            for row, f in enumerate(features):
+                n = len(f["input_ids"])
+                exchange_ids[row, :n] = f.get("exchange_ids", torch.zeros(n, dtype=torch.long))
+            batch["exchange_ids"] = exchange_ids
         pixels = [f["pixel_values"] for f in features if f.get("pixel_values") is not None]
         if pixels:
             batch["pixel_values"] = torch.cat(pixels, dim=0)

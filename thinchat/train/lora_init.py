@@ -62,6 +62,7 @@ def gradient_batches(config: Any, train_set: Any, feature_cache: Any) -> tuple[l
     import torch
 
     from thinchat.train.dataset import Collator
+    from thinchat.train.exchanges import isolate_exchanges
     from thinchat.train.trainer import embed_cached_features, logits_only_where_scored
 
     size = config.per_device_train_batch_size
@@ -71,7 +72,8 @@ def gradient_batches(config: Any, train_set: Any, feature_cache: Any) -> tuple[l
     batches = [collate([train_set[i] for i in order[j : j + size]]) for j in range(0, count, size)]
 
     def loss(model: Any, batch: dict[str, Any]) -> Any:
-        return model(**logits_only_where_scored(embed_cached_features(model, batch, feature_cache))).loss
+        inputs = isolate_exchanges(model, embed_cached_features(model, batch, feature_cache))
+        return model(**logits_only_where_scored(inputs)).loss
 
     log.info("lora_ga: estimating the full fine-tuning gradient on %d batches", len(batches))
     return batches, loss

@@ -29,7 +29,7 @@ def load_data(config: TrainConfig) -> tuple[Sequence[Sample], Sequence[Sample] |
     """The training (with text-only mix) and validation sets, checked entry by entry before any model
     loads and parsed on access (``thinchat.train.sources``): a 100k-slide set is never one list."""
     common = {"max_images": config.max_images, "max_turns": config.max_turns}
-    samples = open_samples(config.data, separate=config.separate_description, **common)
+    samples = open_samples(config.data, layout=config.turn_layout, **common)
     extra: Sequence[Sample] = (
         open_samples(config.text_data, max_images=config.max_images) if config.text_data else []
     )
@@ -41,7 +41,7 @@ def load_data(config: TrainConfig) -> tuple[Sequence[Sample], Sequence[Sample] |
     train = mix_text_only(samples, extra, config.text_only_ratio, config.seed)
     val = None
     if config.val_data:
-        val = open_samples(config.val_data, split="val", separate=config.separate_description, **common)
+        val = open_samples(config.val_data, split="val", layout=config.turn_layout, **common)
     return train, val
 
 
@@ -206,9 +206,12 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
     model, processor = stage.load(config)
     limit = max_positions(model.config.text_config)
     max_length = min(config.max_length, limit) if limit else config.max_length
-    train_set = SupervisedDataset(train_samples, processor, max_length, config.too_long, "train")
+    isolate = config.turn_layout == "isolated"
+    train_set = SupervisedDataset(train_samples, processor, max_length, config.too_long, "train", isolate)
     val_set = (
-        SupervisedDataset(val_samples, processor, max_length, config.too_long, "val") if val_samples else None
+        SupervisedDataset(val_samples, processor, max_length, config.too_long, "val", isolate)
+        if val_samples
+        else None
     )
     model.requires_grad_(False)  # stage.prepare decides what trains; the feature cache needs a frozen tower
     # The arguments first: they set up torch.distributed, so the feature cache can shard across ranks.

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from thinchat.errors import DataFormatError
-from thinchat.train.data import Sample, first_turns, parse_entry, separate_description
+from thinchat.train.data import Sample, first_turns, parse_entry, split_turns
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +111,11 @@ def open_rows(path: str | Path, split: str = "train") -> JsonRows | ArrowRows:
 
 
 class LazySamples(Sequence[Sample]):
-    """The samples of ``rows`` after ``first_turns(max_turns)`` and, with ``separate``, split by
-    ``separate_description``: the same samples in the same order as the list path, parsed on access.
+    """The samples of ``rows`` after ``first_turns(max_turns)`` and ``split_turns(layout)``: the same
+    samples in the same order as the list path, parsed on access.
 
     The up-front pass raises what ``load_samples`` raises; it keeps per sample its row, its part
-    (0, or 1 for the question half of a separated entry) and whether it shows images.
+    (its index among the samples ``split_turns`` makes of the row) and whether it shows images.
     """
 
     def __init__(
@@ -124,15 +124,15 @@ class LazySamples(Sequence[Sample]):
         max_images: int = 4,
         check_files: bool = True,
         max_turns: int | None = None,
-        separate: bool = False,
+        layout: str = "conversation",
     ) -> None:
         self.rows = rows
         self.max_images = max_images
         self.check_files = check_files
         self.max_turns = max_turns
-        self.separate = separate
+        self.layout = layout
         self._row = array("q")
-        self._part = array("b")
+        self._part = array("h")
         self._images = array("b")
         for index, entry in enumerate(rows.entries()):
             for part, sample in enumerate(self._parts(entry, index)):
@@ -147,7 +147,7 @@ class LazySamples(Sequence[Sample]):
             entry, index, self.rows.source, self.rows.image_root, self.max_images, self.check_files
         )
         sample = first_turns(sample, self.max_turns)
-        return separate_description(sample) if self.separate else [sample]
+        return split_turns(sample, self.layout)
 
     def __len__(self) -> int:
         return len(self._row)
@@ -168,10 +168,10 @@ def open_samples(
     split: str = "train",
     max_images: int = 4,
     max_turns: int | None = None,
-    separate: bool = False,
+    layout: str = "conversation",
     check_files: bool = True,
 ) -> LazySamples:
     """``LazySamples`` of a saved split or a LLaVA JSON: what the trainer reads its sets with."""
-    samples = LazySamples(open_rows(path, split), max_images, check_files, max_turns, separate)
+    samples = LazySamples(open_rows(path, split), max_images, check_files, max_turns, layout)
     log.info("%s: %d samples, parsed on access", samples.rows.source, len(samples))
     return samples

@@ -22,6 +22,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from thinchat.errors import ThinchatError
 from thinchat.train import checkpoints
 from thinchat.train.config import TrainConfig
+from thinchat.train.exchanges import isolate_exchanges
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class ThinchatTrainer(Trainer):
         return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = embed_cached_features(model, inputs, self.feature_cache)
+        inputs = isolate_exchanges(model, embed_cached_features(model, inputs, self.feature_cache))
         if not return_outputs:  # callers that want the outputs expect logits at every position
             inputs = logits_only_where_scored(inputs)
         return super().compute_loss(
