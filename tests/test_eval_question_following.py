@@ -9,7 +9,13 @@ import pytest
 
 from thinchat.domain.lexicon import load_lexicon
 from thinchat.eval.data import EvalSample
-from thinchat.eval.question_following import Probe, build_probes, parse_yes_no, score_probes
+from thinchat.eval.question_following import (
+    Probe,
+    add_followup_scores,
+    build_probes,
+    parse_yes_no,
+    score_probes,
+)
 from thinchat.eval.report import render_markdown, write_report
 
 EN = "Framework grains: quartz (about 55%), K-feldspar (about 12%). Calcite (about 9%) forms poikilotopic cement."
@@ -178,7 +184,53 @@ def test_report_section_and_chart(tmp_path: Path) -> None:
     assert "## Question following" in md
     assert "| yes/no accuracy (balanced) | 0.000 | 0.500 |" in md
     assert "| answered in the form asked | 0.000 | 1.000 |" in md
+    assert "after its own description" not in md  # not asked: no empty rows
+    right = {p.id: f"{p.expected}." for p in probes}
+    for name, scores in (("base", base), ("ft", tuned)):
+        add_followup_scores(scores, probes, right if name == "ft" else {p.id: "No." for p in probes})
+        following[name] = {k: v for k, v in scores.items() if k != "records"}
+    md = render_markdown(report)
+    assert "| yes/no accuracy after its own description | 0.500 | 1.000 |" in md
     paths = write_report(report, {}, tmp_path, {"ft": tuned["records"]})
     assert paths["question_chart"].stat().st_size > 1000
     rows = [json.loads(line) for line in paths["questions:ft"].read_text(encoding="utf-8").splitlines()]
     assert len(rows) == len(probes) and rows[0]["answer"] == "Yes."
+    assert (
+        rows[0]["followup_answer"] == f"{probes[0].expected}."
+        and rows[0]["followup_parsed"] == probes[0].expected
+    )
+
+
+def test_followup_is_asked_after_the_description_in_one_conversation() -> None:
+    sample = _sample("a", EN, "en")
+    sample.question = "<image>\n<image>\nDescribe."
+    probe = build_probes([sample, _sample("b", EN2, "en")])[0]
+    followup = probe.as_followup("Quartz and calcite.")
+    assert followup.id == probe.id and followup.images == sample.images
+    assert followup.conversation() == [
+        {"from": "human", "value": "<image>\n<image>\nDescribe."},
+        {"from": "gpt", "value": "Quartz and calcite."},
+        {"from": "human", "value": probe.question},
+    ]
+    assert probe.as_sample().conversation() == [
+        {"from": "human", "value": "<image>\n<image>\n" + probe.question}
+    ]
+
+
+def test_followup_scores_sit_beside_the_scores_alone() -> None:
+    en, zh = _sample("a", EN, "en"), _sample("b", ZH, "zh")
+    probes = [
+        _probe(en, 0, "presence", "yes"),
+        _probe(en, 1, "presence", "no"),
+        _probe(en, 2, "which", "calcite", ("dolomite", "calcite")),
+        _probe(zh, 0, "presence", "yes"),
+        _probe(zh, 1, "presence", "no"),
+    ]
+    alone = {"a#q0": "No.", "a#q1": "No.", "a#q2": "Dolomite.", "b#q0": "有。", "b#q1": "有。"}
+    after = {"a#q0": "Yes.", "a#q1": "No.", "a#q2": "Calcite.", "b#q0": "有。", "b#q1": "没有。"}
+    scores = add_followup_scores(score_probes(probes, alone), probes, after)
+    assert scores["en"]["yes_no_accuracy"] == 0.5 and scores["en"]["followup_yes_no_accuracy"] == 1.0
+    assert scores["en"]["which_accuracy"] == 0.0 and scores["en"]["followup_which_accuracy"] == 1.0
+    assert scores["zh"]["yes_no_accuracy"] == 0.5 and scores["zh"]["followup_no_accuracy"] == 1.0
+    assert scores["all"]["followup_yes_no_accuracy"] == 1.0 and scores["all"]["followup_answer_form"] == 1.0
+    assert [r["followup_parsed"] for r in scores["records"]] == ["yes", "no", "calcite", "yes", "no"]

@@ -72,6 +72,14 @@ def test_evaluate_two_checkpoints_writes_everything_deterministically(tmp_path, 
         assert (out / name).is_file(), name
     rows = (out / "generations_tuned.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 2 and all(isinstance(json.loads(r)["answer"], str) for r in rows)
+    # grounded questions, asked alone and again after each model's own description
+    following = report["question_following"]["tuned"]["all"]
+    assert following["n_yes"] + following["n_no"] > 0
+    assert all(f"followup_{key}" in following for key in ("yes_no_accuracy", "answer_form", "which_accuracy"))
+    questions = [
+        json.loads(r) for r in (out / "questions_tuned.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    assert questions and all(isinstance(q["followup_answer"], str) for q in questions)
     evaluate(checkpoints, data, tmp_path / "out2", **kwargs)
     assert (out / "report.json").read_bytes() == (tmp_path / "out2" / "report.json").read_bytes()
 

@@ -99,8 +99,10 @@ def plot_question_following(report: dict, path: str | Path) -> Path:
         ("yes/no acc.", "yes_no_accuracy"),
         ("answer form", "answer_form"),
         ("which-of", "which_accuracy"),
+        ("yes/no, follow-up", "followup_yes_no_accuracy"),
     ]
     langs = [k for k in following[names[0]] if k != "all"]
+    keys = [k for k in keys if any(following[n][lang].get(k[1]) is not None for n in names for lang in langs)]
     fig, axes = plt.subplots(1, len(langs), figsize=(1.5 + 3.2 * len(langs), 3.8), squeeze=False)
     for ax, lang in zip(axes[0], langs, strict=True):
         values = {n: [following[n][lang].get(key) or 0.0 for _, key in keys] for n in names}

@@ -31,10 +31,12 @@ class EvalSample:
     references: list[str]
     lang: str
     entry_ids: list[str] = field(default_factory=list)
+    #: earlier LLaVA turns of the same conversation (a follow-up question); the images are in the first
+    history: list[dict] = field(default_factory=list)
 
     def conversation(self) -> list[dict]:
-        """The prompt as a LLaVA ``conversations`` list (one human turn)."""
-        return [{"from": "human", "value": self.question}]
+        """The prompt as a LLaVA ``conversations`` list: the earlier turns, then the question."""
+        return [*self.history, {"from": "human", "value": self.question}]
 
 
 @dataclass

@@ -13,6 +13,11 @@ exactly one right option. Scores, per language and overall:
 - ``answer_form``: share of yes/no questions answered with a yes or a no first (yes/no, 是/否/有/没有);
 - ``which_accuracy``: share of which-of questions whose first named option is the right one.
 
+The same questions are also asked as a follow-up in a conversation, after the model's own description
+of the slide, which is how a user meets them in the chat demos: ``followup_*`` holds those scores. A
+model that answers from its description there is as right as its description; one that ignores the
+conversation answers as it does alone.
+
 Ground truth is the reference report: "no" means "not in the report".
 """
 
@@ -54,6 +59,21 @@ class Probe:
     @property
     def id(self) -> str:
         return f"{self.sample.id}#q{self.index}"
+
+    def as_followup(self, description: str) -> EvalSample:
+        """The probe asked after ``description`` (the model's answer to the slide's own question) in
+        one conversation: the slide's question with its images, the description, then this question."""
+        return dataclasses.replace(
+            self.sample,
+            id=self.id,
+            question=self.question,
+            references=[self.expected],
+            entry_ids=[],
+            history=[
+                {"from": "human", "value": self.sample.question},
+                {"from": "gpt", "value": description},
+            ],
+        )
 
     def as_sample(self) -> EvalSample:
         """The probe as an evaluation sample of the same kind as the slide's (image files, or stored
@@ -140,6 +160,25 @@ def _scores(probes: Sequence[Probe], answers: Mapping[str, str], lexicon: Any) -
         "n_no": len(no),
         "n_which": len(which),
     }
+
+
+#: Scores repeated for the follow-up questions (``add_followup_scores``).
+FOLLOWUP_KEYS = ("yes_no_accuracy", "yes_accuracy", "no_accuracy", "answer_form", "which_accuracy")
+
+
+def add_followup_scores(
+    scores: dict[str, Any], probes: Sequence[Probe], answers: Mapping[str, str], lexicon: Any = None
+) -> dict[str, Any]:
+    """``scores`` (from ``score_probes``) with ``followup_<key>`` per language for ``answers`` to the
+    same probes asked after the model's description, and each record's ``followup_answer``."""
+    followup = score_probes(probes, answers, lexicon)
+    for lang, values in followup.items():
+        if lang != "records":
+            scores[lang].update({f"followup_{key}": values[key] for key in FOLLOWUP_KEYS})
+    for record, again in zip(scores["records"], followup["records"], strict=True):
+        record["followup_answer"] = again["answer"]
+        record["followup_parsed"] = again["parsed"]
+    return scores
 
 
 def score_probes(probes: Sequence[Probe], answers: Mapping[str, str], lexicon: Any = None) -> dict[str, Any]:

@@ -228,6 +228,10 @@ FOLLOWING_ROWS = (
     ("  on 'no' questions", "no_accuracy"),
     ("answered in the form asked", "answer_form"),
     ("which-of accuracy", "which_accuracy"),
+    ("yes/no accuracy after its own description", "followup_yes_no_accuracy"),
+    ("  on 'yes' questions", "followup_yes_accuracy"),
+    ("  on 'no' questions", "followup_no_accuracy"),
+    ("which-of accuracy after its own description", "followup_which_accuracy"),
 )
 
 
@@ -247,6 +251,8 @@ def _following_lines(following: dict | None, names: list[str], head: str) -> lis
         ]
         lines += ["", head]
         for label, key in FOLLOWING_ROWS:
+            if all(following[n][lang].get(key) is None for n in names) and key.startswith("followup_"):
+                continue  # not asked (a ClipCap model, or an older report)
             lines.append(
                 f"| {label} | " + " | ".join(_fmt(following[n][lang].get(key), 3) for n in names) + " |"
             )
@@ -256,8 +262,9 @@ def _following_lines(following: dict | None, names: list[str], head: str) -> lis
         "many, about terms other test reports name but this one does not (right answer: no, meaning 'not "
         "in the report'). Balanced accuracy averages the two, so always answering 'yes' scores 0.5. An "
         "answer counts in the form asked when it starts with yes/no (是/否/有/没有). A which-of answer is "
-        "right when the first option it names is the one in the report. Every question and answer is in "
-        "questions_<name>.jsonl.",
+        "right when the first option it names is the one in the report. The same questions are asked once "
+        "alone after the images and once as a follow-up after the model's own description of the slide, "
+        "as in a chat. Every question and both answers are in questions_<name>.jsonl.",
     ]
     return lines
 

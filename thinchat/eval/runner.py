@@ -18,7 +18,13 @@ from thinchat.eval.image_reliance import DEFAULT_SAMPLES as DEFAULT_RELIANCE_SAM
 from thinchat.eval.image_reliance import image_reliance
 from thinchat.eval.meteor import MeteorScorer
 from thinchat.eval.question_following import DEFAULT_MAX_NEW_TOKENS as QA_MAX_NEW_TOKENS
-from thinchat.eval.question_following import DEFAULT_PRESENCE, DEFAULT_WHICH, build_probes, score_probes
+from thinchat.eval.question_following import (
+    DEFAULT_PRESENCE,
+    DEFAULT_WHICH,
+    add_followup_scores,
+    build_probes,
+    score_probes,
+)
 from thinchat.eval.report import build_report, write_report
 from thinchat.eval.text_retention import load_text_entries, text_retention
 
@@ -97,7 +103,7 @@ def evaluate(
     ``reliance_samples`` > 0 adds each model's image reliance (``thinchat.eval.image_reliance``) on that
     many samples: answer loss with the right images vs another slide's. ``question_probes`` > 0 asks that
     many grounded yes/no questions per slide (half "yes") plus one which-of question and scores the
-    answers (``thinchat.eval.question_following``). ``text_data`` (text-only LLaVA JSON, e.g. the base
+    answers, asked alone and again after the model's own description (``thinchat.eval.question_following``). ``text_data`` (text-only LLaVA JSON, e.g. the base
     model's held-out replay answers) adds each model's answer loss on it: general chat retention.
     Returns the report data (what
     ``report.json`` holds). Raises ``ThinchatError`` subclasses for a bad
@@ -157,6 +163,17 @@ def evaluate(
                 desc=f"questions {name}",
             )
             following[name] = score_probes(probes, answers, lexicon)
+            if not is_clipcap_dir(Path(path).expanduser()):  # a ClipCap prefix model is single-turn
+                descriptions = generations[name]
+                again = generate_for_samples(
+                    model,
+                    processor,
+                    [p.as_followup(descriptions[p.sample.id]) for p in probes],
+                    batch_size,
+                    min(max_new_tokens, QA_MAX_NEW_TOKENS),
+                    desc=f"follow-ups {name}",
+                )
+                add_followup_scores(following[name], probes, again, lexicon)
         if reliance_samples > 0 and is_clipcap_dir(Path(path).expanduser()):
             log.info("%s: image reliance is computed for Llava checkpoints only, not ClipCap", name)
         elif reliance_samples > 0:

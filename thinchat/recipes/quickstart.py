@@ -194,4 +194,10 @@ def check_thresholds(report: dict[str, Any], config: QuickstartConfig) -> dict[s
                 "threshold": threshold,
                 "ok": value is not None and value >= threshold,
             }
+        followup = _following(report, "finetuned").get("followup_yes_no_accuracy")
+        if followup is not None:  # shown, not a floor: what a user asking after a description sees
+            summary["followup_yes_no_accuracy"] = {
+                "finetuned": followup,
+                "base": _following(report, "base").get("followup_yes_no_accuracy"),
+            }
     return summary
