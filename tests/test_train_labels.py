@@ -210,6 +210,13 @@ def test_max_turns_keeps_the_first_exchanges(tmp_path):
     assert len(first_turns(late, 1).messages) == 4  # never cut away a turn that shows an image
 
 
+def test_max_turns_keeps_the_turn_types_of_the_kept_exchanges(tmp_path):
+    sample = _typed_sample(tmp_path)
+    cut = first_turns(sample, 2)
+    assert cut.turn_types == ["presence", "describe"] and len(cut.messages) == 4
+    assert [p.turn_types for p in split_turns(cut, "per_exchange")] == [["presence"], ["describe"]]
+
+
 def _slide_entry(types=("presence", "describe", "which")):
     return {
         "id": "s1",

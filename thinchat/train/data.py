@@ -186,7 +186,8 @@ def first_turns(sample: Sample, max_turns: int | None) -> Sample:
         if message["role"] == "assistant":
             answers += 1
             if answers >= max_turns and i > last_image:
-                return Sample(sample.id, sample.messages[: i + 1], sample.images, sample.where)
+                types = sample.turn_types[:answers] if sample.turn_types else None
+                return Sample(sample.id, sample.messages[: i + 1], sample.images, sample.where, types)
     return sample
 
 
