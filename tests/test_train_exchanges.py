@@ -7,9 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from train_helpers import save_tiny, tiny_overrides, write_dataset, write_typed_slide
 
 from thinchat.errors import ConfigError, DataFormatError
-from thinchat.testing import tiny_image, tiny_llava
+from thinchat.testing import tiny_llava
 from thinchat.train.data import Sample, load_samples, split_turns
 from thinchat.train.dataset import IGNORE_INDEX, Collator, SupervisedDataset
 from thinchat.train.exchanges import (
@@ -82,28 +83,11 @@ def test_sliding_window_layers_get_their_own_mask():
 
 
 def _slide(tmp_path):
-    for name in ("a.png", "b.png"):
-        tiny_image().save(tmp_path / name)
-    entry = {
-        "id": "s1",
-        "image": ["a.png", "b.png"],
-        "turn_types": ["presence", "describe", "which"],
-        "conversations": [
-            {"from": "human", "value": "<image>\n<image>\nIs calcite present?"},
-            {"from": "gpt", "value": "No, there is no calcite in this slide."},
-            {"from": "human", "value": "Describe the slide."},
-            {"from": "gpt", "value": "Quartz (about 60%) and K-feldspar, calcite cement."},
-            {"from": "human", "value": "Which does it contain: quartz or dolomite?"},
-            {"from": "gpt", "value": "Quartz."},
-        ],
-    }
     text = {
         "id": "t1",
         "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}],
     }
-    path = tmp_path / "train.json"
-    path.write_text(json.dumps([entry, text]), encoding="utf-8")
-    return load_samples(path)
+    return load_samples(write_typed_slide(tmp_path, extra=(text,)))
 
 
 def _scored_logits(model, batch):
@@ -170,8 +154,6 @@ def test_samples_without_turn_types_are_not_packed(tmp_path):
 
 
 def test_training_with_isolated_exchanges_and_the_feature_cache(tmp_path):
-    from train_helpers import save_tiny, tiny_overrides, write_dataset
-
     from thinchat.train.config import load_train_config
     from thinchat.train.run import train
 

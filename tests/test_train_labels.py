@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from train_helpers import typed_slide_entry, write_typed_slide
 
 from thinchat.chat_templates import choose_template, end_of_turn_token
 from thinchat.conversation import count_images, llava_to_messages
@@ -217,28 +218,8 @@ def test_max_turns_keeps_the_turn_types_of_the_kept_exchanges(tmp_path):
     assert [p.turn_types for p in split_turns(cut, "per_exchange")] == [["presence"], ["describe"]]
 
 
-def _slide_entry(types=("presence", "describe", "which")):
-    return {
-        "id": "s1",
-        "image": ["a.png", "b.png"],
-        "turn_types": list(types),
-        "conversations": [
-            {"from": "human", "value": "<image>\n<image>\nIs calcite present?"},
-            {"from": "gpt", "value": "No, there is no calcite in this slide."},
-            {"from": "human", "value": "Describe the slide."},
-            {"from": "gpt", "value": "Quartz (about 60%) and K-feldspar."},
-            {"from": "human", "value": "Which does it contain: quartz or dolomite?"},
-            {"from": "gpt", "value": "Quartz."},
-        ][: 2 * len(types)],
-    }
-
-
 def _typed_sample(tmp_path):
-    for name in ("a.png", "b.png"):
-        tiny_image().save(tmp_path / name)
-    path = tmp_path / "train.json"
-    path.write_text(json.dumps([_slide_entry()]), encoding="utf-8")
-    (sample,) = load_samples(path)
+    (sample,) = load_samples(write_typed_slide(tmp_path))
     assert sample.turn_types == ["presence", "describe", "which"]
     return sample
 
@@ -299,7 +280,7 @@ def test_per_exchange_gives_every_answer_only_the_images_and_its_question(tmp_pa
 def test_turn_types_must_match_the_answers(tmp_path):
     tiny_image().save(tmp_path / "a.png")
     tiny_image().save(tmp_path / "b.png")
-    entry = _slide_entry()
+    entry = typed_slide_entry()
     entry["turn_types"] = ["describe"]
     path = tmp_path / "train.json"
     path.write_text(json.dumps([entry]), encoding="utf-8")

@@ -89,3 +89,32 @@ def tiny_overrides(stage: str, base: Path, data: Path, out: Path, **extra) -> li
         values.update({"lora_r": 8, "lora_alpha": 16})
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+def typed_slide_entry(types: tuple[str, ...] = ("presence", "describe", "which")) -> dict:
+    """One converted slide (``a.png`` + ``b.png``) with ``turn_types``: a "no" presence turn, the
+    description and a which-of turn, cut to ``len(types)`` exchanges."""
+    return {
+        "id": "s1",
+        "image": ["a.png", "b.png"],
+        "turn_types": list(types),
+        "conversations": [
+            {"from": "human", "value": "<image>\n<image>\nIs calcite present?"},
+            {"from": "gpt", "value": "No, there is no calcite in this slide."},
+            {"from": "human", "value": "Describe the slide."},
+            {"from": "gpt", "value": "Quartz (about 60%) and K-feldspar."},
+            {"from": "human", "value": "Which does it contain: quartz or dolomite?"},
+            {"from": "gpt", "value": "Quartz."},
+        ][: 2 * len(types)],
+    }
+
+
+def write_typed_slide(root: Path, extra: tuple[dict, ...] = ()) -> Path:
+    """``typed_slide_entry()`` and ``extra`` entries as ``root/train.json``, with the slide's two images."""
+    from thinchat.testing import tiny_image
+
+    for name in ("a.png", "b.png"):
+        tiny_image().save(root / name)
+    path = root / "train.json"
+    path.write_text(json.dumps([typed_slide_entry(), *extra]), encoding="utf-8")
+    return path
