@@ -228,6 +228,9 @@ FOLLOWING_ROWS = (
     ("  on 'no' questions", "no_accuracy"),
     ("answered in the form asked", "answer_form"),
     ("which-of accuracy", "which_accuracy"),
+)
+#: Rows of the same questions asked as follow-ups, shown when they were asked (not of ClipCap models).
+FOLLOWUP_ROWS = (
     ("yes/no accuracy after its own description", "followup_yes_no_accuracy"),
     ("  on 'yes' questions", "followup_yes_accuracy"),
     ("  on 'no' questions", "followup_no_accuracy"),
@@ -250,9 +253,8 @@ def _following_lines(following: dict | None, names: list[str], head: str) -> lis
             f"### {lang} ({counts['n_yes']} yes, {counts['n_no']} no, {counts['n_which']} which-of)",
         ]
         lines += ["", head]
-        for label, key in FOLLOWING_ROWS:
-            if all(following[n][lang].get(key) is None for n in names) and key.startswith("followup_"):
-                continue  # not asked (a ClipCap model, or an older report)
+        asked = any(following[n][lang].get("followup_yes_no_accuracy") is not None for n in names)
+        for label, key in FOLLOWING_ROWS + (FOLLOWUP_ROWS if asked else ()):
             lines.append(
                 f"| {label} | " + " | ".join(_fmt(following[n][lang].get(key), 3) for n in names) + " |"
             )

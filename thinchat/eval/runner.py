@@ -103,8 +103,9 @@ def evaluate(
     ``reliance_samples`` > 0 adds each model's image reliance (``thinchat.eval.image_reliance``) on that
     many samples: answer loss with the right images vs another slide's. ``question_probes`` > 0 asks that
     many grounded yes/no questions per slide (half "yes") plus one which-of question and scores the
-    answers, asked alone and again after the model's own description (``thinchat.eval.question_following``). ``text_data`` (text-only LLaVA JSON, e.g. the base
-    model's held-out replay answers) adds each model's answer loss on it: general chat retention.
+    answers, asked alone and again after the model's own description
+    (``thinchat.eval.question_following``). ``text_data`` (text-only LLaVA JSON, e.g. the base model's
+    held-out replay answers) adds each model's answer loss on it: general chat retention.
     Returns the report data (what
     ``report.json`` holds). Raises ``ThinchatError`` subclasses for a bad
     test set (empty, malformed, nothing left after skipping) or a checkpoint that fails to load.
@@ -150,6 +151,7 @@ def evaluate(
         # A LoRA checkpoint is merged, as the chat engine does: same outputs, faster decoding
         # (docs/experiments.md, Evaluation speed).
         model, processor = load_pretrained(path, device=device, merge=True)
+        clipcap = is_clipcap_dir(Path(path).expanduser())  # a ClipCap prefix model takes one turn
         generations[name] = generate_for_samples(
             model, processor, samples, batch_size, max_new_tokens, desc=f"eval {name}"
         )
@@ -163,7 +165,7 @@ def evaluate(
                 desc=f"questions {name}",
             )
             following[name] = score_probes(probes, answers, lexicon)
-            if not is_clipcap_dir(Path(path).expanduser()):  # a ClipCap prefix model is single-turn
+            if not clipcap:
                 descriptions = generations[name]
                 again = generate_for_samples(
                     model,
@@ -174,7 +176,7 @@ def evaluate(
                     desc=f"follow-ups {name}",
                 )
                 add_followup_scores(following[name], probes, again, lexicon)
-        if reliance_samples > 0 and is_clipcap_dir(Path(path).expanduser()):
+        if reliance_samples > 0 and clipcap:
             log.info("%s: image reliance is computed for Llava checkpoints only, not ClipCap", name)
         elif reliance_samples > 0:
             reliance[name] = image_reliance(model, processor, samples, limit=reliance_samples)
