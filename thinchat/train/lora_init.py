@@ -62,8 +62,7 @@ def gradient_batches(config: Any, train_set: Any, feature_cache: Any) -> tuple[l
     import torch
 
     from thinchat.train.dataset import Collator
-    from thinchat.train.exchanges import isolate_exchanges
-    from thinchat.train.trainer import embed_cached_features, logits_only_where_scored
+    from thinchat.train.trainer import logits_only_where_scored, model_inputs
 
     size = config.per_device_train_batch_size
     order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed)).tolist()
@@ -72,8 +71,7 @@ def gradient_batches(config: Any, train_set: Any, feature_cache: Any) -> tuple[l
     batches = [collate([train_set[i] for i in order[j : j + size]]) for j in range(0, count, size)]
 
     def loss(model: Any, batch: dict[str, Any]) -> Any:
-        inputs = isolate_exchanges(model, embed_cached_features(model, batch, feature_cache))
-        return model(**logits_only_where_scored(inputs)).loss
+        return model(**logits_only_where_scored(model_inputs(model, batch, feature_cache))).loss
 
     log.info("lora_ga: estimating the full fine-tuning gradient on %d batches", len(batches))
     return batches, loss

@@ -69,6 +69,13 @@ def embed_cached_features(model: Any, inputs: dict[str, Any], feature_cache: Any
     return inputs
 
 
+def model_inputs(model: Any, inputs: dict[str, Any], feature_cache: Any) -> dict[str, Any]:
+    """A collated batch as the model's keyword arguments: cached features merged, exchanges isolated.
+
+    The one place the trainer and LoRA-GA's gradient estimate turn a batch into a forward call."""
+    return isolate_exchanges(model, embed_cached_features(model, inputs, feature_cache))
+
+
 class SeededLengthGroupedSampler(LengthGroupedSampler):
     """Length-grouped order drawn from ``seed + epoch``: the same order again when a run resumes."""
 
@@ -137,7 +144,7 @@ class ThinchatTrainer(Trainer):
         return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = isolate_exchanges(model, embed_cached_features(model, inputs, self.feature_cache))
+        inputs = model_inputs(model, inputs, self.feature_cache)
         if not return_outputs:  # callers that want the outputs expect logits at every position
             inputs = logits_only_where_scored(inputs)
         return super().compute_loss(
