@@ -49,8 +49,15 @@ def test_parse_yes_no(answer: str, parsed: str | None) -> None:
     assert parse_yes_no(answer) == parsed
 
 
-def _probe(sample: EvalSample, index: int, kind: str, expected: str, options: tuple[str, ...] = ()) -> Probe:
-    return Probe(sample, index, kind, "q", expected, options)
+def _probe(
+    sample: EvalSample,
+    index: int,
+    kind: str,
+    expected: str,
+    options: tuple[str, ...] = (),
+    term: str | None = None,
+) -> Probe:
+    return Probe(sample, index, kind, "q", expected, options, term)
 
 
 def test_scores_on_hand_made_answers() -> None:
@@ -234,3 +241,52 @@ def test_followup_scores_sit_beside_the_scores_alone() -> None:
     assert scores["zh"]["yes_no_accuracy"] == 0.5 and scores["zh"]["followup_no_accuracy"] == 1.0
     assert scores["all"]["followup_yes_no_accuracy"] == 1.0 and scores["all"]["followup_answer_form"] == 1.0
     assert [r["followup_parsed"] for r in scores["records"]] == ["yes", "no", "calcite", "yes", "no"]
+
+
+def test_yes_answers_by_stated_share_and_by_term() -> None:
+    en, en2, zh = _sample("a", EN, "en"), _sample("b", EN2, "en"), _sample("c", ZH, "zh")
+    probes = [
+        _probe(en, 0, "presence", "yes", term="quartz"),  # about 55%
+        _probe(en, 1, "presence", "yes", term="calcite"),  # about 9%
+        _probe(en, 2, "presence", "no", term="zircon"),
+        _probe(en2, 0, "presence", "yes", term="muscovite"),  # about 2%
+        _probe(zh, 0, "presence", "yes", term="pyrite"),  # 少量: no percentage
+        _probe(zh, 1, "presence", "no", term="dolomite"),
+    ]
+    answers = {"a#q0": "Yes.", "a#q1": "No.", "a#q2": "No.", "b#q0": "No.", "c#q0": "有。", "c#q1": "有。"}
+    scores = score_probes(probes, answers)
+    assert scores["all"]["yes_by_share"] == {
+        ">=10%": {"accuracy": 1.0, "n": 1},
+        "3-10%": {"accuracy": 0.0, "n": 1},
+        "<3%": {"accuracy": 0.0, "n": 1},
+        "no % stated": {"accuracy": 1.0, "n": 1},
+    }
+    assert list(scores["en"]["yes_by_share"]) == [">=10%", "3-10%", "<3%"]
+    assert scores["all"]["presence_by_term"] == {
+        "calcite": {"yes": [0, 1], "no": [0, 0]},
+        "dolomite": {"yes": [0, 0], "no": [0, 1]},
+        "muscovite": {"yes": [0, 1], "no": [0, 0]},
+        "pyrite": {"yes": [1, 1], "no": [0, 0]},
+        "quartz": {"yes": [1, 1], "no": [0, 0]},
+        "zircon": {"yes": [0, 0], "no": [1, 1]},
+    }
+    assert [r["term"] for r in scores["records"]][:3] == ["quartz", "calcite", "zircon"]
+    after = {**answers, "a#q1": "Yes.", "b#q0": "Yes."}
+    add_followup_scores(scores, probes, after)
+    assert scores["en"]["followup_yes_by_share"]["3-10%"] == {"accuracy": 1.0, "n": 1}
+    assert scores["en"]["followup_presence_by_term"]["muscovite"]["yes"] == [1, 1]
+    from thinchat.eval.report import _presence_detail_lines
+
+    lines = _presence_detail_lines({"ft": scores["en"]}, asked=True)
+    assert "| 'yes' questions by the term's share in the report | ft | ft, follow-up |" in lines
+    assert "| 3-10% | 0.000 (1) | 1.000 (1) |" in lines
+    assert "| quartz | 1/1 / - |" in lines and "| zircon | - / 1/1 |" in lines
+
+
+def test_build_probes_name_the_term_asked() -> None:
+    lex = load_lexicon()
+    samples = [_sample("a", EN, "en"), _sample("b", EN2, "en")]
+    for probe in build_probes(samples):
+        assert probe.term is not None
+        if probe.type == "presence":
+            assert lex.name(probe.term, "en").lower() in probe.question.lower()

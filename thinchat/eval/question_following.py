@@ -11,7 +11,11 @@ exactly one right option. Scores, per language and overall:
 - ``yes_no_accuracy``: balanced accuracy (mean of the accuracy on "yes" and on "no" questions), so a
   model that always says "yes" scores 0.5, not the share of "yes" questions;
 - ``answer_form``: share of yes/no questions answered with a yes or a no first (yes/no, 是/否/有/没有);
-- ``which_accuracy``: share of which-of questions whose first named option is the right one.
+- ``which_accuracy``: share of which-of questions whose first named option is the right one;
+- ``yes_by_share`` and ``presence_by_term``: where the yes/no answers go wrong. A model that reads only
+  the large phases off the image says "no" to the minor ones its report names; the share of the slide
+  the reference gives a term (``quartz (about 31%)``) sorts its "yes" questions into bins, and every
+  term gets its right answers on "yes" and on "no" questions.
 
 The same questions are also asked as a follow-up in a conversation, after the model's own description
 of the slide, which is how a user meets them in the chat demos: ``followup_*`` holds those scores. A
@@ -55,6 +59,7 @@ class Probe:
     question: str
     expected: str  # "yes" / "no" (presence) or the right term id (which)
     options: tuple[str, ...] = ()
+    term: str | None = None  # the term asked about (lexicon id)
 
     @property
     def id(self) -> str:
@@ -132,12 +137,51 @@ def build_probes(
     for sample in samples:
         rng = random.Random(f"probe\0{seed}\0{sample.id}")
         for k, item in enumerate(grounded.items(sample.references[0], sample.lang, rng, options)):
-            probes.append(Probe(sample, k, item.type, item.question, str(item.expected), item.options))
+            probes.append(
+                Probe(sample, k, item.type, item.question, str(item.expected), item.options, item.term)
+            )
     return probes
 
 
 def _share(hits: int, total: int) -> float | None:
     return hits / total if total else None
+
+
+#: Bins of the share of the slide a reference report gives a term: (lowest percent, label), largest first.
+SHARE_BINS = ((10.0, ">=10%"), (3.0, "3-10%"), (0.0, "<3%"))
+#: The bin of terms the report names without a percentage ("zircon (trace)", "K-feldspar shows argillization").
+NO_SHARE = "no % stated"
+
+
+def share_bin(share: float | None) -> str:
+    """The ``SHARE_BINS`` label of a stated percentage, or ``NO_SHARE``."""
+    if share is None:
+        return NO_SHARE
+    return next((label for floor, label in SHARE_BINS if share >= floor), SHARE_BINS[-1][1])
+
+
+def _yes_by_share(yes: Sequence[Probe], said: Mapping[str, str | None], lexicon: Any) -> dict[str, Any]:
+    """Accuracy on "yes" questions per bin of the term's stated share, with the number asked per bin."""
+    from thinchat.domain.reports import parse_proportions
+
+    tally: dict[str, list[int]] = {}
+    for p in yes:
+        share = parse_proportions(p.sample.references[0], lexicon).get(p.term) if p.term else None
+        counts = tally.setdefault(share_bin(share), [0, 0])
+        counts[0] += said[p.id] == "yes"
+        counts[1] += 1
+    order = [label for _, label in SHARE_BINS] + [NO_SHARE]
+    return {b: {"accuracy": tally[b][0] / tally[b][1], "n": tally[b][1]} for b in order if b in tally}
+
+
+def _by_term(presence: Sequence[Probe], said: Mapping[str, str | None]) -> dict[str, dict[str, list[int]]]:
+    """Per term: [right, asked] on its "yes" questions and on its "no" questions."""
+    out: dict[str, dict[str, list[int]]] = {}
+    for p in presence:
+        counts = out.setdefault(p.term or "?", {"yes": [0, 0], "no": [0, 0]})[p.expected]
+        counts[0] += said[p.id] == p.expected
+        counts[1] += 1
+    return dict(sorted(out.items()))
 
 
 def _scores(probes: Sequence[Probe], answers: Mapping[str, str], lexicon: Any) -> dict[str, Any]:
@@ -159,11 +203,21 @@ def _scores(probes: Sequence[Probe], answers: Mapping[str, str], lexicon: Any) -
         "n_yes": len(yes),
         "n_no": len(no),
         "n_which": len(which),
+        "yes_by_share": _yes_by_share(yes, said, lexicon),
+        "presence_by_term": _by_term(yes + no, said),
     }
 
 
 #: Scores repeated for the follow-up questions (``add_followup_scores``).
-FOLLOWUP_KEYS = ("yes_no_accuracy", "yes_accuracy", "no_accuracy", "answer_form", "which_accuracy")
+FOLLOWUP_KEYS = (
+    "yes_no_accuracy",
+    "yes_accuracy",
+    "no_accuracy",
+    "answer_form",
+    "which_accuracy",
+    "yes_by_share",
+    "presence_by_term",
+)
 
 
 def add_followup_scores(
@@ -196,6 +250,7 @@ def score_probes(probes: Sequence[Probe], answers: Mapping[str, str], lexicon: A
             "id": p.id,
             "lang": p.sample.lang,
             "type": p.type,
+            "term": p.term,
             "question": p.question,
             "expected": p.expected,
             "options": list(p.options),

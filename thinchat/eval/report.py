@@ -258,6 +258,7 @@ def _following_lines(following: dict | None, names: list[str], head: str) -> lis
             lines.append(
                 f"| {label} | " + " | ".join(_fmt(following[n][lang].get(key), 3) for n in names) + " |"
             )
+        lines += _presence_detail_lines({n: following[n][lang] for n in names}, asked)
     lines += [
         "",
         "Presence questions ask about terms the slide's reference report names (right answer: yes) and, as "
@@ -266,8 +267,49 @@ def _following_lines(following: dict | None, names: list[str], head: str) -> lis
         "answer counts in the form asked when it starts with yes/no (是/否/有/没有). A which-of answer is "
         "right when the first option it names is the one in the report. The same questions are asked once "
         "alone after the images and once as a follow-up after the model's own description of the slide, "
-        "as in a chat. Every question and both answers are in questions_<name>.jsonl.",
+        "as in a chat. The 'yes' questions are also sorted by the share of the slide the report gives the "
+        "term (a model that sees only the large phases misses the minor ones), and each term gets its "
+        "right answers on 'yes' and on 'no' questions. Every question and both answers are in "
+        "questions_<name>.jsonl.",
     ]
+    return lines
+
+
+def _presence_detail_lines(scores: Mapping[str, dict], asked: bool) -> list[str]:
+    """Where the yes/no answers go wrong: "yes" questions by the term's stated share, and per term."""
+    names = list(scores)
+    first = scores[names[0]]
+    bins = list(first.get("yes_by_share") or {})
+    terms = list(first.get("presence_by_term") or {})
+    if not bins and not terms:
+        return []
+    prefixes = ("", "followup_") if asked else ("",)
+    head = "| 'yes' questions by the term's share in the report | " + " | ".join(
+        f"{n}{', follow-up' if prefix else ''}" for prefix in prefixes for n in names
+    )
+    lines = ["", head + " |", "|---|" + "---:|" * (len(names) * len(prefixes))]
+    for b in bins:
+        cells = []
+        for prefix in prefixes:
+            for n in names:
+                cell = (scores[n].get(f"{prefix}yes_by_share") or {}).get(b)
+                cells.append(f"{cell['accuracy']:.3f} ({cell['n']})" if cell else "-")
+        lines.append(f"| {b} | " + " | ".join(cells) + " |")
+
+    def right(counts: list[int]) -> str:
+        return f"{counts[0]}/{counts[1]}" if counts[1] else "-"
+
+    lines += [
+        "",
+        "| term: right on 'yes' / on 'no' questions | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for term in terms:
+        cells = []
+        for n in names:
+            counts = (scores[n].get("presence_by_term") or {}).get(term)
+            cells.append(f"{right(counts['yes'])} / {right(counts['no'])}" if counts else "-")
+        lines.append(f"| {term} | " + " | ".join(cells) + " |")
     return lines
 
 
