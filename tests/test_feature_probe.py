@@ -10,7 +10,7 @@ from train_helpers import MINERALS, write_dataset
 
 from thinchat.cli import main
 from thinchat.errors import DataFormatError, ModelSpecError
-from thinchat.eval.feature_probe import probe_terms, run_probe
+from thinchat.eval.feature_probe import POOLS, probe_terms, run_probe
 from thinchat.testing import tiny_tower
 
 
@@ -64,3 +64,28 @@ def test_probe_refuses_a_layer_the_tower_lacks(probe_data):
     root, train, test = probe_data
     with pytest.raises(ModelSpecError, match="does not exist"):
         run_probe(train, test, str(root / "tower"), sizes=[28], layers=[99])
+
+
+def test_pools_keep_each_view_and_its_max(probe_data):
+    import torch
+
+    from thinchat.eval.data import load_eval_set
+    from thinchat.eval.feature_probe import mean_features
+
+    root, train, _ = probe_data
+    tower, processor = tiny_tower("dinov2", 28)
+    samples, _ = load_eval_set(train)
+    images = [s.images for s in samples[:3]]
+    rows = {pool: mean_features(tower, processor, images, [1], True, pool)[1] for pool in POOLS}
+    width = tower.config.hidden_size
+    assert [rows[p].shape for p in POOLS] == [(3, width), (3, 2 * width), (3, 4 * width)]
+    views = rows["views"].view(3, 2, width)
+    assert torch.allclose(rows["mean"], views.mean(dim=1), atol=1e-5)
+    assert torch.equal(rows["views+max"][:, : 2 * width], rows["views"])
+    assert (rows["views+max"][:, 2 * width :] >= rows["views"] - 1e-6).all()  # the max bounds the mean
+    with pytest.raises(ValueError, match="expected one of"):
+        mean_features(tower, processor, images, [1], True, "median")
+    result = run_probe(
+        train, train, str(root / "tower"), sizes=[28], layers=[1], alpha=0.01, pool="views+max"
+    )
+    assert result[0]["pool"] == "views+max" and result[0]["f1"] >= 0.75

@@ -2,9 +2,9 @@
 
 Why: when a finetuned model's mineral-term F1 is low, the cause is either the features (resolution,
 tower layer) or the read-out (the projector and the LM). This probe fits, per lexicon term, a ridge
-classifier from a slide's mean tower features (one hidden layer, one input size) to "the reference
-names this term", on the training split, and scores it on the test split with the report's own term
-F1. A model trained on those features rarely beats the probe; if the probe is below a bar, more
+classifier from a slide's pooled tower features (one hidden layer, one input size, one of ``POOLS``)
+to "the reference names this term", on the training split, and scores it on the test split with the
+report's own term F1. A model trained on those features rarely beats the probe; if the probe is below a bar, more
 training will not reach it, a larger view or another layer might.
 """
 
@@ -20,23 +20,48 @@ from thinchat.errors import DataFormatError
 log = logging.getLogger(__name__)
 
 
+#: How a slide's patch tokens become one probe input: the mean over its images and tokens; each image's
+#: mean side by side (the LM sees the views apart); each image's mean and max (a minor phase covering a
+#: few patches barely moves the mean, it does move the max).
+POOLS = ("mean", "views", "views+max")
+
+
 def mean_features(
-    tower: Any, image_processor: Any, images: Sequence[Sequence[Path]], layers: Sequence[int], drop_cls: bool
+    tower: Any,
+    image_processor: Any,
+    images: Sequence[Sequence[Path]],
+    layers: Sequence[int],
+    drop_cls: bool,
+    pool: str = "mean",
 ) -> dict[int, Any]:
-    """Per layer, one row per slide: the mean over the slide's images and patch tokens at that layer."""
+    """Per layer, one row per slide: its patch tokens at that layer pooled as ``pool`` (``POOLS``)."""
     import torch
     from tqdm.auto import tqdm
 
     from thinchat.images import load_image
 
+    if pool not in POOLS:
+        raise ValueError(f"pool {pool!r}: expected one of {', '.join(POOLS)}")
     rows: dict[int, list[Any]] = {layer: [] for layer in layers}
     with torch.no_grad():
         for paths in tqdm(images, desc="probe features", unit="slide"):
             pixels = image_processor([load_image(p) for p in paths], return_tensors="pt")["pixel_values"]
             hidden = tower(pixel_values=pixels, output_hidden_states=True).hidden_states
             for layer in layers:
-                tokens = hidden[layer][:, 1:] if drop_cls else hidden[layer]
-                rows[layer].append(tokens.float().mean(dim=(0, 1)))
+                tokens = (hidden[layer][:, 1:] if drop_cls else hidden[layer]).float()
+                per_view = tokens.mean(dim=1)
+                if pool == "mean":
+                    rows[layer].append(per_view.mean(dim=0))
+                elif pool == "views":
+                    rows[layer].append(per_view.flatten())
+                else:
+                    rows[layer].append(torch.cat([per_view.flatten(), tokens.amax(dim=1).flatten()]))
+    widths = {len(r) for layer_rows in rows.values() for r in layer_rows}
+    if len(widths) > 1:
+        raise DataFormatError(
+            f"pool {pool!r} needs the same number of images per slide; found slides with different "
+            "counts: use pool 'mean'"
+        )
     return {layer: torch.stack(r) for layer, r in rows.items()}
 
 
@@ -94,8 +119,9 @@ def run_probe(
     sizes: Sequence[int] = (42,),
     layers: Sequence[int] = (-2,),
     alpha: float = 0.1,
+    pool: str = "mean",
 ) -> list[dict[str, Any]]:
-    """Probe every (input size, layer) pair; one result dict per pair."""
+    """Probe every (input size, layer) pair with features pooled as ``pool``; one result dict per pair."""
     from thinchat.compose import check_feature_layer
     from thinchat.domain.lexicon import load_lexicon
     from thinchat.eval.data import load_eval_set
@@ -125,7 +151,7 @@ def run_probe(
             check_feature_layer(tower.config, layer)
         drop_cls = TOWER_FEATURES[tower.config.model_type][1] == "default"
         features = {
-            name: mean_features(tower, image_processor, images, layers, drop_cls)
+            name: mean_features(tower, image_processor, images, layers, drop_cls, pool)
             for name, (images, _) in splits.items()
         }
         for layer in layers:
@@ -136,12 +162,15 @@ def run_probe(
                 splits["test"][1],
                 alpha,
             )
-            results.append({"vision": vision, "image_size": size, "layer": layer, "alpha": alpha, **scores})
+            results.append(
+                {"vision": vision, "image_size": size, "layer": layer, "pool": pool, "alpha": alpha, **scores}
+            )
             log.info(
-                "probe %s %d px layer %d: term F1 %.3f, balanced yes/no %.3f",
+                "probe %s %d px layer %d, %s: term F1 %.3f, balanced yes/no %.3f",
                 vision,
                 size,
                 layer,
+                pool,
                 scores["f1"],
                 scores["yes_no_accuracy"],
             )
