@@ -280,7 +280,8 @@ def test_yes_answers_by_stated_share_and_by_term() -> None:
     lines = _presence_detail_lines({"ft": scores["en"]}, asked=True)
     assert "| 'yes' questions by the term's share in the report | ft | ft, follow-up |" in lines
     assert "| 3-10% | 0.000 (1) | 1.000 (1) |" in lines
-    assert "| quartz | 1/1 / - |" in lines and "| zircon | - / 1/1 |" in lines
+    assert "| term: right / asked | ft, 'yes' | ft, 'no' |" in lines
+    assert "| quartz | 1/1 | - |" in lines and "| zircon | - | 1/1 |" in lines
 
 
 def test_build_probes_name_the_term_asked() -> None:

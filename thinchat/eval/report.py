@@ -301,14 +301,14 @@ def _presence_detail_lines(scores: Mapping[str, dict], asked: bool) -> list[str]
 
     lines += [
         "",
-        "| term: right on 'yes' / on 'no' questions | " + " | ".join(names) + " |",
-        "|---|" + "---:|" * len(names),
+        "| term: right / asked | " + " | ".join(f"{n}, 'yes' | {n}, 'no'" for n in names) + " |",
+        "|---|" + "---:|" * (2 * len(names)),
     ]
     for term in terms:
         cells = []
         for n in names:
             counts = (scores[n].get("presence_by_term") or {}).get(term)
-            cells.append(f"{right(counts['yes'])} / {right(counts['no'])}" if counts else "-")
+            cells += [right(counts["yes"]), right(counts["no"])] if counts else ["-", "-"]
         lines.append(f"| {term} | " + " | ".join(cells) + " |")
     return lines
 
