@@ -85,6 +85,10 @@ def test_pools_keep_each_view_and_its_max(probe_data):
     assert (rows["views+max"][:, 2 * width :] >= rows["views"] - 1e-6).all()  # the max bounds the mean
     with pytest.raises(ValueError, match="expected one of"):
         mean_features(tower, processor, images, [1], True, "median")
+    uneven = [images[0], images[1][:1]]
+    with pytest.raises(DataFormatError, match="found slides with 1 and 2: use pool 'mean'"):
+        mean_features(tower, processor, uneven, [1], True, "views")
+    assert mean_features(tower, processor, uneven, [1], True, "mean")[1].shape == (2, width)
     result = run_probe(
         train, train, str(root / "tower"), sizes=[28], layers=[1], alpha=0.01, pool="views+max"
     )

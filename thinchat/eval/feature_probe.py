@@ -40,8 +40,7 @@ def mean_features(
 
     from thinchat.images import load_image
 
-    if pool not in POOLS:
-        raise ValueError(f"pool {pool!r}: expected one of {', '.join(POOLS)}")
+    check_pool(pool, images)
     rows: dict[int, list[Any]] = {layer: [] for layer in layers}
     with torch.no_grad():
         for paths in tqdm(images, desc="probe features", unit="slide"):
@@ -56,13 +55,20 @@ def mean_features(
                     rows[layer].append(per_view.flatten())
                 else:
                     rows[layer].append(torch.cat([per_view.flatten(), tokens.amax(dim=1).flatten()]))
-    widths = {len(r) for layer_rows in rows.values() for r in layer_rows}
-    if len(widths) > 1:
-        raise DataFormatError(
-            f"pool {pool!r} needs the same number of images per slide; found slides with different "
-            "counts: use pool 'mean'"
-        )
     return {layer: torch.stack(r) for layer, r in rows.items()}
+
+
+def check_pool(pool: str, images: Sequence[Sequence[Path]]) -> None:
+    """Refuse an unknown pool, or a per-view pool over slides with different numbers of images (their
+    rows would differ in width), before any image is encoded."""
+    if pool not in POOLS:
+        raise ValueError(f"pool {pool!r}: expected one of {', '.join(POOLS)}")
+    counts = sorted({len(paths) for paths in images})
+    if pool != "mean" and len(counts) > 1:
+        raise DataFormatError(
+            f"pool {pool!r} needs the same number of images per slide; found slides with "
+            f"{' and '.join(map(str, counts))}: use pool 'mean'"
+        )
 
 
 def probe_terms(
@@ -143,6 +149,7 @@ def run_probe(
             set().union(*(lexicon.find(r, kinds=set(DOMAIN_KINDS)) for r in s.references)) for s in samples
         ]
         splits[name] = ([s.images for s in samples], terms)
+    check_pool(pool, [paths for images, _ in splits.values() for paths in images])
     results = []
     for size in sizes:
         tower, image_processor = load_vision_tower(vision, image_size=size)

@@ -165,8 +165,11 @@ def _yes_by_share(yes: Sequence[Probe], said: Mapping[str, str | None], lexicon:
     from thinchat.domain.reports import parse_proportions
 
     tally: dict[str, list[int]] = {}
+    shares: dict[str, dict[str, float]] = {}  # per slide: its reference parsed once for all its questions
     for p in yes:
-        share = parse_proportions(p.sample.references[0], lexicon).get(p.term) if p.term else None
+        if p.sample.id not in shares:
+            shares[p.sample.id] = parse_proportions(p.sample.references[0], lexicon)
+        share = shares[p.sample.id].get(p.term) if p.term else None
         counts = tally.setdefault(share_bin(share), [0, 0])
         counts[0] += said[p.id] == "yes"
         counts[1] += 1
