@@ -62,21 +62,26 @@ def main() -> int:
             page.set_input_files("#xpl-image input[type=file]", str(examples / f"{args.slide}_xpl.png"))
             page.wait_for_selector("#ppl-image img")
             page.wait_for_selector("#xpl-image img")
-            for turn, question in enumerate(args.question or ["Describe this thin section."], start=1):
+            bots = page.locator('#chatbot [data-testid="bot"]')
+            for question in args.question or ["Describe this thin section."]:
+                before = bots.count()
                 page.fill("#question textarea", question)
                 page.click("#send")
+                # Done when the box is cleared (the handler's last update) and a new answer has text; a
+                # new slide's first question brings two answers (the demo looks first).
                 page.wait_for_function(
                     """(n) => {
                         const bots = document.querySelectorAll('#chatbot [data-testid="bot"]');
                         return document.querySelector('#question textarea').value === '' &&
-                            bots.length >= n && bots[n - 1].innerText.trim().length > 0 &&
+                            bots.length > n && bots[bots.length - 1].innerText.trim().length > 0 &&
                             !document.querySelector('#chatbot .pending');
                     }""",
-                    arg=turn,
+                    arg=before,
                 )
                 page.wait_for_timeout(500)  # the last streamed chunk
-                answer = page.locator('#chatbot [data-testid="bot"]').nth(turn - 1).inner_text()
-                print(f"Q: {question}\nA: {answer}")
+                print(f"Q: {question}")
+                for k in range(before, bots.count()):
+                    print(f"A: {bots.nth(k).inner_text()}")
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=args.out)
             browser.close()

@@ -72,6 +72,7 @@ def test_piped_subprocess_prints_one_line_per_question(lively_dir, tmp_path):
             "slide1.png",
             "--max-new-tokens",
             "8",
+            "--no-look-first",
         ],
         input="\n".join(questions) + "\n",
         capture_output=True,
@@ -96,6 +97,51 @@ def test_piped_subprocess_prints_one_line_per_question(lively_dir, tmp_path):
     assert [Path(p).name for p in record["image"]] == ["slide1.png", "slide2.png", "slide3.png"]
     gpt = [c["value"] for c in record["conversations"] if c["from"] == "gpt"]
     assert answers == [escape(a) for a in gpt]
+
+
+def test_look_first_describes_each_new_slide_before_its_first_question(lively_dir, tmp_path):
+    transcript = tmp_path / "chat.json"
+    code, out, err = chat(
+        lively_dir,
+        [
+            "Is there calcite here?",
+            "And quartz?",
+            f"/image {lively_dir / 'slide2.png'}",
+            "这里有方解石吗？",
+            f"/save {transcript}",
+        ],
+        "--jsonl",
+        "--image",
+        str(lively_dir / "slide1.png"),
+    )
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.split("\n")[:-1]]
+    assert [r["question"] for r in rows] == ["Is there calcite here?", "And quartz?", "这里有方解石吗？"]
+    # A new slide is described first (kept out of the answer), a second question on it is not.
+    assert "description" in rows[0] and "description" not in rows[1] and "description" in rows[2]
+    record = json.loads(transcript.read_text(encoding="utf-8"))
+    humans = [c["value"] for c in record["conversations"] if c["from"] == "human"]
+    assert humans == [
+        "<image>\nDescribe this thin section.",
+        "Is there calcite here?",
+        "And quartz?",
+        "<image>\n描述这张薄片。",  # the look question in the question's language
+        "这里有方解石吗？",
+    ]
+    gpt = [c["value"] for c in record["conversations"] if c["from"] == "gpt"]
+    assert gpt[0] == rows[0]["description"] and gpt[1] == rows[0]["answer"]
+    assert gpt[3] == rows[2]["description"] and gpt[4] == rows[2]["answer"]
+    # The answer after the description differs from the same question asked with no description.
+    _, plain, _ = chat(
+        lively_dir,
+        ["Is there calcite here?"],
+        "--jsonl",
+        "--no-look-first",
+        "--image",
+        str(lively_dir / "slide1.png"),
+    )
+    assert "description" not in json.loads(plain)
+    assert json.loads(plain)["answer"] != rows[0]["answer"]
 
 
 def test_jsonl_and_errors_keep_lines_aligned(lively_dir):

@@ -75,6 +75,25 @@ def test_submit_streams_and_switches_slides(engine, views):
     assert session.turns[2].images[0].tobytes() == tiny_image(1).convert("RGB").tobytes()
 
 
+def test_look_first_shows_the_description_before_the_first_answer(engine, views):
+    chat = WebChat(engine, look_first=True)
+    outputs = submit(chat, "这里有方解石吗？", views[0], None, [], None, lang="zh")
+    history, state, _ = outputs[-1]
+    session = chat._sessions[state["id"]]
+    # The new slide's label goes with the description question, in the question's language.
+    assert [m["content"] for m in history[0::2]] == ["[新薄片：PPL]\n描述这张薄片。", "这里有方解石吗？"]
+    assert [m["content"].strip() for m in history[1::2]] == [t.answer for t in session.turns]
+    assert len(session.turns) == 2 and len(session.turns[0].images) == 1 and session.turns[1].images == []
+    # The description streamed into its own message before the answer's message appeared.
+    assert any(len(o[0]) == 2 and o[0][1]["content"] for o in outputs)
+    # A second question about the same slide is asked as it is.
+    history, state, _ = submit(chat, "And quartz?", views[0], None, history, state)[-1]
+    assert len(history) == 6 and history[4]["content"] == "And quartz?" and len(session.turns) == 3
+    # Regenerate redoes the last answer only.
+    again = list(chat.regenerate(history, state, *SAMPLING.values(), "en"))[-1][0]
+    assert len(again) == 6 and len(session.turns) == 3
+
+
 def test_regenerate_and_clear(engine, views):
     chat = WebChat(engine)
     history, state, _ = submit(chat, "Describe this thin section.", views[0], None, [], None)[-1]

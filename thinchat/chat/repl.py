@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -163,11 +164,36 @@ class _Repl:
         self.say(f"saved {len(self.session.turns)} turn(s) to {path}")
 
     def question(self, text: str) -> None:
+        """Answer ``text``; a look-first description before it is streamed to a terminal, and kept out
+        of a script's answer line (``--jsonl`` records it as ``description``)."""
+        answers: list[tuple[str, str]] = []
         try:
-            pieces = self.session.stream(text)
+            for exchange in self.session.exchanges(text):
+                if exchange.look and self.interactive:
+                    self.out.write(f"[{exchange.question}]\n")
+                whole = self._stream(exchange.pieces)
+                if whole is None:
+                    return
+                answers.append((exchange.question, whole))
         except ThinchatError as exc:
             self.fail(text, exc)
             return
+        answer = answers[-1][1]
+        if self.jsonl and not self.interactive:
+            record = {"question": text, "answer": answer}
+            if len(answers) > 1:
+                record["description"] = answers[0][1]
+            self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        elif not self.interactive:
+            self.out.write(escape(answer) + "\n")
+        self.out.flush()
+        if self.session.dropped_turns:
+            self.say(
+                f"note: the {self.session.dropped_turns} oldest turn(s) were left out to fit the context"
+            )
+
+    def _stream(self, pieces: Iterator[str]) -> str | None:
+        """Show an answer as it streams to a terminal; its whole text, or None after Ctrl-C."""
         answer: list[str] = []
         try:
             for piece in pieces:
@@ -178,23 +204,12 @@ class _Repl:
         except KeyboardInterrupt:
             pieces.close()
             self.say("\n[answer stopped]")
-        except ThinchatError as exc:
-            self.fail(text, exc)
-            return
+            return None
         finally:
             pieces.close()
-        whole = "".join(answer).strip()
         if self.interactive:
             self.out.write("\n\n")
-        elif self.jsonl:
-            self.out.write(json.dumps({"question": text, "answer": whole}, ensure_ascii=False) + "\n")
-        else:
-            self.out.write(escape(whole) + "\n")
-        self.out.flush()
-        if self.session.dropped_turns:
-            self.say(
-                f"note: the {self.session.dropped_turns} oldest turn(s) were left out to fit the context"
-            )
+        return "".join(answer).strip()
 
     def fail(self, text: str, exc: Exception) -> None:
         """Report a failed question; scripts still get one stdout line for it, so lines stay aligned."""

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from thinchat.chat.history import Turn, current_images, render
 from thinchat.conversation import messages_to_llava
+from thinchat.domain.lexicon import is_chinese
+from thinchat.domain.questions import load_questions
 from thinchat.errors import ThinchatError
 from thinchat.images import image_key
 
@@ -20,12 +22,24 @@ if TYPE_CHECKING:
     from thinchat.engine import ChatEngine
 
 
+class Exchange(NamedTuple):
+    """One question of :meth:`ChatSession.exchanges` and its answer's pieces; ``look``: the description
+    a look-first session asks for before the user's question."""
+
+    question: str
+    pieces: Iterator[str]
+    look: bool
+
+
 class ChatSession:
     """History, the images to show with the next question, and the per-session system prompt."""
 
-    def __init__(self, engine: ChatEngine, system: str | None = None):
+    def __init__(self, engine: ChatEngine, system: str | None = None, look_first: bool = False):
+        """``look_first``: the first question about a new slide is answered after the model's own
+        description of it (:meth:`exchanges`)."""
         self.engine = engine
         self.system = system
+        self.look_first = look_first
         self.turns: list[Turn] = []
         self._pending: list[Any] = []
         self._pending_sources: list[str | None] = []
@@ -78,6 +92,25 @@ class ChatSession:
         turn, (messages, shown) = self._prepare(text, images, overrides)
         pieces = self.engine.stream_messages(messages, shown, **overrides)  # validates before streaming
         return self._run(turn, pieces, append=True)
+
+    def exchanges(self, text: str, images: list[Any] | None = None, **overrides: Any) -> Iterator[Exchange]:
+        """The exchanges that answer ``text``, in order, each with its answer's pieces to stream.
+
+        With :attr:`look_first` and a new slide (images not yet asked about), the model first describes
+        the slide, asked with the training data's first description question in the language of
+        ``text``; ``text`` then comes as a follow-up. Why: a finetuned model answers a presence
+        question more often right after its own description than alone after the images (the report's
+        ``followup_*`` scores, docs/experiments.md). Otherwise the one exchange is ``text`` itself.
+        Consume each answer before taking the next exchange; errors raise as in :meth:`stream`.
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise ThinchatError("empty message: type a question")
+        if images is not None:
+            self.set_images(images)
+        if self.look_first and self._pending:
+            look = look_question(text)
+            yield Exchange(look, self.stream(look, **overrides), look=True)
+        yield Exchange(text.strip(), self.stream(text, **overrides), look=False)
 
     def ask(self, text: str, images: list[Any] | None = None, **overrides: Any) -> str:
         """Ask and return the whole answer (no streaming thread)."""
@@ -157,3 +190,8 @@ class ChatSession:
         elif sources:
             out["image_sources"] = sources
         return out
+
+
+def look_question(text: str) -> str:
+    """The description question a look-first session asks before ``text``, in ``text``'s language."""
+    return load_questions().describe["zh" if is_chinese(text) else "en"][0]

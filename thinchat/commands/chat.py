@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from thinchat.commands.options import add_checkpoint, add_device, add_dtype, add_threads
+from thinchat.commands.options import add_checkpoint, add_device, add_dtype, add_look_first, add_threads
 from thinchat.errors import ModelSpecError
 
 
@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--system", default=None, help="optional system prompt (none by default, as in training)"
     )
+    add_look_first(parser)
     add_device(parser, "torch device (default: the GPU when there is one, else cpu)")
     add_dtype(
         parser,
@@ -88,7 +89,7 @@ def run(
     engine = ChatEngine.from_pretrained(
         args.from_pretrained, device=args.device, dtype=args.dtype, settings=settings
     )
-    session = ChatSession(engine, system=args.system)
+    session = ChatSession(engine, system=args.system, look_first=args.look_first)
     if images:
         session.set_images(images, sources)
     return talk(session, stdin, stdout, stderr, jsonl=args.jsonl)

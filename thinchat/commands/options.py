@@ -74,3 +74,14 @@ def add_threads(parser: argparse.ArgumentParser) -> None:
         help="torch threads (default: $OMP_NUM_THREADS, else the CPUs this process may use: "
         "affinity and cgroup quota); idle threads wait passively; 1 avoids slow-downs on a busy shared machine",
     )
+
+
+def add_look_first(parser: argparse.ArgumentParser) -> None:
+    """``--look-first/--no-look-first`` of the chat demos (``ChatSession.look_first``)."""
+    parser.add_argument(
+        "--look-first",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="answer the first question about a new slide after the model's own description of it, "
+        "which is shown first (default: on; docs/chat.md)",
+    )

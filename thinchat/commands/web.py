@@ -10,7 +10,14 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from thinchat.commands.options import LOCAL_HOSTS, add_bind, add_checkpoint, add_device, add_dtype
+from thinchat.commands.options import (
+    LOCAL_HOSTS,
+    add_bind,
+    add_checkpoint,
+    add_device,
+    add_dtype,
+    add_look_first,
+)
 from thinchat.errors import ConfigError, ThinchatError
 from thinchat.threads import passive_omp_threads
 
@@ -25,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lang", choices=("zh", "en"), default="zh", help="interface language (default zh)")
     add_device(parser)
     add_dtype(parser)
+    add_look_first(parser)
     parser.add_argument("--temperature", type=float, default=None, help="initial temperature slider value")
     parser.add_argument(
         "--max-new-tokens", type=int, default=None, help="initial max-new-tokens slider value"
@@ -74,7 +82,12 @@ def run(args: argparse.Namespace) -> int:
     engine = ChatEngine.from_pretrained(
         args.from_pretrained, device=args.device, dtype=args.dtype, settings=settings
     )
-    demo = build_demo(engine, lang=args.lang, max_image_pixels=args.max_image_pixels or DEFAULT_MAX_PIXELS)
+    demo = build_demo(
+        engine,
+        lang=args.lang,
+        max_image_pixels=args.max_image_pixels or DEFAULT_MAX_PIXELS,
+        look_first=args.look_first,
+    )
     if args.host not in LOCAL_HOSTS or args.share:
         log.warning("the demo is reachable beyond this machine: anyone with the link can use the model")
     launch(demo, host=args.host, port=args.port, share=args.share, max_upload_mb=max_upload_mb)

@@ -54,10 +54,12 @@ def build_demo(
     lang: str = DEFAULT_LANG,
     max_image_pixels: int = DEFAULT_MAX_PIXELS,
     examples_dir: Path = EXAMPLES_DIR,
+    look_first: bool = True,
 ) -> gr.Blocks:
-    """The Blocks app for ``engine`` with the interface in ``lang`` (switchable in the page)."""
+    """The Blocks app for ``engine`` with the interface in ``lang`` (switchable in the page);
+    ``look_first``: see :class:`~thinchat.chat.session.ChatSession`."""
     s = strings(lang)
-    chat = WebChat(engine, max_image_pixels=max_image_pixels)
+    chat = WebChat(engine, max_image_pixels=max_image_pixels, look_first=look_first)
     defaults = engine.settings
     max_cap = max(16, min(2048, engine.context_limit // 2))
 

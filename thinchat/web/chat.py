@@ -33,9 +33,13 @@ History = list[dict[str, Any]]
 class WebChat:
     """Handlers bound to one engine. ``state`` (a ``gr.State``) holds ``{"id", "shown"}`` per browser."""
 
-    def __init__(self, engine: Any, *, max_image_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self, engine: Any, *, max_image_pixels: int = DEFAULT_MAX_PIXELS, look_first: bool = False
+    ) -> None:
+        """``look_first``: see :class:`~thinchat.chat.session.ChatSession`."""
         self.engine = engine
         self.max_image_pixels = max_image_pixels
+        self.look_first = look_first
         self._sessions: OrderedDict[str, Any] = OrderedDict()
 
     # ----- sessions --------------------------------------------------------------------------------
@@ -44,7 +48,7 @@ class WebChat:
         sid = state.get("id")
         if sid not in self._sessions:
             sid = uuid.uuid4().hex
-            self._sessions[sid] = ChatSession(self.engine)
+            self._sessions[sid] = ChatSession(self.engine, look_first=self.look_first)
             state = {"id": sid, "shown": None}
         self._sessions.move_to_end(sid)
         while len(self._sessions) > MAX_SESSIONS:
@@ -118,15 +122,21 @@ class WebChat:
             return
         views = (ppl, xpl)
         images = None
-        shown = text.strip()
+        label = ""
         if any(views) and list(views) != state.get("shown"):
             images, names = self._load_views(ppl, xpl, lang)
-            shown = f"{s['new_slide'].format(views=' + '.join(names))}\n{shown}"
+            label = s["new_slide"].format(views=" + ".join(names)) + "\n"
         overrides = self._overrides(temperature, top_p, max_tokens)
-        history += [{"role": "user", "content": shown}, {"role": "assistant", "content": ""}]
-        yield from self._stream(
-            lambda: session.stream(text, images=images, **overrides), history, state, lang
-        )
+
+        def pieces() -> Iterator[str | None]:
+            # One user/assistant pair per exchange: a look-first description, then the question.
+            for k, exchange in enumerate(session.exchanges(text, images=images, **overrides)):
+                shown = (label if k == 0 else "") + exchange.question
+                history.extend([{"role": "user", "content": shown}, {"role": "assistant", "content": ""}])
+                yield None
+                yield from exchange.pieces
+
+        yield from self._stream(pieces, history, state, lang)
         if images is not None:
             state["shown"] = list(views)
         if session.dropped_turns:
@@ -162,11 +172,12 @@ class WebChat:
         return [], state, ""
 
     def _stream(self, start, history: History, state: dict, lang: str) -> Iterator[tuple[History, dict, Any]]:
-        """Run ``start()`` (a piece iterator) and grow the last assistant message; errors become toasts."""
+        """Run ``start()`` (a piece iterator) and grow the last assistant message; errors become toasts.
+        A ``None`` piece starts a new answer (the iterator has added its message to ``history``)."""
         answer = ""
         try:
             for piece in start():
-                answer += piece
+                answer = "" if piece is None else answer + piece
                 history[-1] = {"role": "assistant", "content": answer}
                 yield list(history), state, gr.skip()
         except ThinchatError as exc:
