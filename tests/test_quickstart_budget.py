@@ -27,8 +27,17 @@ def test_no_reference_keeps_max_steps() -> None:
     assert step_budget(448, 0.0)["steps"] == 448
 
 
-def _report(f1: float, yes_no: float | None, form: float, which: float) -> dict:
-    following = {"all": {"yes_no_accuracy": yes_no, "answer_form": form, "which_accuracy": which}}
+def _report(
+    f1: float, yes_no: float | None, form: float, which: float, followup: float | None = 0.8
+) -> dict:
+    following = {
+        "all": {
+            "yes_no_accuracy": yes_no,
+            "answer_form": form,
+            "which_accuracy": which,
+            "followup_yes_no_accuracy": followup,
+        }
+    }
     return {
         "metrics": {"en": {"base": {"CIDEr-D": 0.01}, "finetuned": {"CIDEr-D": 1.2}}},
         "domain": {"base": {"micro": {"f1": 0.0}}, "finetuned": {"micro": {"f1": 100 * f1}}},
@@ -45,3 +54,10 @@ def test_thresholds_cover_question_following() -> None:
     missing = check_thresholds(_report(0.72, None, 0.9, 0.85), config)
     assert not missing["yes_no_accuracy"]["ok"] and not missing["answer_form"]["ok"]
     assert missing["yes_no_accuracy"]["base"] is None
+    # The answers after the model's own description (what the chat demos ask) have their own floor.
+    after = check_thresholds(_report(0.72, 0.9, 1.0, 0.85, followup=0.65), config)
+    assert not after["followup_yes_no_accuracy"]["ok"] and after["yes_no_accuracy"]["ok"]
+    assert after["followup_yes_no_accuracy"]["threshold"] == config.min_followup_yes_no == 0.7
+    assert not check_thresholds(_report(0.72, 0.9, 1.0, 0.85, followup=None), config)[
+        "followup_yes_no_accuracy"
+    ]["ok"]

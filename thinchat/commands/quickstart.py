@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     )
     for key, label in (
         ("yes_no_accuracy", "yes/no accuracy (balanced)"),
+        ("followup_yes_no_accuracy", "yes/no accuracy asked after its own description, as in the chats"),
         ("answer_form", "answered in the form asked"),
         ("which_accuracy", "which-of accuracy"),
     ):
@@ -53,12 +54,6 @@ def run(args: argparse.Namespace) -> int:
                 f"{label} (finetuned): {value}, needs >= {item['threshold']}: "
                 f"{'OK' if item['ok'] else 'NOT MET'}"
             )
-    followup = summary.get("followup_yes_no_accuracy")
-    if followup:
-        print(
-            "yes/no accuracy (balanced) asked after its own description, as in a chat (finetuned): "
-            f"{followup['finetuned']:.3f} (base {followup['base'] or 0:.3f})"
-        )
     gaps = summary.get("image_reliance_gap")
     if gaps:
         print(

@@ -83,6 +83,11 @@ class QuickstartConfig:
     min_yes_no: float = field(0.65, help="threshold: balanced yes/no accuracy on grounded presence questions")
     min_answer_form: float = field(0.95, help="threshold: share of yes/no questions answered with yes or no")
     min_which: float = field(0.65, help="threshold: which-of accuracy")
+    min_followup_yes_no: float = field(
+        0.7,
+        help="threshold: balanced yes/no accuracy asked after the model's own description, as the chat "
+        "demos ask a new slide's first question (looking first)",
+    )
 
     def validate(self) -> None:
         from thinchat.errors import ConfigError
@@ -195,9 +200,10 @@ def check_thresholds(report: dict[str, Any], config: QuickstartConfig) -> dict[s
                 "ok": value is not None and value >= threshold,
             }
         followup = _following(report, "finetuned").get("followup_yes_no_accuracy")
-        if followup is not None:  # shown, not a floor: what a user asking after a description sees
-            summary["followup_yes_no_accuracy"] = {
-                "finetuned": followup,
-                "base": _following(report, "base").get("followup_yes_no_accuracy"),
-            }
+        summary["followup_yes_no_accuracy"] = {
+            "finetuned": followup,
+            "base": _following(report, "base").get("followup_yes_no_accuracy"),
+            "threshold": config.min_followup_yes_no,
+            "ok": followup is not None and followup >= config.min_followup_yes_no,
+        }
     return summary
