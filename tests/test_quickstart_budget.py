@@ -61,3 +61,24 @@ def test_thresholds_cover_question_following() -> None:
     assert not check_thresholds(_report(0.72, 0.9, 1.0, 0.85, followup=None), config)[
         "followup_yes_no_accuracy"
     ]["ok"]
+
+
+def test_check_room_refuses_a_disk_too_small_for_the_stages(tmp_path, monkeypatch) -> None:
+    import shutil
+    from collections import namedtuple
+
+    from thinchat.errors import ConfigError
+    from thinchat.recipes.recipe import REPORT_BYTES, check_room
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "model.safetensors").write_bytes(b"\0" * 2**20)  # a 1 MiB "base model"
+    usage = namedtuple("usage", "total used free")
+    need_lora = int(1.5 * 2**20) + REPORT_BYTES
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(0, 0, need_lora))
+    check_room(tmp_path, base, "lora")  # just enough
+    with pytest.raises(ConfigError, match=r"GiB free on its disk.*choose another out="):
+        check_room(tmp_path, base, "full")  # a full stage 2 saves whole models and optimizer state
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(0, 0, need_lora - 1))
+    with pytest.raises(ConfigError, match=str(tmp_path)):
+        check_room(tmp_path, base, "lora")

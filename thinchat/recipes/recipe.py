@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from thinchat.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 #: The offline LM preset per caption language.
@@ -138,6 +140,10 @@ def run_recipe(
         ),
     )
 
+    lora_yaml = config_path(config.lora_config)
+    kind = load_train_config(lora_yaml, []).stage
+    check_room(root, base, kind)
+
     replay = data_dir / f"replay_{config.lang}.json"
     if config.text_only_ratio > 0:
         steps.run(
@@ -178,8 +184,6 @@ def run_recipe(
     projector = root / "projector"
     stage("stage 1 (projector)", config.projector_config, base, projector, projector / "config.json")
     lora = root / "lora"
-    lora_yaml = config_path(config.lora_config)
-    kind = load_train_config(lora_yaml, []).stage
     # A LoRA stage leaves an adapter beside its base; a full one a whole Llava checkpoint.
     done = lora / ("adapter_config.json" if kind in ("lora", "qlora") else "config.json")
     lora_steps = load_train_config(lora_yaml, [*user_overrides, *stage2_overrides]).max_steps
@@ -221,6 +225,30 @@ def run_recipe(
     )
     report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
     return RecipeResult(base, lora, report_dir, report, budget)
+
+
+#: Room the two stages need, in copies of the base model: stage 1 saves a whole checkpoint; a LoRA
+#: stage 2 saves adapters (small), a full one a whole model and its optimizer state in each checkpoint.
+STAGE_COPIES = {"lora": 1.5, "qlora": 1.5, "full": 5.0}
+#: Room for the report, the replay data and the logs.
+REPORT_BYTES = 256 * 2**20
+
+
+def check_room(root: Path, base: Path, stage2: str) -> None:
+    """Fail before the stages when the disk under ``root`` cannot hold what they write.
+
+    Why: the stages run for tens of minutes; a disk that fills in their last save loses that time. The
+    need is an estimate from the built base's size (``STAGE_COPIES``), not a promise.
+    """
+    base_bytes = sum(f.stat().st_size for f in base.rglob("*") if f.is_file())
+    need = int(base_bytes * STAGE_COPIES.get(stage2, STAGE_COPIES["full"])) + REPORT_BYTES
+    free = shutil.disk_usage(root).free
+    if free < need:
+        raise ConfigError(
+            f"{root}: {free / 2**30:.1f} GiB free on its disk, but the training stages write about "
+            f"{need / 2**30:.1f} GiB (the base model is {base_bytes / 2**30:.2f} GiB); free some space "
+            "or choose another out="
+        )
 
 
 def chat_commands(model: Path | str) -> list[str]:
