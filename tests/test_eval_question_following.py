@@ -198,6 +198,7 @@ def test_report_section_and_chart(tmp_path: Path) -> None:
         following[name] = {k: v for k, v in scores.items() if k != "records"}
     md = render_markdown(report)
     assert "| yes/no accuracy after its own description | 0.500 | 1.000 |" in md
+    assert "agree with its own description" not in md  # not computed without the descriptions
     paths = write_report(report, {}, tmp_path, {"ft": tuned["records"]})
     assert paths["question_chart"].stat().st_size > 1000
     rows = [json.loads(line) for line in paths["questions:ft"].read_text(encoding="utf-8").splitlines()]
@@ -241,6 +242,44 @@ def test_followup_scores_sit_beside_the_scores_alone() -> None:
     assert scores["zh"]["yes_no_accuracy"] == 0.5 and scores["zh"]["followup_no_accuracy"] == 1.0
     assert scores["all"]["followup_yes_no_accuracy"] == 1.0 and scores["all"]["followup_answer_form"] == 1.0
     assert [r["followup_parsed"] for r in scores["records"]] == ["yes", "no", "calcite", "yes", "no"]
+
+
+def test_followups_are_compared_with_the_models_own_description() -> None:
+    en, zh = _sample("a", EN, "en"), _sample("b", ZH, "zh")
+    probes = [
+        _probe(en, 0, "presence", "yes", term="calcite"),
+        _probe(en, 1, "presence", "yes", term="k_feldspar"),
+        _probe(en, 2, "presence", "no", term="dolomite"),
+        _probe(en, 3, "presence", "no", term="pyrite"),
+        _probe(en, 4, "which", "calcite", ("dolomite", "calcite"), term="calcite"),
+        _probe(zh, 0, "presence", "yes", term="calcite"),
+        _probe(zh, 1, "presence", "no", term="quartz"),
+    ]
+    # The en description names calcite and dolomite (wrongly) but not K-feldspar; the zh one says
+    # calcite is absent, which is not naming it.
+    descriptions = {"a": "Calcite (about 9%) and dolomite (about 5%).", "b": "石英约占60%。未见方解石。"}
+    after = {
+        "a#q0": "Yes.",  # agrees (named)
+        "a#q1": "Yes.",  # disagrees: not named
+        "a#q2": "No.",  # disagrees: named
+        "a#q3": "No.",  # agrees
+        "a#q4": "Calcite.",
+        "b#q0": "有。",  # disagrees: stated absent
+        "b#q1": "我不确定。",  # no yes/no: not counted for agreement
+    }
+    alone = dict.fromkeys(after, "No.")
+    scores = add_followup_scores(score_probes(probes, alone), probes, after, descriptions=descriptions)
+    # Read off the en description: calcite yes (right), K-feldspar no (wrong), dolomite yes (wrong),
+    # pyrite no (right): 0.5 on "yes", 0.5 on "no".
+    assert scores["en"]["description_yes_no_accuracy"] == 0.5
+    assert scores["en"]["followup_consistency"] == 0.5
+    # zh: calcite "no" off the description (wrong), quartz "yes" (wrong).
+    assert scores["zh"]["description_yes_no_accuracy"] == 0.0
+    assert scores["zh"]["followup_consistency"] == 0.0
+    assert scores["all"]["followup_consistency"] == 2 / 5
+    # Without descriptions the keys are absent, not zero.
+    plain = add_followup_scores(score_probes(probes, alone), probes, after)
+    assert "followup_consistency" not in plain["all"]
 
 
 def test_yes_answers_by_stated_share_and_by_term() -> None:

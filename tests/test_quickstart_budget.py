@@ -27,9 +27,7 @@ def test_no_reference_keeps_max_steps() -> None:
     assert step_budget(448, 0.0)["steps"] == 448
 
 
-def _report(
-    f1: float, yes_no: float | None, form: float, which: float, followup: float | None = 0.8
-) -> dict:
+def _report(f1: float, yes_no: float | None, form: float, which: float, followup: float | None = 0.8) -> dict:
     following = {
         "all": {
             "yes_no_accuracy": yes_no,

@@ -224,10 +224,26 @@ FOLLOWUP_KEYS = (
 
 
 def add_followup_scores(
-    scores: dict[str, Any], probes: Sequence[Probe], answers: Mapping[str, str], lexicon: Any = None
+    scores: dict[str, Any],
+    probes: Sequence[Probe],
+    answers: Mapping[str, str],
+    lexicon: Any = None,
+    descriptions: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """``scores`` (from ``score_probes``) with ``followup_<key>`` per language for ``answers`` to the
-    same probes asked after the model's description, and each record's ``followup_answer``."""
+    same probes asked after the model's description, and each record's ``followup_answer``.
+
+    With ``descriptions`` (slide id -> the model's description the follow-ups came after), also per
+    language: ``description_yes_no_accuracy``, the balanced yes/no accuracy of reading each answer off
+    the description (yes when it names the term), and ``followup_consistency``, the share of follow-up
+    yes/no answers that agree with it. Why: a follow-up can only be as right as the description it
+    follows, and an assistant that contradicts its own description in the next turn is worse than
+    either number shows.
+    """
+    if lexicon is None:
+        from thinchat.domain.lexicon import load_lexicon
+
+        lexicon = load_lexicon()
     followup = score_probes(probes, answers, lexicon)
     for lang, values in followup.items():
         if lang != "records":
@@ -235,7 +251,35 @@ def add_followup_scores(
     for record, again in zip(scores["records"], followup["records"], strict=True):
         record["followup_answer"] = again["answer"]
         record["followup_parsed"] = again["parsed"]
+    if descriptions is not None:
+        presence = [p for p in probes if p.type == "presence"]
+        said = {p.id: description_says(descriptions[p.sample.id], p.term, lexicon) for p in presence}
+        for lang in [k for k in scores if k != "records"]:
+            chosen = [p for p in presence if lang == "all" or p.sample.lang == lang]
+            scores[lang].update(_description_scores(chosen, said, followup["records"]))
     return scores
+
+
+def description_says(description: str, term: str | None, lexicon: Any) -> str:
+    """ "yes" when ``description`` names ``term`` (or a finer term of it, plagioclase for feldspar)."""
+    return "yes" if term in lexicon.with_broader(lexicon.find(description)) else "no"
+
+
+def _description_scores(
+    presence: Sequence[Probe], said: Mapping[str, str], records: Sequence[dict[str, Any]]
+) -> dict[str, float | None]:
+    parsed = {r["id"]: r["parsed"] for r in records}
+    yes = [p for p in presence if p.expected == "yes"]
+    no = [p for p in presence if p.expected == "no"]
+    acc_yes = _share(sum(said[p.id] == "yes" for p in yes), len(yes))
+    acc_no = _share(sum(said[p.id] == "no" for p in no), len(no))
+    answered = [p for p in presence if parsed[p.id] is not None]
+    return {
+        "description_yes_no_accuracy": (acc_yes + acc_no) / 2
+        if acc_yes is not None and acc_no is not None
+        else None,
+        "followup_consistency": _share(sum(parsed[p.id] == said[p.id] for p in answered), len(answered)),
+    }
 
 
 def score_probes(probes: Sequence[Probe], answers: Mapping[str, str], lexicon: Any = None) -> dict[str, Any]:

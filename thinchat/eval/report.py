@@ -235,7 +235,11 @@ FOLLOWUP_ROWS = (
     ("  on 'yes' questions", "followup_yes_accuracy"),
     ("  on 'no' questions", "followup_no_accuracy"),
     ("which-of accuracy after its own description", "followup_which_accuracy"),
+    ("yes/no read off its own description (names the term: yes)", "description_yes_no_accuracy"),
+    ("follow-up answers that agree with its own description", "followup_consistency"),
 )
+#: Follow-up rows left out when no model has them (computed only with the descriptions at hand).
+FOLLOWUP_OPTIONAL = frozenset({"description_yes_no_accuracy", "followup_consistency"})
 
 
 def _following_lines(following: dict | None, names: list[str], head: str) -> list[str]:
@@ -255,9 +259,10 @@ def _following_lines(following: dict | None, names: list[str], head: str) -> lis
         lines += ["", head]
         asked = any(following[n][lang].get("followup_yes_no_accuracy") is not None for n in names)
         for label, key in FOLLOWING_ROWS + (FOLLOWUP_ROWS if asked else ()):
-            lines.append(
-                f"| {label} | " + " | ".join(_fmt(following[n][lang].get(key), 3) for n in names) + " |"
-            )
+            values = [following[n][lang].get(key) for n in names]
+            if key in FOLLOWUP_OPTIONAL and all(v is None for v in values):
+                continue
+            lines.append(f"| {label} | " + " | ".join(_fmt(v, 3) for v in values) + " |")
         lines += _presence_detail_lines({n: following[n][lang] for n in names}, asked)
     lines += [
         "",
@@ -267,7 +272,8 @@ def _following_lines(following: dict | None, names: list[str], head: str) -> lis
         "answer counts in the form asked when it starts with yes/no (是/否/有/没有). A which-of answer is "
         "right when the first option it names is the one in the report. The same questions are asked once "
         "alone after the images and once as a follow-up after the model's own description of the slide, "
-        "as in a chat. The 'yes' questions are also sorted by the share of the slide the report gives the "
+        "as in a chat; the follow-ups are compared with what that description says (it names the term: yes). "
+        "The 'yes' questions are also sorted by the share of the slide the report gives the "
         "term (a model that sees only the large phases misses the minor ones), and each term gets its "
         "right answers on 'yes' and on 'no' questions. Every question and both answers are in "
         "questions_<name>.jsonl.",

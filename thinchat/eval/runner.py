@@ -175,7 +175,7 @@ def evaluate(
                     min(max_new_tokens, QA_MAX_NEW_TOKENS),
                     desc=f"follow-ups {name}",
                 )
-                add_followup_scores(following[name], probes, again, lexicon)
+                add_followup_scores(following[name], probes, again, lexicon, descriptions)
         if reliance_samples > 0 and clipcap:
             log.info("%s: image reliance is computed for Llava checkpoints only, not ClipCap", name)
         elif reliance_samples > 0:
