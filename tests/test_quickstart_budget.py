@@ -80,3 +80,5 @@ def test_check_room_refuses_a_disk_too_small_for_the_stages(tmp_path, monkeypatc
     monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(0, 0, need_lora - 1))
     with pytest.raises(ConfigError, match=str(tmp_path)):
         check_room(tmp_path, base, "lora")
+    # Once stage 1 is done, only stage 2's half copy and the report are still to write.
+    check_room(tmp_path, base, "lora", stage1_done=True)

@@ -166,7 +166,7 @@ class _Repl:
     def question(self, text: str) -> None:
         """Answer ``text``; a look-first description before it is streamed to a terminal, and kept out
         of a script's answer line (``--jsonl`` records it as ``description``)."""
-        answers: list[tuple[str, str]] = []
+        description = answer = None
         try:
             for exchange in self.session.exchanges(text):
                 if exchange.look and self.interactive:
@@ -174,15 +174,17 @@ class _Repl:
                 whole = self._stream(exchange.pieces)
                 if whole is None:
                     return
-                answers.append((exchange.question, whole))
+                if exchange.look:
+                    description = whole
+                else:
+                    answer = whole
         except ThinchatError as exc:
             self.fail(text, exc)
             return
-        answer = answers[-1][1]
         if self.jsonl and not self.interactive:
             record = {"question": text, "answer": answer}
-            if len(answers) > 1:
-                record["description"] = answers[0][1]
+            if description is not None:
+                record["description"] = description
             self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
         elif not self.interactive:
             self.out.write(escape(answer) + "\n")

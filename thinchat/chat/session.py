@@ -103,8 +103,7 @@ class ChatSession:
         ``followup_*`` scores, docs/experiments.md). Otherwise the one exchange is ``text`` itself.
         Consume each answer before taking the next exchange; errors raise as in :meth:`stream`.
         """
-        if not isinstance(text, str) or not text.strip():
-            raise ThinchatError("empty message: type a question")
+        _check_question(text)  # before the description is asked for
         if images is not None:
             self.set_images(images)
         if self.look_first and self._pending:
@@ -133,8 +132,7 @@ class ChatSession:
         return self._run(turn, pieces, append=False)
 
     def _prepare(self, text: str, images: list[Any] | None, overrides: dict[str, Any]):
-        if not isinstance(text, str) or not text.strip():
-            raise ThinchatError("empty message: type a question")
+        _check_question(text)
         if images is not None:
             self.set_images(images)
         turn = Turn(question=text.strip(), images=list(self._pending), sources=list(self._pending_sources))
@@ -190,6 +188,11 @@ class ChatSession:
         elif sources:
             out["image_sources"] = sources
         return out
+
+
+def _check_question(text: object) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise ThinchatError("empty message: type a question")
 
 
 def look_question(text: str) -> str:

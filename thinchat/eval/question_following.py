@@ -147,6 +147,24 @@ def _share(hits: int, total: int) -> float | None:
     return hits / total if total else None
 
 
+def _balanced(
+    yes: Sequence[Probe], no: Sequence[Probe], said: Mapping[str, str | None]
+) -> tuple[float | None, float | None, float | None]:
+    """(balanced, "yes", "no") accuracy of the answers ``said`` per probe id; None where none was asked."""
+    acc_yes = _share(sum(said[p.id] == "yes" for p in yes), len(yes))
+    acc_no = _share(sum(said[p.id] == "no" for p in no), len(no))
+    balanced = (acc_yes + acc_no) / 2 if acc_yes is not None and acc_no is not None else None
+    return balanced, acc_yes, acc_no
+
+
+def _default_lexicon(lexicon: Any) -> Any:
+    if lexicon is None:
+        from thinchat.domain.lexicon import load_lexicon
+
+        lexicon = load_lexicon()
+    return lexicon
+
+
 #: Bins of the share of the slide a reference report gives a term: (lowest percent, label), largest first.
 SHARE_BINS = ((10.0, ">=10%"), (3.0, "3-10%"), (0.0, "<3%"))
 #: The bin of terms the report names without a percentage ("zircon (trace)", "K-feldspar shows argillization").
@@ -192,9 +210,7 @@ def _scores(probes: Sequence[Probe], answers: Mapping[str, str], lexicon: Any) -
     no = [p for p in probes if p.type == "presence" and p.expected == "no"]
     which = [p for p in probes if p.type == "which"]
     said = {p.id: parse_yes_no(answers[p.id]) for p in yes + no}
-    acc_yes = _share(sum(said[p.id] == "yes" for p in yes), len(yes))
-    acc_no = _share(sum(said[p.id] == "no" for p in no), len(no))
-    balanced = (acc_yes + acc_no) / 2 if acc_yes is not None and acc_no is not None else None
+    balanced, acc_yes, acc_no = _balanced(yes, no, said)
     return {
         "yes_no_accuracy": balanced,
         "yes_accuracy": acc_yes,
@@ -240,10 +256,7 @@ def add_followup_scores(
     follows, and an assistant that contradicts its own description in the next turn is worse than
     either number shows.
     """
-    if lexicon is None:
-        from thinchat.domain.lexicon import load_lexicon
-
-        lexicon = load_lexicon()
+    lexicon = _default_lexicon(lexicon)
     followup = score_probes(probes, answers, lexicon)
     for lang, values in followup.items():
         if lang != "records":
@@ -254,9 +267,10 @@ def add_followup_scores(
     if descriptions is not None:
         presence = [p for p in probes if p.type == "presence"]
         said = {p.id: description_says(descriptions[p.sample.id], p.term, lexicon) for p in presence}
+        parsed = {r["id"]: r["parsed"] for r in followup["records"]}
         for lang in [k for k in scores if k != "records"]:
             chosen = [p for p in presence if lang == "all" or p.sample.lang == lang]
-            scores[lang].update(_description_scores(chosen, said, followup["records"]))
+            scores[lang].update(_description_scores(chosen, said, parsed))
     return scores
 
 
@@ -266,28 +280,22 @@ def description_says(description: str, term: str | None, lexicon: Any) -> str:
 
 
 def _description_scores(
-    presence: Sequence[Probe], said: Mapping[str, str], records: Sequence[dict[str, Any]]
+    presence: Sequence[Probe], said: Mapping[str, str], parsed: Mapping[str, str | None]
 ) -> dict[str, float | None]:
-    parsed = {r["id"]: r["parsed"] for r in records}
+    """Presence answers read off the description (``said``) against the reference, and the share of
+    the follow-up answers (``parsed``) that agree with them."""
     yes = [p for p in presence if p.expected == "yes"]
     no = [p for p in presence if p.expected == "no"]
-    acc_yes = _share(sum(said[p.id] == "yes" for p in yes), len(yes))
-    acc_no = _share(sum(said[p.id] == "no" for p in no), len(no))
     answered = [p for p in presence if parsed[p.id] is not None]
     return {
-        "description_yes_no_accuracy": (acc_yes + acc_no) / 2
-        if acc_yes is not None and acc_no is not None
-        else None,
+        "description_yes_no_accuracy": _balanced(yes, no, said)[0],
         "followup_consistency": _share(sum(parsed[p.id] == said[p.id] for p in answered), len(answered)),
     }
 
 
 def score_probes(probes: Sequence[Probe], answers: Mapping[str, str], lexicon: Any = None) -> dict[str, Any]:
     """Scores overall (``"all"``) and per language, plus per-probe records for the report."""
-    if lexicon is None:
-        from thinchat.domain.lexicon import load_lexicon
-
-        lexicon = load_lexicon()
+    lexicon = _default_lexicon(lexicon)
     langs = sorted({p.sample.lang for p in probes})
     out: dict[str, Any] = {"all": _scores(probes, answers, lexicon)}
     for lang in langs:

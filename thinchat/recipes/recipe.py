@@ -140,9 +140,14 @@ def run_recipe(
         ),
     )
 
+    projector = root / "projector"
+    lora = root / "lora"
     lora_yaml = config_path(config.lora_config)
     kind = load_train_config(lora_yaml, []).stage
-    check_room(root, base, kind)
+    # A LoRA stage leaves an adapter beside its base; a full one a whole Llava checkpoint.
+    done = lora / ("adapter_config.json" if kind in ("lora", "qlora") else "config.json")
+    if not done.exists():  # a re-run that reuses the stages writes nothing large
+        check_room(root, base, kind, stage1_done=(projector / "config.json").exists())
 
     replay = data_dir / f"replay_{config.lang}.json"
     if config.text_only_ratio > 0:
@@ -181,11 +186,7 @@ def run_recipe(
 
         steps.run(name, stage_fingerprint, done, run_stage)
 
-    projector = root / "projector"
     stage("stage 1 (projector)", config.projector_config, base, projector, projector / "config.json")
-    lora = root / "lora"
-    # A LoRA stage leaves an adapter beside its base; a full one a whole Llava checkpoint.
-    done = lora / ("adapter_config.json" if kind in ("lora", "qlora") else "config.json")
     lora_steps = load_train_config(lora_yaml, [*user_overrides, *stage2_overrides]).max_steps
     budget = step_budget(lora_steps, config.reference_gflops)
     log.info("%s: stage 2 runs %d steps (%s)", steps.name, budget["steps"], budget["reason"])
@@ -227,21 +228,23 @@ def run_recipe(
     return RecipeResult(base, lora, report_dir, report, budget)
 
 
-#: Room the two stages need, in copies of the base model: stage 1 saves a whole checkpoint; a LoRA
-#: stage 2 saves adapters (small), a full one a whole model and its optimizer state in each checkpoint.
-STAGE_COPIES = {"lora": 1.5, "qlora": 1.5, "full": 5.0}
+#: Room each stage needs, in copies of the base model: stage 1 saves a whole checkpoint; a LoRA stage 2
+#: saves adapters (small), a full one a whole model and its optimizer state in each checkpoint.
+STAGE1_COPIES = 1.0
+STAGE2_COPIES = {"lora": 0.5, "qlora": 0.5, "full": 4.0}
 #: Room for the report, the replay data and the logs.
 REPORT_BYTES = 256 * 2**20
 
 
-def check_room(root: Path, base: Path, stage2: str) -> None:
+def check_room(root: Path, base: Path, stage2: str, stage1_done: bool = False) -> None:
     """Fail before the stages when the disk under ``root`` cannot hold what they write.
 
     Why: the stages run for tens of minutes; a disk that fills in their last save loses that time. The
-    need is an estimate from the built base's size (``STAGE_COPIES``), not a promise.
+    need is an estimate from the built base's size (``STAGE1_COPIES``, ``STAGE2_COPIES``), not a promise.
     """
     base_bytes = sum(f.stat().st_size for f in base.rglob("*") if f.is_file())
-    need = int(base_bytes * STAGE_COPIES.get(stage2, STAGE_COPIES["full"])) + REPORT_BYTES
+    copies = STAGE2_COPIES.get(stage2, STAGE2_COPIES["full"]) + (0.0 if stage1_done else STAGE1_COPIES)
+    need = int(base_bytes * copies) + REPORT_BYTES
     free = shutil.disk_usage(root).free
     if free < need:
         raise ConfigError(
