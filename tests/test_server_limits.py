@@ -44,6 +44,9 @@ class BlockingEngine:
     def count_tokens(self, messages, images):
         return 5
 
+    def looked(self, messages, images):
+        return messages
+
     def stream_messages(self, messages, images, **overrides):
         with self._lock:
             self.active += 1

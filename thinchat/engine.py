@@ -15,6 +15,9 @@ Here every front end calls :class:`ChatEngine`, which
 * keeps the KV cache of the last exchange and, when the next prompt starts with the same tokens (a
   follow-up question, or an OpenAI client re-sending the conversation), only prefills the new tokens,
   so time to first token does not grow with the history;
+* looks first where asked (:mod:`thinchat.chat.look`): the model's own description of a slide is asked
+  once, kept per image, and laid before the question in the same way for every caller, so the chat
+  demos, the server, batch captioning and evaluation give the same answer to the same question;
 * serialises generation with a lock (the server shares one engine across requests).
 """
 
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from thinchat.chat.history import Turn, fit
+from thinchat.chat.look import insert_looks, look_question
 from thinchat.compose import max_positions
 from thinchat.errors import ConfigError, ImageError, PromptTooLongError, ThinchatError
 from thinchat.generation import GenerationSettings, decode_attention, stop_token_ids, stream_in_thread
@@ -41,6 +45,8 @@ DEFAULT_CONTEXT = 4096
 MIN_PREFIX_REUSE = 16
 #: How many images' projected features the engine keeps (LRU); one slide pair costs ~100 KB-1 MB.
 FEATURE_CACHE_SIZE = 64
+#: How many slides' look-first descriptions the engine keeps (LRU); a few KB each.
+LOOK_CACHE_SIZE = 256
 
 
 class ChatEngine:
@@ -76,6 +82,9 @@ class ChatEngine:
         self._placed: dict[int, str] = {}
         #: Prompt tokens taken from the cache in the last generation (0 = full prefill), for tests/benches.
         self.last_reused_tokens = 0
+        # (look question, pixel hash of each image) -> the model's description (see ``look``)
+        self._looks: OrderedDict[tuple[str, ...], str] = OrderedDict()
+        self._looks_lock = threading.Lock()
 
     @classmethod
     def from_pretrained(
@@ -189,6 +198,103 @@ class ChatEngine:
                 )
         new_tokens = out[:, width:]
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    # ----- looking first (thinchat.chat.look) --------------------------------------------------------
+    def look_settings(self) -> GenerationSettings:
+        """How every description for looking is decoded: greedy, with the engine's length and repetition
+        penalty, whatever the caller samples its answer with, so a slide has one description whichever
+        interface asked for it first."""
+        return self.settings.with_overrides(temperature=0.0, seed=None)
+
+    def _look_key(self, question: str, images: Sequence[Any]) -> tuple[str, ...]:
+        return (question, *(image_key(image) for image in images))
+
+    def _cached_look(self, key: tuple[str, ...]) -> str | None:
+        with self._looks_lock:
+            if key in self._looks:
+                self._looks.move_to_end(key)
+                return self._looks[key]
+        return None
+
+    def _remember_look(self, key: tuple[str, ...], description: str) -> None:
+        with self._looks_lock:
+            self._looks[key] = description
+            while len(self._looks) > LOOK_CACHE_SIZE:
+                self._looks.popitem(last=False)
+
+    def look(self, images: list[Any], text: str) -> tuple[str, Iterator[str]]:
+        """The description question asked before ``text`` about ``images``, and its answer's pieces:
+        streamed the first time (and then kept), the kept description at once after that."""
+        question = look_question(text)
+        key = self._look_key(question, images)
+        cached = self._cached_look(key)
+        if cached is not None:
+            return question, _at_once(cached)
+        settings = self.look_settings()
+        messages = [
+            {
+                "role": "user",
+                "content": [*({"type": "image"} for _ in images), {"type": "text", "text": question}],
+            }
+        ]
+        pieces = self.stream_messages(messages, images, **settings.to_dict())
+        return question, self._keep_look(key, pieces)
+
+    def _keep_look(self, key: tuple[str, ...], pieces: Iterator[str]) -> Iterator[str]:
+        parts: list[str] = []
+        try:
+            for piece in pieces:
+                parts.append(piece)
+                yield piece
+        finally:
+            pieces.close()  # type: ignore[attr-defined]  (cancels the generation when stopped early)
+        self._remember_look(key, "".join(parts).strip())  # only a description streamed to its end
+
+    def description(self, images: list[Any], text: str) -> str:
+        """The model's description of ``images`` asked before ``text`` (kept per image, see :meth:`look`)."""
+        return "".join(self.look(images, text)[1]).strip()
+
+    def looked(self, messages: list[dict[str, Any]], images: list[Any]) -> list[dict[str, Any]]:
+        """``messages`` laid out to look first (:func:`thinchat.chat.look.insert_looks`), each slide's
+        description generated once and kept; the images that go with the messages are unchanged."""
+        return insert_looks(
+            messages, lambda first, n, text: self.description(images[first : first + n], text)
+        )
+
+    def looked_batch(
+        self, conversations: Sequence[list[dict[str, Any]]], images: Sequence[list[Any]]
+    ) -> list[list[dict[str, Any]]]:
+        """:meth:`looked` for many conversations, the missing descriptions generated in one batch."""
+        wanted: dict[tuple[str, ...], tuple[str, list[Any]]] = {}
+        for messages, imgs in zip(conversations, images, strict=True):
+
+            def note(first: int, n: int, text: str, imgs=imgs) -> str:
+                key = self._look_key(text, imgs[first : first + n])
+                if self._cached_look(key) is None:
+                    wanted[key] = (text, imgs[first : first + n])
+                return ""
+
+            insert_looks(messages, note)
+        if wanted:
+            settings = self.look_settings()
+            asks = [
+                [
+                    {
+                        "role": "user",
+                        "content": [*({"type": "image"} for _ in imgs), {"type": "text", "text": q}],
+                    }
+                ]
+                for q, imgs in wanted.values()
+            ]
+            texts = self.generate_batch(
+                asks,
+                [imgs for _, imgs in wanted.values()],
+                settings.max_new_tokens,
+                repetition_penalty=settings.repetition_penalty,
+            )
+            for key, text in zip(wanted, texts, strict=True):
+                self._remember_look(key, text)
+        return [self.looked(m, imgs) for m, imgs in zip(conversations, images, strict=True)]
 
     def resolve(self, **overrides: Any) -> GenerationSettings:
         """The engine's settings with per-call overrides (``None`` keeps the default)."""
@@ -387,3 +493,8 @@ class ChatEngine:
             length = cache.get_seq_length()
             self._prefix = (output.sequences[0, :length].clone(), cache, self._placed)
         return output
+
+
+def _at_once(text: str) -> Iterator[str]:
+    """A kept answer as a closable stream of one piece (callers close what they stream)."""
+    yield text

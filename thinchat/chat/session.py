@@ -12,9 +12,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from thinchat.chat.history import Turn, current_images, render
+from thinchat.chat.look import is_description_question
 from thinchat.conversation import messages_to_llava
-from thinchat.domain.lexicon import is_chinese
-from thinchat.domain.questions import load_questions
 from thinchat.errors import ThinchatError
 from thinchat.images import image_key
 
@@ -97,18 +96,20 @@ class ChatSession:
         """The exchanges that answer ``text``, in order, each with its answer's pieces to stream.
 
         With :attr:`look_first` and a new slide (images not yet asked about), the model first describes
-        the slide, asked with the training data's first description question in the language of
-        ``text``; ``text`` then comes as a follow-up. Why: a finetuned model answers a presence
-        question more often right after its own description than alone after the images (the report's
-        ``followup_*`` scores, docs/experiments.md). Otherwise the one exchange is ``text`` itself.
+        the slide (:meth:`thinchat.engine.ChatEngine.look`: the description question in the language
+        of ``text``, decoded greedily and kept per slide, as the server and evaluation ask it); ``text``
+        then comes as a follow-up. Why: a finetuned model answers a presence question more often right
+        after its own description than alone after the images (docs/experiments.md). A question that
+        asks for the description itself is not preceded by one. Otherwise the one exchange is ``text``.
         Consume each answer before taking the next exchange; errors raise as in :meth:`stream`.
         """
         _check_question(text)  # before the description is asked for
         if images is not None:
             self.set_images(images)
-        if self.look_first and self._pending:
-            look = look_question(text)
-            yield Exchange(look, self.stream(look, **overrides), look=True)
+        if self.look_first and self._pending and not is_description_question(text.strip()):
+            question, pieces = self.engine.look(list(self._pending), text)
+            turn = Turn(question=question, images=list(self._pending), sources=list(self._pending_sources))
+            yield Exchange(question, self._run(turn, pieces, append=True), look=True)
         yield Exchange(text.strip(), self.stream(text, **overrides), look=False)
 
     def ask(self, text: str, images: list[Any] | None = None, **overrides: Any) -> str:
@@ -193,8 +194,3 @@ class ChatSession:
 def _check_question(text: object) -> None:
     if not isinstance(text, str) or not text.strip():
         raise ThinchatError("empty message: type a question")
-
-
-def look_question(text: str) -> str:
-    """The description question a look-first session asks before ``text``, in ``text``'s language."""
-    return load_questions().describe["zh" if is_chinese(text) else "en"][0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from thinchat.commands.options import add_checkpoint, add_device
+from thinchat.commands.options import add_checkpoint, add_device, add_look_first
 from thinchat.errors import ThinchatError
 from thinchat.eval.caption import DEFAULT_PROMPT
 
@@ -25,7 +25,14 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     model, processor = load_pretrained(args.from_pretrained, device=args.device)
     summary = caption_slides(
-        model, processor, slides, writer, args.prompt, args.batch_size, args.max_new_tokens
+        model,
+        processor,
+        slides,
+        writer,
+        args.prompt,
+        args.batch_size,
+        args.max_new_tokens,
+        look_first=args.look_first,
     )
     print(f"wrote {summary.written} captions to {args.out} ({summary.already_done} were already done)")
     if summary.failed:
@@ -53,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--prompt", default=DEFAULT_PROMPT, help=f"question asked per slide (default {DEFAULT_PROMPT!r})"
     )
+    add_look_first(parser)  # a question that is not a description is answered after the description
     parser.add_argument("--batch-size", type=int, default=8, help="generation batch size (default 8)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="caption length cap (default 256)")
     parser.add_argument(

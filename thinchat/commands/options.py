@@ -77,11 +77,12 @@ def add_threads(parser: argparse.ArgumentParser) -> None:
 
 
 def add_look_first(parser: argparse.ArgumentParser) -> None:
-    """``--look-first/--no-look-first`` of the chat demos (``ChatSession.look_first``)."""
+    """``--look-first/--no-look-first`` of the chat demos, the server, captioning and evaluation
+    (:mod:`thinchat.chat.look`)."""
     parser.add_argument(
         "--look-first",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="answer the first question about a new slide after the model's own description of it, "
-        "which is shown first (default: on; docs/chat.md)",
+        help="answer the first question about a new slide after the model's own description of it "
+        "(asked once per slide and kept; the chat demos show it first) (default: on; docs/chat.md)",
     )

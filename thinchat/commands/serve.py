@@ -17,6 +17,7 @@ from thinchat.commands.options import (
     add_checkpoint,
     add_device,
     add_dtype,
+    add_look_first,
     positive_int,
 )
 from thinchat.errors import ConfigError
@@ -99,6 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="model id clients send (default: the checkpoint directory's name)",
     )
+    add_look_first(parser)
     add_device(parser)
     add_dtype(parser)
     parser.add_argument(
@@ -184,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         max_messages=args.max_messages,
         max_stop=args.max_stop,
         served_model_name=args.served_model_name,
+        look_first=args.look_first,
     )
     log.info(
         "serving model '%s' on http://%s:%d/v1", args.served_model_name or engine.name, args.host, args.port

@@ -201,9 +201,14 @@ def caption_slides(
     prompt: str = DEFAULT_PROMPT,
     batch_size: int = 8,
     max_new_tokens: int = 256,
+    look_first: bool = True,
     **generate_kwargs: Any,
 ) -> CaptionSummary:
-    """Caption every slide not yet in ``writer``; bad slides are collected in ``summary.failed``."""
+    """Caption every slide not yet in ``writer``; bad slides are collected in ``summary.failed``.
+
+    ``look_first``: a ``prompt`` that is not a description question (``"Is there calcite?"``) is
+    answered after the model's own description of the slide, as every interface answers it
+    (:mod:`thinchat.chat.look`)."""
     from tqdm import tqdm
 
     from thinchat.conversation import llava_to_messages
@@ -217,6 +222,8 @@ def caption_slides(
     def flush() -> None:
         convs = [llava_to_messages([{"from": "human", "value": "<image>\n" * len(s.paths) + prompt}])
                  for s, _ in pending]  # fmt: skip
+        if look_first:
+            convs = engine.looked_batch(convs, [imgs for _, imgs in pending])
         captions = engine.generate_batch(
             convs, [imgs for _, imgs in pending], max_new_tokens, **generate_kwargs
         )

@@ -69,6 +69,9 @@ class ServerSettings:
     max_messages: int = 256
     max_stop: int = 4
     served_model_name: str | None = None
+    #: Answer a question about images after the model's own description of them (thinchat.chat.look),
+    #: as the chat demos do; a request's ``look_first`` field overrides it.
+    look_first: bool = True
 
     def limits(self) -> InputLimits:
         dirs = tuple(Path(d).resolve(strict=True) for d in self.allow_dirs)
@@ -235,6 +238,11 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         watch: DisconnectWatch,
     ):
         images = await watch.race(run_in_threadpool(decode_images, pending, limits))
+        if settings.look_first if req.look_first is None else req.look_first:
+            try:  # the slide's description: generated once per slide (kept by the engine), then reused
+                messages = await watch.race(run_in_threadpool(engine.looked, messages, images))
+            except ThinchatError as exc:
+                raise _engine_error(exc) from exc
         # From here the generation thread owns the ticket: it closes it when it ends (done or cancelled).
         bridge = ThreadedIterator(
             lambda: engine.stream_messages(messages, images, **overrides), on_finish=ticket.finish

@@ -63,6 +63,9 @@ class ChatCompletionRequest(_Lenient):
     stop: str | list[str] | None = None
     #: Not an OpenAI field; vLLM accepts it too, so clients that already send it keep working.
     repetition_penalty: float | None = Field(default=None, gt=0.0)
+    #: Not an OpenAI field: answer after the model's own description of the images (docs/serving.md);
+    #: None keeps the server's ``--look-first`` setting.
+    look_first: bool | None = None
     # Accepted for compatibility and ignored (documented in docs/serving.md).
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
