@@ -175,6 +175,7 @@ def main() -> int:
         return 0
 
     from thinchat.clipcap.evaldata import load_clipcap_eval_set
+    from thinchat.engine import ChatEngine
     from thinchat.eval.runner import generate_for_samples
     from thinchat.loading import load_pretrained
 
@@ -182,7 +183,8 @@ def main() -> int:
     samples, _ = load_clipcap_eval_set(test_json)
     wall = time.perf_counter()
     model, processor = load_pretrained(run_dir, merge=True)  # what `thinchat eval` loads and runs
-    answers = generate_for_samples(model, processor, samples, 16, args.max_new_tokens, desc="eval clipcap")
+    engine = ChatEngine(model, processor, reuse_prefix=False)
+    answers = generate_for_samples(engine, samples, 16, args.max_new_tokens, desc="eval clipcap")
     result["eval_wall_s"] = round(time.perf_counter() - wall, 1)
     rows = [{"id": s.id, "answer": answers[s.id], "reference": s.references[0]} for s in samples]
     (args.work / "generations.jsonl").write_text(

@@ -59,6 +59,7 @@ def make_replay(
     to measure after finetuning how far the model drifted from its own answers (``thinchat eval
     --text-data``). Returns a summary with the counts and the output paths.
     """
+    from thinchat.engine import ChatEngine
     from thinchat.eval.data import EvalSample
     from thinchat.eval.runner import generate_for_samples
     from thinchat.eval.tokenize import detect_language
@@ -67,7 +68,8 @@ def make_replay(
     pool = load_replay_questions(questions, lang)
     model, processor = load_pretrained(model_dir, merge=True)
     samples = [EvalSample(f"replay-{k:04d}", [], [], q, [], detect_language(q)) for k, q in enumerate(pool)]
-    answers = generate_for_samples(model, processor, samples, batch_size, max_new_tokens, desc="replay")
+    engine = ChatEngine(model, processor, reuse_prefix=False)
+    answers = generate_for_samples(engine, samples, batch_size, max_new_tokens, desc="replay")
     entries, empty = [], 0
     for sample in samples:
         answer = answers[sample.id].strip()

@@ -56,8 +56,9 @@ def _probe(
     expected: str,
     options: tuple[str, ...] = (),
     term: str | None = None,
+    wording: str = "q",
 ) -> Probe:
-    return Probe(sample, index, kind, "q", expected, options, term)
+    return Probe(sample, index, kind, "q", expected, options, term, wording)
 
 
 def test_scores_on_hand_made_answers() -> None:
@@ -189,16 +190,16 @@ def test_report_section_and_chart(tmp_path: Path) -> None:
     }
     md = render_markdown(report)
     assert "## Question following" in md
-    assert "| yes/no accuracy (balanced) | 0.000 | 0.500 |" in md
+    assert "| yes/no accuracy (balanced), asked directly | 0.000 | 0.500 |" in md
     assert "| answered in the form asked | 0.000 | 1.000 |" in md
-    assert "after its own description" not in md  # not asked: no empty rows
+    assert "| yes/no accuracy, looking first" not in md  # not asked: no empty rows
     right = {p.id: f"{p.expected}." for p in probes}
     for name, scores in (("base", base), ("ft", tuned)):
         add_followup_scores(scores, probes, right if name == "ft" else {p.id: "No." for p in probes})
         following[name] = {k: v for k, v in scores.items() if k != "records"}
     md = render_markdown(report)
-    assert "| yes/no accuracy after its own description | 0.500 | 1.000 |" in md
-    assert "agree with its own description" not in md  # not computed without the descriptions
+    assert "| yes/no accuracy, looking first (as every interface answers) | 0.500 | 1.000 |" in md
+    assert "agreeing with its own description" not in md  # not computed without the descriptions
     paths = write_report(report, {}, tmp_path, {"ft": tuned["records"]})
     assert paths["question_chart"].stat().st_size > 1000
     rows = [json.loads(line) for line in paths["questions:ft"].read_text(encoding="utf-8").splitlines()]
@@ -209,20 +210,15 @@ def test_report_section_and_chart(tmp_path: Path) -> None:
     )
 
 
-def test_followup_is_asked_after_the_description_in_one_conversation() -> None:
+def test_a_probe_is_asked_with_the_slides_images_first() -> None:
     sample = _sample("a", EN, "en")
     sample.question = "<image>\n<image>\nDescribe."
     probe = build_probes([sample, _sample("b", EN2, "en")])[0]
-    followup = probe.as_followup("Quartz and calcite.")
-    assert followup.id == probe.id and followup.images == sample.images
-    assert followup.conversation() == [
-        {"from": "human", "value": "<image>\n<image>\nDescribe."},
-        {"from": "gpt", "value": "Quartz and calcite."},
-        {"from": "human", "value": probe.question},
-    ]
+    assert probe.as_sample().images == sample.images
     assert probe.as_sample().conversation() == [
         {"from": "human", "value": "<image>\n<image>\n" + probe.question}
     ]
+    assert probe.wording and probe.wording.format(term="X") != probe.wording  # the template it came from
 
 
 def test_followup_scores_sit_beside_the_scores_alone() -> None:
@@ -317,7 +313,7 @@ def test_yes_answers_by_stated_share_and_by_term() -> None:
     from thinchat.eval.report import _presence_detail_lines
 
     lines = _presence_detail_lines({"ft": scores["en"]}, asked=True)
-    assert "| 'yes' questions by the term's share in the report | ft | ft, follow-up |" in lines
+    assert "| 'yes' questions by the term's share in the report | ft | ft, looking first |" in lines
     assert "| 3-10% | 0.000 (1) | 1.000 (1) |" in lines
     assert "| term: right / asked | ft, 'yes' | ft, 'no' |" in lines
     assert "| quartz | 1/1 | - |" in lines and "| zircon | - | 1/1 |" in lines
@@ -330,3 +326,53 @@ def test_build_probes_name_the_term_asked() -> None:
         assert probe.term is not None
         if probe.type == "presence":
             assert lex.name(probe.term, "en").lower() in probe.question.lower()
+
+
+def test_answers_asked_directly_are_held_against_the_models_own_reading() -> None:
+    en, en2 = _sample("a", EN, "en"), _sample("b", EN2, "en")
+    probes = [
+        _probe(en, 0, "presence", "yes", term="calcite"),
+        _probe(en, 1, "presence", "no", term="dolomite"),
+        _probe(en, 2, "presence", "yes", term="quartz"),
+        _probe(en, 3, "which", "calcite", ("dolomite", "calcite")),
+        _probe(en2, 0, "presence", "yes", term="dolomite"),
+        _probe(en2, 1, "presence", "no", term="pyrite"),
+    ]
+    descriptions = {"a": "Quartz (about 55%). Calcite (about 9%).", "b": "Dolomite mosaic."}
+    # Directly: calcite "no" (the description names it: disagrees), dolomite "no" (agrees), quartz
+    # "yes" (agrees); slide b: dolomite "no" (disagrees), pyrite unparsed (not counted).
+    alone = {"a#q0": "No.", "a#q1": "No.", "a#q2": "Yes.", "a#q3": "Dolomite.", "b#q0": "No.", "b#q1": "?"}
+    # Looking first: every answer follows the description.
+    after = {"a#q0": "Yes.", "a#q1": "No.", "a#q2": "Yes.", "a#q3": "Calcite.", "b#q0": "Yes.", "b#q1": "No."}
+    scores = add_followup_scores(score_probes(probes, alone), probes, after, descriptions=descriptions)
+    assert scores["en"]["alone_consistency"] == 2 / 4
+    assert scores["en"]["followup_consistency"] == 1.0
+    # The which-of question offered dolomite and calcite: directly it picked dolomite, so its own
+    # reading is calcite "no" (the direct "No." agrees) and dolomite "yes" (the direct "No." disagrees).
+    assert scores["en"]["alone_which_consistency"] == 1 / 2
+    # Looking first it picked calcite: calcite "yes" and dolomite "no" both agree.
+    assert scores["en"]["followup_which_consistency"] == 1.0
+    assert scores["en"]["description_yes_no_accuracy"] == 1.0
+
+
+def test_a_wording_answered_the_same_whatever_the_slide_is_marked() -> None:
+    samples = [_sample(f"s{k}", EN, "en") for k in range(10)]
+    probes = [_probe(s, 0, "presence", "yes", term="calcite", wording="Is {term} here?") for s in samples[:5]]
+    probes += [_probe(s, 0, "presence", "no", term="pyrite", wording="Is {term} here?") for s in samples[5:]]
+    probes += [_probe(s, 1, "presence", "yes", term="quartz", wording="Any {term}?") for s in samples[:5]]
+    probes += [_probe(s, 1, "presence", "no", term="zircon", wording="Any {term}?") for s in samples[5:]]
+    answers = {p.id: "No." for p in probes if p.wording == "Is {term} here?"}
+    answers.update(
+        {p.id: "Yes." if p.expected == "yes" else "No." for p in probes if p.wording == "Any {term}?"}
+    )
+    answers["s0#q0"] = "Yes."  # one of ten: still "no" for 90% of its slides
+    by_wording = score_probes(probes, answers)["en"]["by_wording"]
+    assert by_wording["Is {term} here?"] == {
+        "yes_no_accuracy": 0.6,
+        "said_yes": 0.1,
+        "said_no": 0.9,
+        "n": 10,
+        "same_answer": True,
+    }
+    assert by_wording["Any {term}?"]["yes_no_accuracy"] == 1.0
+    assert by_wording["Any {term}?"]["same_answer"] is False

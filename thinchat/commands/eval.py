@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from thinchat.commands.options import add_checkpoint, add_device
+from thinchat.commands.options import add_checkpoint, add_device, add_look_first
 
 
 def checkpoint_names(paths: list[str]) -> dict[str, str]:
@@ -33,6 +33,7 @@ def _run(args: argparse.Namespace) -> int:
         reliance_samples=args.reliance_samples,
         question_probes=args.question_probes,
         text_data=args.text_data,
+        look_first=args.look_first,
         meteor=args.meteor,
         device=args.device,
     )
@@ -76,6 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="grounded yes/no questions per held-out slide (half 'yes', half 'no') plus one which-of "
         "question, scored in the report's question-following section (0: off)",
     )
+    add_look_first(parser)  # the questions are also asked as every interface asks them
     parser.add_argument(
         "--text-data",
         default=None,

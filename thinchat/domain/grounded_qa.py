@@ -50,6 +50,7 @@ class QAItem:
     term: str | None = None
     expected: str | None = None
     options: tuple[str, ...] = ()
+    wording: str = ""  # the question template it was phrased with (scores per wording)
 
 
 @dataclass(frozen=True)
@@ -232,13 +233,15 @@ class GroundedQA:
         for term in yes_terms:
             key = "presence_alteration" if lex.by_id[term].kind == "alteration" else "presence"
             clause = _clause_of(clauses, term, lex) or report
+            wording = self._pick(rng, key, lang)
             items.append(
                 QAItem(
                     "presence",
-                    self._pick(rng, key, lang).format(term=self._name(term, lang)),
+                    wording.format(term=self._name(term, lang)),
                     self._pick(rng, "answer_yes", lang).format(clause=_cap(clause)),
                     term,
                     "yes",
+                    wording=wording,
                 )
             )
         for term in no_terms:
@@ -250,7 +253,8 @@ class GroundedQA:
                 if clause
                 else self._pick(rng, "answer_no", lang).format(term=name)
             )
-            items.append(QAItem("presence", self._pick(rng, key, lang).format(term=name), answer, term, "no"))
+            wording = self._pick(rng, key, lang)
+            items.append(QAItem("presence", wording.format(term=name), answer, term, "no", wording=wording))
         return items
 
     def _which(self, clauses, lang, rng, count, named, present) -> list[QAItem]:
@@ -278,8 +282,9 @@ class GroundedQA:
                 answer = self._pick(rng, "answer_which", lang).format(
                     term=name, Term=_cap(name), clause=_cap(clause)
                 )
-            question = self._pick(rng, "which", lang).format(options=_join_options(names, lang))
-            items.append(QAItem("which", question, answer.strip(), term, term, tuple(options)))
+            wording = self._pick(rng, "which", lang)
+            question = wording.format(options=_join_options(names, lang))
+            items.append(QAItem("which", question, answer.strip(), term, term, tuple(options), wording))
         return items
 
     def _attributes(self, report, clauses, lang, rng, count, named) -> list[QAItem]:

@@ -17,10 +17,15 @@ exactly one right option. Scores, per language and overall:
   the reference gives a term (``quartz (about 31%)``) sorts its "yes" questions into bins, and every
   term gets its right answers on "yes" and on "no" questions.
 
-The same questions are also asked as a follow-up in a conversation, after the model's own description
-of the slide, which is how a user meets them in the chat demos: ``followup_*`` holds those scores. A
-model that answers from its description there is as right as its description; one that ignores the
-conversation answers as it does alone.
+- ``by_wording``: per question template, the balanced accuracy and the share of answers that are "yes",
+  so a wording the model answers the same way whatever the slide shows.
+
+The same questions are also asked the way every interface answers them by default, after the model's
+own description of the slide (looking first, :mod:`thinchat.chat.look`): ``followup_*`` holds those
+scores. With the descriptions, the answers are also held against the model's own reading of the slide:
+``alone_consistency`` (questions asked directly) and ``followup_consistency`` (after looking) are the
+shares of yes/no answers that agree with what its description names, ``*_which_consistency`` the shares
+that agree with its answer to the slide's which-of question where that question offered the term.
 
 Ground truth is the reference report: "no" means "not in the report".
 """
@@ -60,25 +65,11 @@ class Probe:
     expected: str  # "yes" / "no" (presence) or the right term id (which)
     options: tuple[str, ...] = ()
     term: str | None = None  # the term asked about (lexicon id)
+    wording: str = ""  # the question template (scores per wording)
 
     @property
     def id(self) -> str:
         return f"{self.sample.id}#q{self.index}"
-
-    def as_followup(self, description: str) -> EvalSample:
-        """The probe asked after ``description`` (the model's answer to the slide's own question) in
-        one conversation: the slide's question with its images, the description, then this question."""
-        return dataclasses.replace(
-            self.sample,
-            id=self.id,
-            question=self.question,
-            references=[self.expected],
-            entry_ids=[],
-            history=[
-                {"from": "human", "value": self.sample.question},
-                {"from": "gpt", "value": description},
-            ],
-        )
 
     def as_sample(self) -> EvalSample:
         """The probe as an evaluation sample of the same kind as the slide's (image files, or stored
@@ -138,7 +129,16 @@ def build_probes(
         rng = random.Random(f"probe\0{seed}\0{sample.id}")
         for k, item in enumerate(grounded.items(sample.references[0], sample.lang, rng, options)):
             probes.append(
-                Probe(sample, k, item.type, item.question, str(item.expected), item.options, item.term)
+                Probe(
+                    sample,
+                    k,
+                    item.type,
+                    item.question,
+                    str(item.expected),
+                    item.options,
+                    item.term,
+                    item.wording,
+                )
             )
     return probes
 
@@ -224,7 +224,33 @@ def _scores(probes: Sequence[Probe], answers: Mapping[str, str], lexicon: Any) -
         "n_which": len(which),
         "yes_by_share": _yes_by_share(yes, said, lexicon),
         "presence_by_term": _by_term(yes + no, said),
+        "by_wording": _by_wording(yes, no, said),
     }
+
+
+#: A wording answered the same way for at least this share of its questions ignores the slide.
+SAME_ANSWER_SHARE = 0.9
+
+
+def _by_wording(
+    yes: Sequence[Probe], no: Sequence[Probe], said: Mapping[str, str | None]
+) -> dict[str, dict[str, Any]]:
+    """Per question template: balanced accuracy, the share of its answers that are "yes" and that are
+    "no", and ``same_answer`` when one of them reaches ``SAME_ANSWER_SHARE``."""
+    out: dict[str, dict[str, Any]] = {}
+    for wording in sorted({p.wording for p in [*yes, *no]}):
+        w_yes = [p for p in yes if p.wording == wording]
+        w_no = [p for p in no if p.wording == wording]
+        answers = [said[p.id] for p in [*w_yes, *w_no]]
+        share_yes, share_no = answers.count("yes") / len(answers), answers.count("no") / len(answers)
+        out[wording] = {
+            "yes_no_accuracy": _balanced(w_yes, w_no, said)[0],
+            "said_yes": share_yes,
+            "said_no": share_no,
+            "n": len(answers),
+            "same_answer": max(share_yes, share_no) >= SAME_ANSWER_SHARE,
+        }
+    return out
 
 
 #: Scores repeated for the follow-up questions (``add_followup_scores``).
@@ -236,6 +262,7 @@ FOLLOWUP_KEYS = (
     "which_accuracy",
     "yes_by_share",
     "presence_by_term",
+    "by_wording",
 )
 
 
@@ -251,10 +278,11 @@ def add_followup_scores(
 
     With ``descriptions`` (slide id -> the model's description the follow-ups came after), also per
     language: ``description_yes_no_accuracy``, the balanced yes/no accuracy of reading each answer off
-    the description (yes when it names the term), and ``followup_consistency``, the share of follow-up
-    yes/no answers that agree with it. Why: a follow-up can only be as right as the description it
-    follows, and an assistant that contradicts its own description in the next turn is worse than
-    either number shows.
+    the description (yes when it names the term), ``followup_consistency`` and ``alone_consistency``,
+    the shares of yes/no answers after looking and asked directly that agree with it, and
+    ``followup_which_consistency`` / ``alone_which_consistency``, the same against the model's which-of
+    answer for the slide. Why: an answer can only be as right as the model's reading of the slide, and
+    an assistant that contradicts its own reading is worse than either number shows.
     """
     lexicon = _default_lexicon(lexicon)
     followup = score_probes(probes, answers, lexicon)
@@ -267,11 +295,42 @@ def add_followup_scores(
     if descriptions is not None:
         presence = [p for p in probes if p.type == "presence"]
         said = {p.id: description_says(descriptions[p.sample.id], p.term, lexicon) for p in presence}
+        alone = {r["id"]: r["parsed"] for r in scores["records"]}
         parsed = {r["id"]: r["parsed"] for r in followup["records"]}
+        which_alone = which_reading(probes, {r["id"]: r["answer"] for r in scores["records"]}, lexicon)
+        which_after = which_reading(probes, answers, lexicon)
         for lang in [k for k in scores if k != "records"]:
             chosen = [p for p in presence if lang == "all" or p.sample.lang == lang]
             scores[lang].update(_description_scores(chosen, said, parsed))
+            scores[lang]["alone_consistency"] = agreement(chosen, alone, said)
+            scores[lang]["alone_which_consistency"] = agreement(chosen, alone, which_alone)
+            scores[lang]["followup_which_consistency"] = agreement(chosen, parsed, which_after)
     return scores
+
+
+def agreement(
+    presence: Sequence[Probe], parsed: Mapping[str, str | None], reading: Mapping[str, str]
+) -> float | None:
+    """The share of yes/no answers (``parsed``) that agree with the model's own ``reading`` of the
+    slide, over the questions that have both an answer and a reading; None when there are none."""
+    both = [p for p in presence if parsed.get(p.id) is not None and p.id in reading]
+    return _share(sum(parsed[p.id] == reading[p.id] for p in both), len(both))
+
+
+def which_reading(probes: Sequence[Probe], answers: Mapping[str, str], lexicon: Any) -> dict[str, str]:
+    """Per presence probe whose term the same slide's which-of question offered: "yes" when the model's
+    which-of answer picked that term, "no" when it picked another (no reading when it named none)."""
+    lexicon = _default_lexicon(lexicon)
+    which = {p.sample.id: p for p in probes if p.type == "which"}
+    out: dict[str, str] = {}
+    for p in probes:
+        w = which.get(p.sample.id)
+        if p.type != "presence" or w is None or p.term not in w.options:
+            continue
+        picked = first_option(answers[w.id], w.options, lexicon)
+        if picked is not None:
+            out[p.id] = "yes" if picked == p.term else "no"
+    return out
 
 
 def description_says(description: str, term: str | None, lexicon: Any) -> str:
@@ -286,10 +345,9 @@ def _description_scores(
     the follow-up answers (``parsed``) that agree with them."""
     yes = [p for p in presence if p.expected == "yes"]
     no = [p for p in presence if p.expected == "no"]
-    answered = [p for p in presence if parsed[p.id] is not None]
     return {
         "description_yes_no_accuracy": _balanced(yes, no, said)[0],
-        "followup_consistency": _share(sum(parsed[p.id] == said[p.id] for p in answered), len(answered)),
+        "followup_consistency": agreement(presence, parsed, said),
     }
 
 
@@ -306,6 +364,7 @@ def score_probes(probes: Sequence[Probe], answers: Mapping[str, str], lexicon: A
             "lang": p.sample.lang,
             "type": p.type,
             "term": p.term,
+            "wording": p.wording,
             "question": p.question,
             "expected": p.expected,
             "options": list(p.options),

@@ -223,23 +223,35 @@ def _reliance_lines(reliance: dict | None, names: list[str], head: str) -> list[
 
 #: Question-following rows of the report: (label, key in each language's scores).
 FOLLOWING_ROWS = (
-    ("yes/no accuracy (balanced)", "yes_no_accuracy"),
+    ("yes/no accuracy (balanced), asked directly", "yes_no_accuracy"),
     ("  on 'yes' questions", "yes_accuracy"),
     ("  on 'no' questions", "no_accuracy"),
     ("answered in the form asked", "answer_form"),
-    ("which-of accuracy", "which_accuracy"),
+    ("which-of accuracy, asked directly", "which_accuracy"),
 )
-#: Rows of the same questions asked as follow-ups, shown when they were asked (not of ClipCap models).
+#: Rows of the same questions asked looking first (as every interface asks), shown when they were asked
+#: (not of ClipCap models), and how far the answers agree with the model's own reading of the slide.
 FOLLOWUP_ROWS = (
-    ("yes/no accuracy after its own description", "followup_yes_no_accuracy"),
+    ("yes/no accuracy, looking first (as every interface answers)", "followup_yes_no_accuracy"),
     ("  on 'yes' questions", "followup_yes_accuracy"),
     ("  on 'no' questions", "followup_no_accuracy"),
-    ("which-of accuracy after its own description", "followup_which_accuracy"),
+    ("which-of accuracy, looking first", "followup_which_accuracy"),
     ("yes/no read off its own description (names the term: yes)", "description_yes_no_accuracy"),
-    ("follow-up answers that agree with its own description", "followup_consistency"),
+    ("answers agreeing with its own description: looking first", "followup_consistency"),
+    ("  asked directly", "alone_consistency"),
+    ("answers agreeing with its own which-of answer: looking first", "followup_which_consistency"),
+    ("  asked directly", "alone_which_consistency"),
 )
-#: Follow-up rows left out when no model has them (computed only with the descriptions at hand).
-FOLLOWUP_OPTIONAL = frozenset({"description_yes_no_accuracy", "followup_consistency"})
+#: Rows left out when no model has them (computed only with the descriptions at hand).
+FOLLOWUP_OPTIONAL = frozenset(
+    {
+        "description_yes_no_accuracy",
+        "followup_consistency",
+        "alone_consistency",
+        "followup_which_consistency",
+        "alone_which_consistency",
+    }
+)
 
 
 def _following_lines(following: dict | None, names: list[str], head: str) -> list[str]:
@@ -264,6 +276,7 @@ def _following_lines(following: dict | None, names: list[str], head: str) -> lis
                 continue
             lines.append(f"| {label} | " + " | ".join(_fmt(v, 3) for v in values) + " |")
         lines += _presence_detail_lines({n: following[n][lang] for n in names}, asked)
+        lines += _wording_lines({n: following[n][lang] for n in names}, asked)
     lines += [
         "",
         "Presence questions ask about terms the slide's reference report names (right answer: yes) and, as "
@@ -271,8 +284,11 @@ def _following_lines(following: dict | None, names: list[str], head: str) -> lis
         "in the report'). Balanced accuracy averages the two, so always answering 'yes' scores 0.5. An "
         "answer counts in the form asked when it starts with yes/no (是/否/有/没有). A which-of answer is "
         "right when the first option it names is the one in the report. The same questions are asked once "
-        "alone after the images and once as a follow-up after the model's own description of the slide, "
-        "as in a chat; the follow-ups are compared with what that description says (it names the term: yes). "
+        "directly after the images and once looking first, after the model's own description of the slide, "
+        "as the chat demos, the server and captioning answer them; both are compared with what that "
+        "description says (it names the term: yes) and with the model's which-of answer where that "
+        "question offered the term. Per wording, a model that gives one answer to >= 90% of a wording's "
+        "questions (marked 'same') answers the wording, not the slide. "
         "The 'yes' questions are also sorted by the share of the slide the report gives the "
         "term (a model that sees only the large phases misses the minor ones), and each term gets its "
         "right answers on 'yes' and on 'no' questions. Every question and both answers are in "
@@ -291,7 +307,7 @@ def _presence_detail_lines(scores: Mapping[str, dict], asked: bool) -> list[str]
         return []
     prefixes = ("", "followup_") if asked else ("",)
     head = "| 'yes' questions by the term's share in the report | " + " | ".join(
-        f"{n}{', follow-up' if prefix else ''}" for prefix in prefixes for n in names
+        f"{n}{', looking first' if prefix else ''}" for prefix in prefixes for n in names
     )
     lines = ["", head + " |", "|---|" + "---:|" * (len(names) * len(prefixes))]
     for b in bins:
@@ -316,6 +332,30 @@ def _presence_detail_lines(scores: Mapping[str, dict], asked: bool) -> list[str]
             counts = (scores[n].get("presence_by_term") or {}).get(term)
             cells += [right(counts["yes"]), right(counts["no"])] if counts else ["-", "-"]
         lines.append(f"| {term} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _wording_lines(scores: Mapping[str, dict], asked: bool) -> list[str]:
+    """Balanced yes/no accuracy and the share answered "yes" per question wording (template)."""
+    names = list(scores)
+    wordings = list(scores[names[0]].get("by_wording") or {})
+    if not wordings:
+        return []
+    prefixes = ("", "followup_") if asked else ("",)
+    head = "| wording: balanced (said 'yes') | " + " | ".join(
+        f"{n}{', looking first' if prefix else ''}" for prefix in prefixes for n in names
+    )
+    lines = ["", head + " |", "|---|" + "---:|" * (len(names) * len(prefixes))]
+    for wording in wordings:
+        cells = []
+        for prefix in prefixes:
+            for n in names:
+                cell = (scores[n].get(f"{prefix}by_wording") or {}).get(wording)
+                same = " same" if cell and cell["same_answer"] else ""
+                cells.append(
+                    f"{_fmt(cell['yes_no_accuracy'], 3)} ({cell['said_yes']:.2f}{same})" if cell else "-"
+                )
+        lines.append(f"| {wording.replace('|', '/')} | " + " | ".join(cells) + " |")
     return lines
 
 

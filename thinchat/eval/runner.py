@@ -58,30 +58,65 @@ def sample_inputs(sample: EvalSample) -> list[Any]:
 
 
 def generate_for_samples(
-    model: Any,
-    processor: Any,
+    engine: Any,
     samples: list[EvalSample],
     batch_size: int = 8,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     desc: str = "generating",
+    look_first: bool = False,
 ) -> dict[str, str]:
-    """Greedy answers for every sample (batched, with a progress bar): ``{sample_id: answer}``."""
+    """Greedy answers of ``engine`` (a ``ChatEngine``) for every sample (batched, with a progress bar):
+    ``{sample_id: answer}``. ``look_first``: each question about images is answered after the model's
+    own description of them, laid out as every interface lays it out (``ChatEngine.looked_batch``)."""
     from tqdm import tqdm
 
     from thinchat.conversation import llava_to_messages
-    from thinchat.engine import ChatEngine
 
-    engine = ChatEngine(model, processor, reuse_prefix=False)
     answers: dict[str, str] = {}
     with tqdm(total=len(samples), desc=desc, unit="sample") as bar:
         for start in range(0, len(samples), batch_size):
             batch = samples[start : start + batch_size]
             images = [sample_inputs(s) for s in batch]
             messages = [llava_to_messages(s.conversation()) for s in batch]
+            if look_first:
+                messages = engine.looked_batch(messages, images)
             outs = engine.generate_batch(messages, images, max_new_tokens)
             answers.update({s.id: a for s, a in zip(batch, outs, strict=True)})
             bar.update(len(batch))
     return answers
+
+
+def looked_descriptions(engine: Any, probes: list[Any]) -> dict[str, str]:
+    """Per slide, the description the engine looked at before the slide's questions (kept by the
+    engine, so nothing is generated again)."""
+    out: dict[str, str] = {}
+    for probe in probes:
+        if probe.sample.id not in out:
+            out[probe.sample.id] = engine.description(sample_inputs(probe.sample), probe.question)
+    return out
+
+
+def ask_probes(
+    engine: Any,
+    probes: list[Any],
+    batch_size: int,
+    max_new_tokens: int,
+    name: str,
+    look_first: bool,
+    lexicon: Any,
+) -> dict[str, Any]:
+    """Ask the grounded questions directly and, with ``look_first``, again as every interface asks them
+    (after the model's own description); the scores of ``question_following``."""
+    asked = [p.as_sample() for p in probes]
+    limit = min(max_new_tokens, QA_MAX_NEW_TOKENS)
+    answers = generate_for_samples(engine, asked, batch_size, limit, desc=f"questions {name}")
+    scores = score_probes(probes, answers, lexicon)
+    if look_first:
+        again = generate_for_samples(
+            engine, asked, batch_size, limit, desc=f"looking first {name}", look_first=True
+        )
+        add_followup_scores(scores, probes, again, lexicon, looked_descriptions(engine, probes))
+    return scores
 
 
 def evaluate(
@@ -97,19 +132,21 @@ def evaluate(
     reliance_samples: int = DEFAULT_RELIANCE_SAMPLES,
     question_probes: int = DEFAULT_PRESENCE,
     text_data: str | Path | None = None,
+    look_first: bool = True,
 ) -> dict:
     """Evaluate ``{name: checkpoint_dir}`` on the LLaVA-format ``data_path``; write the report to ``out_dir``.
 
     ``reliance_samples`` > 0 adds each model's image reliance (``thinchat.eval.image_reliance``) on that
     many samples: answer loss with the right images vs another slide's. ``question_probes`` > 0 asks that
     many grounded yes/no questions per slide (half "yes") plus one which-of question and scores the
-    answers, asked alone and again after the model's own description
-    (``thinchat.eval.question_following``). ``text_data`` (text-only LLaVA JSON, e.g. the base model's
+    answers, asked directly and, with ``look_first``, as every interface answers them: after the model's
+    own description (``thinchat.eval.question_following``, ``thinchat.chat.look``). ``text_data`` (text-only LLaVA JSON, e.g. the base model's
     held-out replay answers) adds each model's answer loss on it: general chat retention.
     Returns the report data (what
     ``report.json`` holds). Raises ``ThinchatError`` subclasses for a bad
     test set (empty, malformed, nothing left after skipping) or a checkpoint that fails to load.
     """
+    from thinchat.engine import ChatEngine
     from thinchat.loading import load_pretrained
 
     if not checkpoints:
@@ -152,37 +189,21 @@ def evaluate(
         # (docs/experiments.md, Evaluation speed).
         model, processor = load_pretrained(path, device=device, merge=True)
         clipcap = is_clipcap_dir(Path(path).expanduser())  # a ClipCap prefix model takes one turn
+        engine = ChatEngine(model, processor, reuse_prefix=False)
         generations[name] = generate_for_samples(
-            model, processor, samples, batch_size, max_new_tokens, desc=f"eval {name}"
+            engine, samples, batch_size, max_new_tokens, desc=f"eval {name}"
         )
         if probes:
-            answers = generate_for_samples(
-                model,
-                processor,
-                [p.as_sample() for p in probes],
-                batch_size,
-                min(max_new_tokens, QA_MAX_NEW_TOKENS),
-                desc=f"questions {name}",
+            following[name] = ask_probes(
+                engine, probes, batch_size, max_new_tokens, name, look_first and not clipcap, lexicon
             )
-            following[name] = score_probes(probes, answers, lexicon)
-            if not clipcap:
-                descriptions = generations[name]
-                again = generate_for_samples(
-                    model,
-                    processor,
-                    [p.as_followup(descriptions[p.sample.id]) for p in probes],
-                    batch_size,
-                    min(max_new_tokens, QA_MAX_NEW_TOKENS),
-                    desc=f"follow-ups {name}",
-                )
-                add_followup_scores(following[name], probes, again, lexicon, descriptions)
         if reliance_samples > 0 and clipcap:
             log.info("%s: image reliance is computed for Llava checkpoints only, not ClipCap", name)
         elif reliance_samples > 0:
             reliance[name] = image_reliance(model, processor, samples, limit=reliance_samples)
         if text_conversations:
             retention[name] = text_retention(model, processor, text_conversations)
-        del model, processor
+        del model, processor, engine
     scorer = MeteorScorer(meteor)
     try:
         report, records = build_report(
