@@ -92,6 +92,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 
 
 def _unknown_key(cls: type, key: str, prefix: str) -> ConfigError:
+    """The error for a key ``cls`` lacks: what replaced it (``cls.REPLACED_KEYS``), else the closest name."""
+    replaced = getattr(cls, "REPLACED_KEYS", {}).get(key)
+    if replaced:
+        return ConfigError(f"config key '{prefix}{key}' of {cls.__name__} was replaced: {replaced}")
     names = [f.name for f in dataclasses.fields(cls)]
     close = difflib.get_close_matches(key, names, n=1)
     hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"

@@ -56,6 +56,13 @@ class TrainConfig:
     )
     num_train_epochs: float = field(1.0, help="passes over the training set")
     max_steps: int = field(-1, help="stop after this many optimizer steps (-1: use num_train_epochs)")
+    time_budget_s: float = field(
+        0.0,
+        help="seconds of training: after budget_calibration_steps the run times its own steps and sets "
+        "its step count to fit (a multiple of 32, max_steps the cap), with the LR schedule fitted to it; "
+        "0: max_steps as configured (thinchat/train/time_budget.py)",
+    )
+    budget_calibration_steps: int = field(16, help="steps timed before time_budget_s sets the step count")
     per_device_train_batch_size: int = field(4, help="samples per device per forward pass")
     per_device_eval_batch_size: int = field(4, help="samples per device per evaluation pass")
     gradient_accumulation_steps: int = field(4, help="forward passes per optimizer step")
@@ -120,6 +127,11 @@ class TrainConfig:
             )
         if self.max_steps == -1 and self.num_train_epochs <= 0:
             raise ConfigError(f"num_train_epochs={self.num_train_epochs} must be > 0")
+        if self.time_budget_s < 0 or (self.time_budget_s > 0 and self.max_steps < 1):
+            raise ConfigError(
+                f"time_budget_s={self.time_budget_s}: use 0 (off) or seconds > 0 with max_steps >= 1 as the cap"
+            )
+        _check_range("budget_calibration_steps", self.budget_calibration_steps, 2, 1 << 20)
         if self.bf16 and self.fp16:
             raise ConfigError(f"bf16: {str(self.bf16).lower()} and fp16: true: pick one")
 

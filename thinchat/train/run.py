@@ -200,6 +200,7 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
     from thinchat.compose import max_positions
     from thinchat.train.dataset import Collator, SupervisedDataset
     from thinchat.train.model_setup import count_trainable
+    from thinchat.train.time_budget import StepBudget, TimeBudgetCallback
     from thinchat.train.trainer import ThinchatTrainer, TokensPerSecond
 
     set_seed(config.seed)  # LoRA / projector initialisation must not depend on what ran before
@@ -242,6 +243,11 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
             processor.save_pretrained(str(output_dir))
             log.info("wrote %s (closed-form projector, no gradient steps)", output_dir)
         return output_dir
+    budget = (
+        StepBudget(config.time_budget_s, config.max_steps, config.budget_calibration_steps)
+        if config.time_budget_s > 0
+        else None
+    )
     trainer = ThinchatTrainer(
         model=model,
         args=args,
@@ -254,9 +260,12 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
         lengths=train_set.lengths,
         group_by_length=config.group_by_length,
         feature_cache=feature_cache,
+        step_budget=budget,
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(TokensPerSecond())
+    if budget is not None:
+        trainer.add_callback(TimeBudgetCallback(budget, output_dir))
     for callback in callbacks:
         trainer.add_callback(callback)
     trainer.train(resume_from_checkpoint=resume_from)

@@ -108,9 +108,11 @@ class ThinchatTrainer(Trainer):
         lengths: list[int] | None = None,
         group_by_length: bool = False,
         feature_cache: Any = None,
+        step_budget: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.step_budget = step_budget
         self.projector_lr = projector_lr
         self.keep_checkpoints = keep_checkpoints
         self.lengths = lengths
@@ -142,6 +144,18 @@ class ThinchatTrainer(Trainer):
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None):
+        """Trainer's scheduler, or with a ``step_budget`` (``thinchat.train.time_budget``) one that
+        decays to the step count the budget chooses once the first steps are timed."""
+        if self.step_budget is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        self.lr_scheduler = self.step_budget.scheduler(
+            optimizer or self.optimizer, warmup, str(self.args.lr_scheduler_type.value)
+        )
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = model_inputs(model, inputs, self.feature_cache)
@@ -205,6 +219,7 @@ class TokensPerSecond(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
+            self.bar.total = state.max_steps  # a time budget may set it after the first steps
             self.bar.update(state.global_step - self.bar.n)
             self.bar.set_postfix(self._postfix(state), refresh=False)
 
