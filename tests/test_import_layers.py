@@ -30,7 +30,7 @@ LAYERS: dict[int, tuple[str, tuple[str, ...]]] = {
     2: (
         "models",
         (
-            "thinchat/compose.py", "thinchat/resolve.py", "thinchat/presets.py", "thinchat/dinov2_onnx.py",
+            "thinchat/compose.py", "thinchat/projector.py", "thinchat/resolve.py", "thinchat/presets.py", "thinchat/dinov2_onnx.py",
             "thinchat/llava_checkpoint.py", "thinchat/testing.py",
         ),
     ),
@@ -38,7 +38,7 @@ LAYERS: dict[int, tuple[str, tuple[str, ...]]] = {
         "train, eval, chat",
         (
             "thinchat/train/", "thinchat/eval/", "thinchat/clipcap/", "thinchat/loading.py", "thinchat/engine.py",
-            "thinchat/chat/__init__.py", "thinchat/chat/session.py", "thinchat/chat/history.py",
+            "thinchat/chat/__init__.py", "thinchat/chat/session.py", "thinchat/chat/history.py", "thinchat/chat/look.py",
         ),
     ),
     4: ("data tools", ("data_tools/",)),

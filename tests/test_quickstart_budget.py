@@ -4,36 +4,45 @@ from __future__ import annotations
 
 import pytest
 
-from thinchat.recipes.quickstart import QuickstartConfig, check_thresholds, step_budget
+from thinchat.recipes.quickstart import QuickstartConfig, check_thresholds
 
 
-@pytest.mark.parametrize(
-    ("measured", "steps"),
-    [
-        (400.0, 384),  # the reference host
-        (460.0, 384),  # within the dead zone: timing noise never changes the steps
-        (330.0, 384),
-        (600.0, 576),  # 1.5x faster: 1.5x the steps, a multiple of 32
-        (255.0, 384),  # a slower host (fp32 on a Xeon without AMX) trains max_steps and takes longer
-        (100.0, 384),
-        (2000.0, 576),  # never over 1.5x
-    ],
-)
-def test_step_budget_follows_the_measured_rate(measured: float, steps: int) -> None:
-    assert step_budget(384, 400.0, measured=measured)["steps"] == steps
+def test_a_time_budget_becomes_stage_2_overrides_and_zero_keeps_max_steps(tmp_path) -> None:
+    from thinchat.recipes.recipe import budget_overrides, stage2_budget
+    from thinchat.train.time_budget import BUDGET_FILE
+
+    assert budget_overrides(1200, 384) == ("time_budget_s=1200", "max_steps=576")
+    assert budget_overrides(0, 384) == ()
+    assert stage2_budget(tmp_path, 0, 384) == {"steps": 384, "reason": "max_steps as configured"}
+    (tmp_path / BUDGET_FILE).write_text('{"steps": 352, "reason": "measured"}')
+    assert stage2_budget(tmp_path, 1200, 384)["steps"] == 352
 
 
-def test_no_reference_keeps_max_steps() -> None:
-    assert step_budget(448, 0.0)["steps"] == 448
+def test_the_replaced_matmul_reference_key_names_its_successor() -> None:
+    from thinchat.config import load_config
+    from thinchat.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match="reference_gflops' of QuickstartConfig was replaced: use stage2_seconds"
+    ):
+        load_config(QuickstartConfig, None, ["reference_gflops=400"])
 
 
-def _report(f1: float, yes_no: float | None, form: float, which: float, followup: float | None = 0.8) -> dict:
+def _report(
+    f1: float,
+    yes_no: float | None,
+    form: float,
+    which: float,
+    followup: float | None = 0.8,
+    agreement: float | None = 0.97,
+) -> dict:
     following = {
         "all": {
             "yes_no_accuracy": yes_no,
             "answer_form": form,
             "which_accuracy": which,
             "followup_yes_no_accuracy": followup,
+            "followup_consistency": agreement,
         }
     }
     return {
@@ -59,6 +68,10 @@ def test_thresholds_cover_question_following() -> None:
     assert not check_thresholds(_report(0.72, 0.9, 1.0, 0.85, followup=None), config)[
         "followup_yes_no_accuracy"
     ]["ok"]
+    # Answers that contradict the model's own description miss the agreement floor.
+    apart = check_thresholds(_report(0.72, 0.9, 1.0, 0.85, agreement=0.9), config)
+    assert not apart["followup_consistency"]["ok"] and apart["followup_yes_no_accuracy"]["ok"]
+    assert apart["followup_consistency"]["threshold"] == config.min_agreement == 0.95
 
 
 def test_check_room_refuses_a_disk_too_small_for_the_stages(tmp_path, monkeypatch) -> None:

@@ -42,7 +42,10 @@ def max_positions(text_config) -> int | None:
     return None
 
 
-def image_seq_length(vision_config, image_processor) -> int:
+def image_seq_length(vision_config, image_processor, pixel_shuffle: int = 1) -> int:
+    """Image tokens per image: the tower's patches (less the CLS token it drops), over ``pixel_shuffle``^2."""
+    from thinchat.projector import check_shuffle
+
     size = (
         image_processor.crop_size
         if getattr(image_processor, "do_center_crop", False)
@@ -51,6 +54,12 @@ def image_seq_length(vision_config, image_processor) -> int:
     height = size.get("height") or size.get("shortest_edge")
     width = size.get("width") or size.get("shortest_edge")
     _, strategy, extra = TOWER_FEATURES[vision_config.model_type]
+    if pixel_shuffle > 1:
+        grid = height // vision_config.patch_size
+        if width // vision_config.patch_size != grid or extra != (1 if strategy == "default" else 0):
+            raise ModelSpecError("pixel_shuffle needs a square patch grid and no extra image tokens")
+        check_shuffle(grid, pixel_shuffle)
+        return (grid // pixel_shuffle) ** 2
     tokens = (height // vision_config.patch_size) * (width // vision_config.patch_size) + extra
     return tokens - 1 if strategy == "default" else tokens
 
@@ -95,12 +104,17 @@ def compose_llava(
     tokenizer,
     template: str | None = None,
     feature_layer: int | None = None,
+    pixel_shuffle: int = 1,
 ):
     """Return ``(LlavaForConditionalGeneration, LlavaProcessor, BuildInfo)`` from loaded parts.
 
-    ``feature_layer`` overrides the tower family's default hidden layer (``TOWER_FEATURES``).
+    ``feature_layer`` overrides the tower family's default hidden layer (``TOWER_FEATURES``);
+    ``pixel_shuffle`` > 1 folds each ``f x f`` block of patches into one image token
+    (:mod:`thinchat.projector`).
     """
-    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import LlavaConfig, LlavaProcessor
+
+    from thinchat.projector import CONFIG_KEY, llava_class
 
     vision_config = vision_model.config
     if vision_config.model_type not in TOWER_FEATURES:
@@ -125,7 +139,7 @@ def compose_llava(
     if untie:
         text_config.tie_word_embeddings = False
 
-    n_image = image_seq_length(vision_config, image_processor)
+    n_image = image_seq_length(vision_config, image_processor, pixel_shuffle)
     limit = max_positions(text_config)
     check_fits(1, n_image, MIN_TEXT_TOKENS, limit)
 
@@ -139,8 +153,9 @@ def compose_llava(
         multimodal_projector_bias=True,
         image_seq_length=n_image,
         tie_word_embeddings=bool(getattr(text_config, "tie_word_embeddings", False)),
+        **({CONFIG_KEY: pixel_shuffle} if pixel_shuffle > 1 else {}),
     )
-    model = LlavaForConditionalGeneration(config)
+    model = llava_class(config)(config)
     model.model.vision_tower.load_state_dict(vision_model.state_dict())
     model.model.language_model.load_state_dict(base.state_dict())
     output = lm.get_output_embeddings()
@@ -157,7 +172,7 @@ def compose_llava(
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=vision_config.patch_size,
+        patch_size=vision_config.patch_size * pixel_shuffle,  # the processor counts shuffled tokens
         vision_feature_select_strategy=strategy,
         chat_template=TEMPLATES[template],
         image_token=IMAGE_TOKEN,
@@ -175,6 +190,7 @@ def build(
     template: str | None = None,
     seed: int = 0,
     feature_layer: int | None = None,
+    pixel_shuffle: int = 1,
 ) -> BuildInfo:
     """Resolve both specs, compose, and save a standard Llava checkpoint to ``out``.
 
@@ -191,7 +207,13 @@ def build(
     lm, tokenizer = load_language_model(llm)
     torch.manual_seed(seed)
     model, processor, info = compose_llava(
-        vision_model, image_processor, lm, tokenizer, template, feature_layer=feature_layer
+        vision_model,
+        image_processor,
+        lm,
+        tokenizer,
+        template,
+        feature_layer=feature_layer,
+        pixel_shuffle=pixel_shuffle,
     )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

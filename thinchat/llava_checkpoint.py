@@ -48,7 +48,9 @@ def load_llava(path: str | Path, device: str | None = None, dtype: Any = None, m
     """``(LlavaForConditionalGeneration, processor)`` in eval mode; a LoRA checkpoint is wrapped in peft
     (or merged). The processor comes from the checkpoint when it has one, else from its base."""
     import torch
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoProcessor
+
+    from thinchat.projector import load_llava_model
 
     path = Path(path).expanduser()
     if not path.is_dir():
@@ -66,7 +68,7 @@ def load_llava(path: str | Path, device: str | None = None, dtype: Any = None, m
     )
     try:
         processor = AutoProcessor.from_pretrained(processor_dir)
-        model = LlavaForConditionalGeneration.from_pretrained(base, dtype=dtype or torch.float32)
+        model = load_llava_model(base, dtype=dtype or torch.float32)
     except (OSError, ValueError) as exc:
         raise ModelSpecError(f"{base}: could not load a Llava checkpoint ({exc})") from exc
     if adapter:

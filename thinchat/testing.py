@@ -148,7 +148,9 @@ def tiny_tower(tower: str, image_size: int = 28):
     raise ValueError(f"unknown tower {tower!r}; choose from {TOWERS}")
 
 
-def tiny_llava(lm: str = "llama", tower: str = "dinov2", image_size: int = 28, seed: int = 0):
+def tiny_llava(
+    lm: str = "llama", tower: str = "dinov2", image_size: int = 28, seed: int = 0, pixel_shuffle: int = 1
+):
     """``(LlavaForConditionalGeneration, LlavaProcessor)``: tiny, random, deterministic under ``seed``."""
     import torch
 
@@ -159,7 +161,9 @@ def tiny_llava(lm: str = "llama", tower: str = "dinov2", image_size: int = 28, s
     vision_model, image_processor = tiny_tower(tower, image_size)
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     language_model = tiny_lm(lm, vocab_size=len(tokenizer) + 1, bos_token_id=eos, eos_token_id=eos)
-    model, processor, _ = compose_llava(vision_model, image_processor, language_model, tokenizer)
+    model, processor, _ = compose_llava(
+        vision_model, image_processor, language_model, tokenizer, pixel_shuffle=pixel_shuffle
+    )
     return model, processor
 
 

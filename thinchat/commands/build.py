@@ -33,6 +33,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="tower hidden layer fed to the projector (default: the penultimate, -2, as LLaVA); "
         "middle layers keep more colour and texture",
     )
+    parser.add_argument(
+        "--pixel-shuffle",
+        type=int,
+        default=1,
+        help="fold each NxN block of the tower's patches into one image token (space-to-depth, as "
+        "Idefics3/SmolVLM): e.g. --image-size 168 --pixel-shuffle 2 costs the LM what 84 px costs; 1: "
+        "off, a plain transformers Llava checkpoint",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for the projector init and new token rows")
     parser.set_defaults(func=run)
 
@@ -48,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         template=args.chat_template,
         seed=args.seed,
         feature_layer=args.feature_layer,
+        pixel_shuffle=args.pixel_shuffle,
     )
     print(
         f"wrote {args.out}: {info.vision_model_type} + {info.lm_model_type}, "

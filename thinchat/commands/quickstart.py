@@ -42,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
         f"needs >= {cider['threshold_ratio']}x: {'OK' if cider['ok'] else 'NOT MET'}"
     )
     for key, label in (
-        ("yes_no_accuracy", "yes/no accuracy (balanced)"),
-        ("followup_yes_no_accuracy", "yes/no accuracy asked after its own description, as in the chats"),
+        ("yes_no_accuracy", "yes/no accuracy (balanced), asked directly"),
+        ("followup_yes_no_accuracy", "yes/no accuracy (balanced) as every interface asks (looking first)"),
+        ("followup_consistency", "yes/no answers agreeing with its own description (looking first)"),
         ("answer_form", "answered in the form asked"),
         ("which_accuracy", "which-of accuracy"),
     ):

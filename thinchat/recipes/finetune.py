@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from thinchat.config import field
 from thinchat.errors import ConfigError
@@ -60,6 +60,11 @@ class FinetuneConfig:
     llm: str = field("", help="LM spec (default: smollm2-135m-instruct for en, gemma3-270m for zh)")
     image_size: int = field(84, help="input resolution (a multiple of 14 for DINOv2)")
     feature_layer: int = field(8, help="tower hidden layer fed to the projector (thinchat build)")
+    pixel_shuffle: int = field(
+        1,
+        help="fold each NxN block of the tower's patches into one image token (thinchat build "
+        "--pixel-shuffle): 168 px with 2 costs the LM what 84 px costs (docs/experiments.md); 1: off",
+    )
     seed: int = field(0, help="seed for the data and the training runs")
     hardware: Literal["auto", "cpu", "gpu"] = field(
         "auto", help="which recipe: cpu (budget configs) or gpu (LLaVA configs, bf16); auto: what is found"
@@ -79,7 +84,17 @@ class FinetuneConfig:
         0.1, help="share of stage-2 samples replaying the base model's own general answers; 0: none"
     )
     reliance_samples: int = field(8, help="held-out slides for the image-reliance check (0: off)")
-    reference_gflops: float = field(0.0, help="scale stage 2's steps by the host's matmul rate (0: off)")
+    stage2_seconds: float = field(
+        0.0,
+        help="seconds of stage-2 training: the run times its first steps and trains as many as fit "
+        "(a multiple of 32, at most 1.5x the stage config's max_steps), on any CPU or GPU "
+        "(thinchat/train/time_budget.py); 0: the stage config's max_steps (or stage2_steps)",
+    )
+
+    #: Keys that older configs may still carry, and what took their place.
+    REPLACED_KEYS: ClassVar[dict[str, str]] = {
+        "reference_gflops": "use stage2_seconds (stage 2 times its own steps instead of a matmul rate)"
+    }
 
     def validate(self) -> None:
         if self.captions and self.dataset:

@@ -72,6 +72,7 @@ class RecipeSettings(Protocol):
     vision: str
     image_size: int
     feature_layer: int
+    pixel_shuffle: int
     seed: int
     projector_config: str
     lora_config: str
@@ -82,7 +83,7 @@ class RecipeSettings(Protocol):
     question_probes: int
     text_only_ratio: float
     reliance_samples: int
-    reference_gflops: float
+    stage2_seconds: float
 
 
 @dataclass
@@ -128,7 +129,9 @@ def run_recipe(
     base = root / "base"
     steps.run(
         "build",
-        fingerprint(config.vision, llm, config.image_size, config.feature_layer, config.seed),
+        fingerprint(
+            config.vision, llm, config.image_size, config.feature_layer, config.seed, config.pixel_shuffle
+        ),
         base / "config.json",
         lambda _: build(
             config.vision,
@@ -137,6 +140,7 @@ def run_recipe(
             image_size=config.image_size,
             seed=config.seed,
             feature_layer=config.feature_layer,
+            pixel_shuffle=config.pixel_shuffle,
         ),
     )
 
@@ -188,11 +192,9 @@ def run_recipe(
 
     stage("stage 1 (projector)", config.projector_config, base, projector, projector / "config.json")
     lora_steps = load_train_config(lora_yaml, [*user_overrides, *stage2_overrides]).max_steps
-    budget = step_budget(lora_steps, config.reference_gflops)
-    log.info("%s: stage 2 runs %d steps (%s)", steps.name, budget["steps"], budget["reason"])
     stage2_extra = (
         *stage2_overrides,
-        f"max_steps={budget['steps']}",
+        *budget_overrides(config.stage2_seconds, lora_steps),
         *(
             (f"text_data={replay}", f"text_only_ratio={config.text_only_ratio}")
             if config.text_only_ratio > 0
@@ -210,6 +212,7 @@ def run_recipe(
             config.reliance_samples,
             config.question_probes,
             config.text_only_ratio,
+            "look_first",  # the report asks its questions as every interface does
         ),
         report_dir / "report.json",
         lambda _: evaluate(
@@ -225,6 +228,8 @@ def run_recipe(
         ),
     )
     report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
+    budget = stage2_budget(lora, config.stage2_seconds, lora_steps)
+    log.info("%s: stage 2 trained %d steps (%s)", steps.name, budget["steps"], budget["reason"])
     return RecipeResult(base, lora, report_dir, report, budget)
 
 
@@ -262,38 +267,21 @@ def chat_commands(model: Path | str) -> list[str]:
     ]
 
 
-#: Within this relative distance of the reference rate the steps stay exactly max_steps, so repeated runs
-#: on one machine train the same steps (and give the same scores) despite timing noise.
-STEP_DEAD_ZONE = 0.2
-#: The scaled budget is a multiple of this and stays within [max_steps, STEP_CAP * max_steps].
-STEP_QUANTUM = 32
-#: A faster matmul speeds a whole step up by less (casts, norms, the optimizer and Python do not scale).
+#: A time budget may train up to this many times the stage config's max_steps (a fast host).
 STEP_CAP = 1.5
 
 
-def step_budget(max_steps: int, reference_gflops: float, measured: float | None = None) -> dict[str, Any]:
-    """Stage-2 steps for this host: ``max_steps`` scaled by the measured matmul rate of the precision
-    ``bf16: auto`` chooses, relative to ``reference_gflops``; a faster host trains more within the same time.
+def budget_overrides(seconds: float, max_steps: int) -> tuple[str, ...]:
+    """Stage-2 overrides for a time budget of ``seconds`` (``thinchat.train.time_budget``): the steps
+    that fit, measured on this host, at most ``STEP_CAP`` x ``max_steps``; none when ``seconds`` is 0."""
+    if seconds <= 0:
+        return ()
+    return (f"time_budget_s={seconds}", f"max_steps={int(STEP_CAP * max_steps)}")
 
-    Never fewer than ``max_steps``: question following grows with the steps far more than the
-    description does (docs/experiments.md), so a slower host takes longer rather than train an assistant
-    that answers yes/no near chance.
-    """
-    if reference_gflops <= 0:
-        return {"steps": max_steps, "reason": "max_steps as configured (reference_gflops: 0)"}
-    if measured is None:
-        from thinchat.precision import measure_precision
 
-        measured = measure_precision("cpu").gflops
-    ratio = measured / reference_gflops
-    if abs(ratio - 1.0) <= STEP_DEAD_ZONE:
-        steps = max_steps
-    else:
-        scaled = round(max_steps * ratio / STEP_QUANTUM) * STEP_QUANTUM
-        steps = int(min(max(scaled, max_steps), STEP_CAP * max_steps))
-    return {
-        "steps": steps,
-        "measured_gflops": round(measured, 1),
-        "reference_gflops": reference_gflops,
-        "reason": f"matmul {measured:.0f} GFLOP/s vs reference {reference_gflops:.0f}",
-    }
+def stage2_budget(output_dir: Path, seconds: float, max_steps: int) -> dict[str, Any]:
+    """What stage 2 trained and why: the budget it chose, or the configured step count."""
+    from thinchat.train.time_budget import read_budget
+
+    chosen = read_budget(output_dir) if seconds > 0 else None
+    return chosen or {"steps": max_steps, "reason": "max_steps as configured"}

@@ -103,11 +103,13 @@ def qlora_skip_modules(base: str | Path) -> list[str]:
     model is built on the meta device (no weights, no memory) and its own names are taken.
     """
     import torch
-    from transformers import LlavaConfig, LlavaForConditionalGeneration
+    from transformers import LlavaConfig
+
+    from thinchat.projector import llava_class
 
     config = LlavaConfig.from_pretrained(base)
     with torch.device("meta"):
-        skeleton = LlavaForConditionalGeneration(config)
+        skeleton = llava_class(config)(config)
     wanted = {"vision_tower", PROJECTOR}
     head = skeleton.get_output_embeddings()
     names = [
@@ -133,7 +135,9 @@ def compute_dtype(config: TrainConfig):
 def load_base_dir(base: str | Path, **kwargs: Any) -> tuple[Any, Any]:
     """``(model, processor)`` of a base Llava directory; ``kwargs`` go to ``from_pretrained`` (the stage's
     dtype, QLoRA's quantisation: ``thinchat.train.stages``)."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoProcessor
+
+    from thinchat.projector import load_llava_model
 
     base = Path(base)
     if not (base / "config.json").is_file():
@@ -143,7 +147,7 @@ def load_base_dir(base: str | Path, **kwargs: Any) -> tuple[Any, Any]:
         )
     try:
         processor = AutoProcessor.from_pretrained(base)
-        model = LlavaForConditionalGeneration.from_pretrained(base, **kwargs)
+        model = load_llava_model(base, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelSpecError(f"{base}: could not load a Llava checkpoint ({exc})") from exc
     return model, processor

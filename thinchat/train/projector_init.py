@@ -136,6 +136,7 @@ def init_projector_ridge(
     """
     import torch
 
+    from thinchat.projector import pixel_shuffle, shuffle_factor
     from thinchat.train.embeds import llava_parts
 
     if len(answers) != len(features) or len(answers) < 2:
@@ -143,6 +144,9 @@ def init_projector_ridge(
             f"ridge projector init needs at least 2 samples with images and an answer, got {len(answers)}"
         )
     llava, inner = llava_parts(model)
+    factor = shuffle_factor(llava.config)
+    if factor > 1:  # fit in the projector's own input space: the pixel-shuffled tokens
+        features = [pixel_shuffle(f.float().reshape(-1, *f.shape[-2:]), factor) for f in features]
     embeddings = llava.get_input_embeddings().weight
     token_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
     targets = caption_embeddings(token_ids, embeddings)

@@ -1,0 +1,75 @@
+"""Pixel shuffle before the projector (thinchat.projector): shapes, token counts, save/load, refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from thinchat.errors import ModelSpecError
+from thinchat.projector import CONFIG_KEY, pixel_shuffle, shuffle_factor
+from thinchat.testing import tiny_image, tiny_llava
+
+
+def test_each_token_holds_one_block_of_the_patch_grid():
+    side, channels = 4, 3
+    grid = torch.arange(side * side).repeat_interleave(channels).reshape(1, side * side, channels).float()
+    out = pixel_shuffle(grid, 2)
+    assert out.shape == (1, 4, 12)
+    # Token 0 is the top-left 2x2 block: patches 0, 1 (first row) and 4, 5 (second row).
+    assert out[0, 0, ::channels].tolist() == [0, 1, 4, 5]
+    assert out[0, 3, ::channels].tolist() == [10, 11, 14, 15]
+    assert pixel_shuffle(grid, 1) is grid
+
+
+def test_a_factor_that_does_not_divide_the_grid_is_refused_with_the_valid_ones():
+    with pytest.raises(
+        ModelSpecError, match=r"does not divide the tower's 4x4 patch grid; choose one of \[1, 2, 4\]"
+    ):
+        tiny_llava("llama", "dinov2", image_size=56, pixel_shuffle=3)
+    with pytest.raises(ModelSpecError, match="square patch grid"):
+        pixel_shuffle(torch.zeros(1, 6, 2), 2)
+
+
+@pytest.mark.parametrize("tower", ["dinov2", "siglip"])
+def test_a_shuffled_view_costs_the_lm_a_quarter_of_the_tokens_and_round_trips(tower, tmp_path):
+    from thinchat.engine import ChatEngine
+    from thinchat.loading import load_pretrained
+
+    model, processor = tiny_llava("llama", tower, image_size=56, pixel_shuffle=2)
+    assert model.config.image_seq_length == 4 and shuffle_factor(model.config) == 2  # 4x4 patches -> 2x2
+    assert (
+        model.model.multi_modal_projector.linear_1.in_features == 4 * model.config.vision_config.hidden_size
+    )
+    image = tiny_image(1, size=56)
+    features = model.get_image_features(
+        pixel_values=processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+    )
+    assert features.pooler_output[0].shape == (4, model.config.text_config.hidden_size)
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}],
+        add_generation_prompt=True,
+    )
+    ids = processor(images=[image], text=text, return_tensors="pt")["input_ids"]
+    assert int((ids == model.config.image_token_id).sum()) == 4  # the processor counts shuffled tokens
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded, _ = load_pretrained(tmp_path)
+    assert getattr(loaded.config, CONFIG_KEY) == 2
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    engine = ChatEngine(loaded, processor)
+    assert isinstance(engine.describe([image], "Describe.", max_new_tokens=3), str)
+
+
+def test_the_closed_form_projector_fit_works_on_shuffled_features():
+    from thinchat.train.projector_init import init_projector_ridge
+
+    model, processor = tiny_llava("llama", "dinov2", image_size=56, pixel_shuffle=2)
+    hidden = model.config.vision_config.hidden_size
+    g = torch.Generator().manual_seed(0)
+    features = [torch.randn(2, 16, hidden, generator=g) for _ in range(6)]  # 2 views of 4x4 patches each
+    answers = ["quartz and calcite", "dolomite mosaic", "quartz grains", "calcite cement", "chlorite", "mica"]
+    stats = init_projector_ridge(model, processor.tokenizer, answers, features)
+    assert stats["samples"] == 6 and stats["rank"] >= 1
+    projected = model.model.multi_modal_projector(features[0])
+    assert projected.shape == (2, 4, model.config.text_config.hidden_size) and torch.isfinite(projected).all()
