@@ -255,7 +255,10 @@ def mean_sample_tokens(paths: dict[str, Path]) -> int:
 
 def summarise(results: dict) -> None:
     train = results["train"]
-    rate = results.get("matmul", {}).get("bf16_gflops")
+    # Against the rate of the precision the runs train in: bf16 on a GPU, fp32 on the CPU (tiny mode),
+    # where bf16 can be emulated at ~1 GFLOP/s (a CPU without bf16 instructions).
+    on_cpu = results.get("matmul", {}).get("device", "cpu") == "cpu"
+    rate = results.get("matmul", {}).get("fp32_gflops" if on_cpu else "bf16_gflops")
     n = results["model"]["lm_matmul_params"]
     for run in train.values():
         if "tokens_per_s" in run and rate:
