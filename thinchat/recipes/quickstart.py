@@ -75,7 +75,7 @@ class QuickstartConfig:
         8, help="held-out slides for the image-reliance check (own vs another slide's images; 0: off)"
     )
     stage2_seconds: float = field(
-        1200.0,
+        0.0,
         help="seconds of stage-2 training: the run times its first steps and trains as many as fit "
         "(a multiple of 32, at most 1.5x the stage config's max_steps), on any CPU or GPU "
         "(thinchat/train/time_budget.py); 0: the stage config's max_steps",
