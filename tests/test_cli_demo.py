@@ -11,11 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from thinchat.chat.repl import escape
 from thinchat.commands.chat import add_arguments, run
-from thinchat.testing import tiny_image, tiny_llava
+from thinchat.testing import enliven, tiny_image, tiny_llava
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,11 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 def lively_dir(tmp_path_factory):
     """A saved tiny Llava whose answers depend on image and question (see tests/test_engine.py)."""
     model, processor = tiny_llava("llama", "dinov2", image_size=28)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.copy_(torch.randn(param.shape, generator=g) * 0.5)
+    enliven(model)
     path = tmp_path_factory.mktemp("lively")
     model.save_pretrained(path)
     processor.save_pretrained(path)

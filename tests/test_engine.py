@@ -12,20 +12,12 @@ from thinchat.chat.session import ChatSession
 from thinchat.engine import ChatEngine
 from thinchat.errors import ConfigError, PromptTooLongError, ThinchatError
 from thinchat.images import image_key
-from thinchat.testing import tiny_image, tiny_llava
+from thinchat.testing import enliven, tiny_image, tiny_llava
 
 QUESTION = "Describe this thin section."
 
 
-def lively(model, seed: int = 0):
-    """Random tiny models answer every prompt with the same token; larger weights make answers depend
-    on the image and the question, so the equality tests below could fail."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.copy_(torch.randn(param.shape, generator=g) * 0.5)
-    return model
+lively = enliven  # answers that depend on the image and the question (thinchat.testing.enliven)
 
 
 @pytest.fixture(scope="module")

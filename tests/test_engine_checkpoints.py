@@ -10,17 +10,13 @@ import torch
 from thinchat.chat.session import ChatSession
 from thinchat.engine import ChatEngine
 from thinchat.errors import ModelSpecError, PromptTooLongError
-from thinchat.testing import tiny_image, tiny_llava
+from thinchat.testing import enliven, tiny_image, tiny_llava
 
 QUESTION = "Describe this thin section."
 
 
 def randomise(module, seed: int, scale: float = 0.5) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            if param.dim() == 2:
-                param.copy_(torch.randn(param.shape, generator=g) * scale)
+    enliven(module, seed, scale)
 
 
 @pytest.fixture(scope="module")

@@ -200,6 +200,12 @@ def test_report_section_and_chart(tmp_path: Path) -> None:
     md = render_markdown(report)
     assert "| yes/no accuracy, looking first (as every interface answers) | 0.500 | 1.000 |" in md
     assert "agreeing with its own description" not in md  # not computed without the descriptions
+    # Per wording: the tuned model says "yes" to every question directly (same answer), and is right
+    # looking first; the base model answers neither way directly (0.00 said "yes", not "same").
+    wording = next(p.wording for p in probes if p.type == "presence")
+    row = next(line for line in md.splitlines() if line.startswith(f"| {wording} |"))
+    assert row.split(" | ")[1:3] == ["0.000 (0.00)", "0.500 (1.00 same)"]
+    assert "| wording: balanced (said 'yes') | base | ft | base, looking first | ft, looking first |" in md
     paths = write_report(report, {}, tmp_path, {"ft": tuned["records"]})
     assert paths["question_chart"].stat().st_size > 1000
     rows = [json.loads(line) for line in paths["questions:ft"].read_text(encoding="utf-8").splitlines()]

@@ -69,18 +69,12 @@ def test_a_description_question_is_not_preceded_by_a_description():
 @pytest.fixture(scope="module")
 def lively_engine(tmp_path_factory):
     """A tiny Llava whose answers depend on the image and the question, and one of its slides."""
-    import torch
-
     from thinchat.engine import ChatEngine
     from thinchat.generation import GenerationSettings
-    from thinchat.testing import tiny_image, tiny_llava
+    from thinchat.testing import enliven, tiny_image, tiny_llava
 
     model, processor = tiny_llava("llama", "dinov2", image_size=28)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.copy_(torch.randn(param.shape, generator=g) * 0.5)
+    enliven(model)
     path = tmp_path_factory.mktemp("lively_look")
     model.save_pretrained(path)
     processor.save_pretrained(path)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from thinchat.server import BackgroundServer, ServeProcess
-from thinchat.testing import tiny_image, tiny_llava
+from thinchat.testing import enliven, tiny_image, tiny_llava
 
 QUESTION = "Describe this thin section."
 
@@ -23,11 +23,7 @@ def lora_dir(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("serve_ckpts")
     model, processor = tiny_llava("llama", "dinov2", image_size=28)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # larger random weights: greedy answers are varied text, not one repeated token
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    enliven(model)  # larger random weights: greedy answers are varied text, not one repeated token
     model.save_pretrained(root / "base")
     processor.save_pretrained(root / "base")
     lora = LoraConfig(
@@ -37,6 +33,7 @@ def lora_dir(tmp_path_factory):
         modules_to_save=["multi_modal_projector"],
     )
     peft_model = get_peft_model(model, lora)
+    generator = torch.Generator().manual_seed(1)
     with torch.no_grad():  # a "trained" adapter
         for name, param in peft_model.named_parameters():
             if "lora_B" in name or "modules_to_save" in name:

@@ -167,6 +167,20 @@ def tiny_llava(
     return model, processor
 
 
+def enliven(module, seed: int = 0, scale: float = 0.5):
+    """``module`` with its matrices redrawn at ``scale`` (seeded). Why: a random tiny model answers every
+    prompt with the same token; larger weights make its answers depend on the image and the question,
+    so tests comparing answers could fail."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            if param.dim() == 2:
+                param.copy_(torch.randn(param.shape, generator=g) * scale)
+    return module
+
+
 def tiny_image(seed: int = 0, size: int = 32):
     """A random RGB PIL image."""
     import numpy as np

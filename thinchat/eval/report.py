@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -305,18 +305,13 @@ def _presence_detail_lines(scores: Mapping[str, dict], asked: bool) -> list[str]
     terms = list(first.get("presence_by_term") or {})
     if not bins and not terms:
         return []
-    prefixes = ("", "followup_") if asked else ("",)
-    head = "| 'yes' questions by the term's share in the report | " + " | ".join(
-        f"{n}{', looking first' if prefix else ''}" for prefix in prefixes for n in names
+    lines = _asked_both_ways_table(
+        scores,
+        asked,
+        "'yes' questions by the term's share in the report",
+        "yes_by_share",
+        lambda cell: f"{cell['accuracy']:.3f} ({cell['n']})",
     )
-    lines = ["", head + " |", "|---|" + "---:|" * (len(names) * len(prefixes))]
-    for b in bins:
-        cells = []
-        for prefix in prefixes:
-            for n in names:
-                cell = (scores[n].get(f"{prefix}yes_by_share") or {}).get(b)
-                cells.append(f"{cell['accuracy']:.3f} ({cell['n']})" if cell else "-")
-        lines.append(f"| {b} | " + " | ".join(cells) + " |")
 
     def right(counts: list[int]) -> str:
         return f"{counts[0]}/{counts[1]}" if counts[1] else "-"
@@ -335,28 +330,41 @@ def _presence_detail_lines(scores: Mapping[str, dict], asked: bool) -> list[str]
     return lines
 
 
-def _wording_lines(scores: Mapping[str, dict], asked: bool) -> list[str]:
-    """Balanced yes/no accuracy and the share answered "yes" per question wording (template)."""
+def _asked_both_ways_table(
+    scores: Mapping[str, dict], asked: bool, title: str, key: str, show: Callable[[dict], str]
+) -> list[str]:
+    """A table of ``scores[name][key][row]`` per row, one column per model, asked directly and (when
+    ``asked``) looking first (``followup_<key>``); ``show`` formats a cell."""
     names = list(scores)
-    wordings = list(scores[names[0]].get("by_wording") or {})
-    if not wordings:
-        return []
+    rows = list(scores[names[0]].get(key) or {})
     prefixes = ("", "followup_") if asked else ("",)
-    head = "| wording: balanced (said 'yes') | " + " | ".join(
+    head = f"| {title} | " + " | ".join(
         f"{n}{', looking first' if prefix else ''}" for prefix in prefixes for n in names
     )
     lines = ["", head + " |", "|---|" + "---:|" * (len(names) * len(prefixes))]
-    for wording in wordings:
-        cells = []
-        for prefix in prefixes:
-            for n in names:
-                cell = (scores[n].get(f"{prefix}by_wording") or {}).get(wording)
-                same = " same" if cell and cell["same_answer"] else ""
-                cells.append(
-                    f"{_fmt(cell['yes_no_accuracy'], 3)} ({cell['said_yes']:.2f}{same})" if cell else "-"
-                )
-        lines.append(f"| {wording.replace('|', '/')} | " + " | ".join(cells) + " |")
+    for row in rows:
+        cells = [
+            show(cell) if (cell := (scores[n].get(f"{prefix}{key}") or {}).get(row)) else "-"
+            for prefix in prefixes
+            for n in names
+        ]
+        lines.append(f"| {str(row).replace('|', '/')} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _wording_lines(scores: Mapping[str, dict], asked: bool) -> list[str]:
+    """Balanced yes/no accuracy and the share answered "yes" per question wording (template)."""
+    if not scores[next(iter(scores))].get("by_wording"):
+        return []
+    return _asked_both_ways_table(
+        scores,
+        asked,
+        "wording: balanced (said 'yes')",
+        "by_wording",
+        lambda c: (
+            f"{_fmt(c['yes_no_accuracy'], 3)} ({c['said_yes']:.2f}{' same' if c['same_answer'] else ''})"
+        ),
+    )
 
 
 def _retention_lines(retention: dict | None, names: list[str], head: str) -> list[str]:
