@@ -73,3 +73,28 @@ def test_the_closed_form_projector_fit_works_on_shuffled_features():
     assert stats["samples"] == 6 and stats["rank"] >= 1
     projected = model.model.multi_modal_projector(features[0])
     assert projected.shape == (2, 4, model.config.text_config.hidden_size) and torch.isfinite(projected).all()
+
+
+def test_stage_2_trains_a_shuffled_model_from_cached_features(tmp_path):
+    import json
+
+    from train_helpers import tiny_overrides, write_dataset
+
+    from thinchat.loading import load_pretrained
+    from thinchat.train.config import load_train_config
+    from thinchat.train.run import train
+
+    model, processor = tiny_llava("llama", "dinov2", image_size=56, pixel_shuffle=2)
+    model.save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    data = write_dataset(tmp_path / "data", n=8, two_images=True)
+    overrides = tiny_overrides(
+        "lora", tmp_path / "base", data, tmp_path / "lora", feature_cache=True, learning_rate=0.01
+    )
+    out = train(load_train_config(None, overrides))
+    last = max(out.glob("checkpoint-*"), key=lambda d: int(d.name.split("-")[1]))
+    state = json.loads((last / "trainer_state.json").read_text())
+    losses = [e["loss"] for e in state["log_history"] if "loss" in e]
+    assert state["global_step"] == 6 and losses[-1] < losses[0]
+    loaded, _ = load_pretrained(out, merge=True)
+    assert shuffle_factor(loaded.config) == 2 and loaded.config.image_seq_length == 4
