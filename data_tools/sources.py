@@ -12,6 +12,7 @@ import codecs
 import csv
 import json
 import re
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,10 @@ from thinchat.images import IMAGE_SUFFIXES
 
 FORMATS = ("auto", "tsv", "csv", "jsonl", "coco", "folder")
 IMAGE_KEYS = ("image", "image_id", "id", "file_name", "filename", "file", "path", "images")
+#: The key of a row's own slide id when another key names its images.
+ID_KEY = "id"
+#: Control characters a caption may keep: the rest (NUL, escape, ...) are removed by ``clean_text``.
+KEPT_CONTROLS = frozenset("\n\t")
 CAPTION_KEYS = ("caption", "captions", "text", "description", "sentence", "sentences", "report")
 
 
@@ -31,6 +36,11 @@ class Row:
     refs: tuple[str, ...]  # image ids or paths (relative to --images), one per view
     caption: str
     lang: str | None = None
+    #: the row's own slide id (an ``id`` field or column beside the image), used instead of one derived
+    #: from the image paths: the name a user writes in ``--test-ids``
+    id: str | None = None
+    #: class labels of a labelled row (``data_tools/labels.py``); its caption is written from them
+    classes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,18 @@ def check_encoding(encoding: str) -> str:
         raise DataFormatError(
             f"--encoding {encoding!r}: unknown text encoding; use a codec name such as utf-8, gb18030 or utf-16"
         ) from exc
+
+
+def clean_text(text: str) -> tuple[str, int]:
+    """``text`` without control characters other than newline and tab, and how many were removed.
+
+    Why: a NUL or an escape sequence inside a caption (pasted from a terminal, exported by a database)
+    would travel into the conversation JSON and the tokenizer; the converter counts what it removed.
+    """
+    removed = sum(1 for ch in text if unicodedata.category(ch) == "Cc" and ch not in KEPT_CONTROLS)
+    if not removed:
+        return text, 0
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cc" or ch in KEPT_CONTROLS), removed
 
 
 def detect_encoding(data: bytes, encoding: str) -> tuple[bytes, str]:
@@ -258,7 +280,8 @@ def _csv_records(
 
 
 def read_csv(path: Path, encoding: str) -> Iterator[Item]:
-    """CSV with a header naming an image column and a caption column (optional ``lang``)."""
+    """CSV with a header naming an image column and a caption column (optional ``lang``; an ``id`` column
+    beside the image column is the slide's own id)."""
     decoded = list(_lines(path, encoding))
     header: list[str] | None = None
     for number, record, reason, rest in _csv_records(decoded, width=None):
@@ -272,6 +295,7 @@ def read_csv(path: Path, encoding: str) -> Iterator[Item]:
     image_col = next((fields[k] for k in IMAGE_KEYS if k in fields), None)
     caption_col = next((fields[k] for k in CAPTION_KEYS if k in fields), None)
     lang_col = fields.get("lang", fields.get("language"))
+    id_col = fields.get(ID_KEY) if fields.get(ID_KEY) != image_col else None
     missing = [name for name, col in (("image", image_col), ("caption", caption_col)) if col is None]
     for first, record, reason, _ in _csv_records(body, width=len(header)):
         if record is None:
@@ -289,8 +313,14 @@ def read_csv(path: Path, encoding: str) -> Iterator[Item]:
             yield Skip(str(path), first, "empty image column")
         else:
             lang = record[lang_col].strip() if lang_col is not None and lang_col < len(record) else None
+            own = record[id_col].strip() if id_col is not None and id_col < len(record) else ""
             yield Row(
-                str(path), first, (record[image_col].strip(),), record[caption_col].strip(), lang or None
+                str(path),
+                first,
+                (record[image_col].strip(),),
+                record[caption_col].strip(),
+                lang or None,
+                own or None,
             )
 
 
@@ -312,7 +342,8 @@ def _ref_of(value: object) -> str | None:
 
 
 def read_jsonl(path: Path, encoding: str) -> Iterator[Item]:
-    """One JSON object per line: ``{"image": id-or-path or [views], "caption": str or [str], "lang"?}``."""
+    """One JSON object per line: ``{"image": id-or-path or [views], "caption": str or [str], "lang"?, "id"?}``
+    (an ``id`` beside ``image`` is the slide's own id)."""
     for number, text, error in _lines(path, encoding):
         if text is None:
             yield Skip(str(path), number, error)
@@ -342,8 +373,9 @@ def read_jsonl(path: Path, encoding: str) -> Iterator[Item]:
             )
             continue
         lang = obj.get("lang") if isinstance(obj.get("lang"), str) else None
+        own = _ref_of(obj.get(ID_KEY)) if str(image_key).strip().lower() != ID_KEY else None
         for caption in captions:
-            yield Row(str(path), number, refs, caption.strip(), lang)
+            yield Row(str(path), number, refs, caption.strip(), lang, own.strip() if own else None)
 
 
 def read_coco(path: Path, encoding: str) -> Iterator[Item]:

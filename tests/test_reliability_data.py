@@ -282,3 +282,26 @@ def test_mutated_inputs_keep_the_row_invariant(tmp_path: Path, images: Path, fmt
             continue  # a clear, typed error (e.g. COCO that is no longer JSON, or no row converted)
         _balanced(summary)
         assert all(item["line"] is not None for item in summary["skipped"])
+
+
+# ----- control characters in captions (issue 29, item 3) ----------------------------------------------
+
+
+def test_control_characters_are_removed_from_captions_and_counted(tmp_path: Path, images: Path) -> None:
+    """A NUL, an escape sequence, a bell and a carriage return leave the caption; newline and tab stay."""
+    rows = [
+        {"image": "0001", "caption": "Quartz\x00 grains\x1b[31m with\x07 calcite.\r\nSecond line\tkept."},
+        {"image": "0002", "caption": "Clean caption about zircon."},
+        {"image": "0003", "caption": "\x00\x01\x02"},  # nothing but control characters: an empty caption
+    ]
+    captions = tmp_path / "c.jsonl"
+    captions.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "out.json"
+    summary = convert(captions, images, out)
+    converted = _captions(out)
+    assert converted["0001"] == "Quartz grains[31m with calcite.\nSecond line\tkept."
+    assert converted["0002"] == "Clean caption about zircon."
+    assert not any(ch in text for text in converted.values() for ch in "\x00\x1b\x07\r")
+    assert summary["control_characters_removed"] == {"rows": 2, "characters": 7}
+    assert [(s["line"], s["reason"]) for s in summary["skipped"]] == [(3, "empty caption")]
+    _balanced(summary)

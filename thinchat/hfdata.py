@@ -38,6 +38,7 @@ def conversation_features():
             "conversations": List({"from": Value("string"), "value": Value("string")}),
             "lang": Value("string"),
             "turn_types": List(Value("string")),
+            "labels": List(Value("string")),  # class labels of labelled slides (data convert --labels)
         }
     )
 
@@ -66,6 +67,7 @@ def write_datasetdict(
                 "conversations": entry["conversations"],
                 "lang": entry.get("lang", ""),
                 "turn_types": entry.get("turn_types", []),
+                "labels": entry.get("labels", []),
             }
 
     data = DatasetDict(
@@ -228,6 +230,8 @@ def as_llava_json(path: Path, split: str) -> Path:
                 entry["lang"] = row["lang"]
             if row.get("turn_types"):
                 entry["turn_types"] = row["turn_types"]
+            if row.get("labels"):
+                entry["labels"] = row["labels"]
             out.write(("," if index else "") + "\n" + json.dumps(entry, ensure_ascii=False))
         out.write("\n]\n")
     return target

@@ -31,8 +31,10 @@ def slide_id(images: Sequence[str], pair_suffixes: Sequence[str] = PAIR_SUFFIXES
 
     One rule for ``thinchat data convert`` (entry ids, ``--test-ids``) and ``thinchat caption`` (row ids),
     so captions and conversations join on it: the first image's path without its file suffix, ``/`` as
-    ``_``; when the images are exactly one PPL/XPL pair (``sub/a_ppl.png`` + ``sub/a_xpl.png``, any
-    order), the common stem with the pair suffix removed (``sub_a``).
+    ``_``; when the images are one slide's views, the path they share without its view folder or view
+    suffix: ``sub/a_ppl.png`` + ``sub/a_xpl.png`` (any order) is ``sub_a``, and so is ``sub/ppl/a.png`` +
+    ``sub/xpl/a.png``. Why: both views are one slide, and its id is the name a user writes in
+    ``--test-ids``, not the first view's folder (``ppl_a``).
     """
     stems = [p[: -len(PurePosixPath(p).suffix)] if PurePosixPath(p).suffix else p for p in images]
     if not stems:
@@ -43,7 +45,23 @@ def slide_id(images: Sequence[str], pair_suffixes: Sequence[str] = PAIR_SUFFIXES
         common = stems[0][: -len(first)] if first else None
         if common and sorted(stems) == sorted(common + s for s in pair_suffixes):
             ident = common
+    views = {s.lstrip("_").lower() for s in pair_suffixes}
+    if len(stems) > 1 and views:
+        shared = {strip_view(stem, views) for stem in stems}
+        if len(shared) == 1 and all(strip_view(stem, views) != stem for stem in stems):
+            ident = shared.pop()
     return ident.replace("/", "_")
+
+
+def strip_view(stem: str, views: set[str] | frozenset[str] = frozenset({"ppl", "xpl"})) -> str:
+    """``stem`` (a ``/``-separated path without its file suffix) without a folder named after a view
+    (``ppl/``) and without a ``_ppl`` ending: what a slide's views have in common."""
+    parts = [part for part in stem.split("/") if part.lower() not in views]
+    name = parts[-1] if parts else stem
+    ending = name.rsplit("_", 1)
+    if len(ending) == 2 and ending[1].lower() in views and ending[0]:
+        parts[-1] = ending[0]
+    return "/".join(parts)
 
 
 @contextmanager

@@ -34,6 +34,9 @@ def _convert(args: argparse.Namespace) -> int:
         test_ids=args.test_ids,
         val_ids=args.val_ids,
         format_out=args.format_out,
+        labels=args.labels,
+        image_folder=args.image_folder,
+        multi_label=args.multi_label,
     )
     print(format_summary(summary))
     return 0
@@ -111,7 +114,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     conv.add_argument(
         "--captions", help="captions file (TSV/CSV/JSONL/COCO) or folder of .txt (default: --images)"
     )
-    conv.add_argument("--images", required=True, help="directory holding the images")
+    conv.add_argument("--images", default=None, help="directory holding the images")
+    conv.add_argument(
+        "--labels",
+        default=None,
+        metavar="FILE",
+        help="instead of --captions: a CSV/TSV/JSONL of classes per image (an id or image column, a class "
+        "column or one 0/1 column per class, optional view columns ppl/xpl); images under --images",
+    )
+    conv.add_argument(
+        "--image-folder",
+        default=None,
+        metavar="DIR",
+        help="instead of --captions/--images: one sub-folder of images per class",
+    )
+    conv.add_argument(
+        "--multi-label",
+        default=None,
+        action="store_true",
+        help="labels: an image listed under two classes is one image with both (default: told from the "
+        "file; in a single-label set such an image is left out and reported)",
+    )
     conv.add_argument(
         "--out", required=True, help="output JSON; with --split, OUT_train.json, OUT_val.json, ..."
     )

@@ -127,7 +127,8 @@ class Lexicon:
     def name(self, term_id: str, lang: str) -> str:
         """The preferred (first) name of a term in ``lang`` ("zh" or "en")."""
         term = self.by_id[term_id]
-        return (term.zh if lang == "zh" else term.en)[0]
+        names = term.zh if lang == "zh" else term.en
+        return (names or term.en or term.zh)[0]  # a term named in one language only keeps that name
 
     def facet(self, term_id: str) -> str:
         return self.by_id[term_id].facet

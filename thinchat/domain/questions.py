@@ -7,6 +7,7 @@ question-following evaluation, which must ask in the same words the training dat
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -30,6 +31,8 @@ class QuestionPools:
     describe: dict[str, list[str]]  # lang -> questions asking for the whole description
     facets: dict[str, dict[str, list[str]]]  # facet -> lang -> follow-up questions
     grounded: dict[str, dict[str, list[str]]]  # template key -> lang -> questions or answer templates
+    #: lang -> descriptions of a labelled image (``{classes}``); a pools file without them uses the bundled
+    labels: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
 @lru_cache(maxsize=4)
@@ -59,4 +62,21 @@ def load_questions(path: str | None = None) -> QuestionPools:
         for lang, questions in langs.items():
             if not questions:
                 raise DataFormatError(f"{source}: grounded.{key}.{lang} is empty")
-    return QuestionPools(describe, facets, grounded)
+    return QuestionPools(describe, facets, grounded, _label_templates(data, source))
+
+
+def _label_templates(data: dict, source: Path) -> dict[str, list[str]]:
+    """``labels.describe.zh/en`` of ``data``, or the bundled ones when a custom pools file has none."""
+    section = data.get("labels") if isinstance(data, dict) else None
+    if section is None:
+        return load_questions(None).labels if source != DEFAULT_QUESTIONS else {}
+    try:
+        templates = {lang: [str(t) for t in section["describe"][lang]] for lang in ("zh", "en")}
+    except (KeyError, TypeError) as exc:
+        raise DataFormatError(
+            f"{source}: expected labels.describe.zh/en lists; missing or malformed: {exc}"
+        ) from exc
+    for lang, items in templates.items():
+        if not items or any("{classes}" not in t for t in items):
+            raise DataFormatError(f"{source}: labels.describe.{lang} needs templates with {{classes}}")
+    return templates
