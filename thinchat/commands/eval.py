@@ -61,7 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output directory for the report")
     parser.add_argument("--batch-size", type=int, default=8, help="generation batch size (default 8)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="answer length cap (default 256)")
-    parser.add_argument("--limit", type=int, default=None, help="score only the first N samples")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="score a seeded sample of N samples spread over the classes / terms (thinchat/eval/sampling.py)",
+    )
     parser.add_argument(
         "--reliance-samples",
         dest="reliance_samples",

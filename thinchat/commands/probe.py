@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "probe",
         help="how well a linear probe on tower features names the report's minerals (a ceiling for training)",
         description="Fits per-term ridge classifiers on pooled tower features of --train and scores term F1 on "
-        "--test, for each input size and hidden layer. See thinchat/eval/feature_probe.py.",
+        "--test, for each input size and hidden layer; on labelled data (data convert --labels) also the "
+        "class accuracy of per-class ridge classifiers. See thinchat/eval/feature_probe.py.",
     )
     parser.add_argument(
         "--train", required=True, help="training conversations JSON (references name the terms)"
@@ -47,9 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
     results = run_probe(args.train, args.test, args.vision, args.sizes, args.layers, args.alpha, args.pool)
     for r in results:
+        classes = f", class accuracy {r['class_accuracy']:.3f}" if "class_accuracy" in r else ""
         print(
             f"{r['vision']} {r['image_size']} px, layer {r['layer']}, {r['pool']}: term F1 {r['f1']:.3f}, "
-            f"balanced yes/no {r['yes_no_accuracy']:.3f}"
+            f"balanced yes/no {r['yes_no_accuracy']:.3f}{classes}"
         )
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1), encoding="utf-8")

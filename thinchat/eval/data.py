@@ -33,6 +33,9 @@ class EvalSample:
     entry_ids: list[str] = field(default_factory=list)
     #: earlier LLaVA turns of the same conversation (a follow-up question); the images are in the first
     history: list[dict] = field(default_factory=list)
+    #: the slide's class labels (an entry's ``labels``, written by ``data convert --labels``); empty for a
+    #: captioned slide
+    labels: tuple[str, ...] = ()
 
     def conversation(self) -> list[dict]:
         """The prompt as a LLaVA ``conversations`` list: the earlier turns, then the question."""
@@ -78,12 +81,35 @@ def _first_turns(convs: list, where: str) -> tuple[str, str]:
     return human["value"], gpt["value"]
 
 
-def load_eval_set(data_path: str | Path, limit: int | None = None) -> tuple[list[EvalSample], list[Skipped]]:
+def _entry_labels(entry: dict) -> tuple[str, ...]:
+    """An entry's class labels: its ``labels`` list of class names; any other ``labels`` value is one of
+    the extra keys an entry may carry for other tools, and leaves the slide unlabelled."""
+    labels = entry.get("labels")
+    if isinstance(labels, list) and labels and all(isinstance(c, str) and c for c in labels):
+        return tuple(labels)
+    return ()
+
+
+def load_eval_set(
+    data_path: str | Path, limit: int | None = None, seed: int = 0
+) -> tuple[list[EvalSample], list[Skipped]]:
     """Read ``data_path`` and return (samples in file order, skipped samples with reasons).
 
     Raises ``DataFormatError`` for an unreadable file, a malformed entry (named by index and id) or a set
-    with no entries; ``limit`` keeps the first N samples (after grouping), skipped ones included.
+    with no entries; ``limit`` keeps a seeded sample of N samples (after grouping) spread over the classes
+    or terms (``thinchat.eval.sampling``), skipped ones included.
     """
+    kept, skipped, _ = load_eval_sample(data_path, limit, seed)
+    return kept, skipped
+
+
+def load_eval_sample(
+    data_path: str | Path, limit: int | None = None, seed: int = 0
+) -> tuple[list[EvalSample], list[Skipped], dict]:
+    """``load_eval_set``, and how the scored sample was drawn (``thinchat.eval.sampling.draw_sample``),
+    which the report states."""
+    from thinchat.eval.sampling import draw_sample
+
     path, entries = read_llava_json(data_path, "pass --data TEST.json", split="test")
     if not entries:
         raise DataFormatError(f"{path}: empty reference set (the list has no entries)")
@@ -112,11 +138,12 @@ def load_eval_set(data_path: str | Path, limit: int | None = None) -> tuple[list
         lang = entry.get("lang") if entry.get("lang") in ("zh", "en") else detect_language(reference)
         sample_id = entry_id if entry_id not in used_ids else f"{entry_id}#{index}"
         used_ids.add(sample_id)
-        groups[key] = EvalSample(sample_id, images, list(image_list), question, [reference], lang, [entry_id])
+        groups[key] = EvalSample(
+            sample_id, images, list(image_list), question, [reference], lang, [entry_id],
+            labels=_entry_labels(entry),
+        )  # fmt: skip
 
-    samples = list(groups.values())
-    if limit is not None:
-        samples = samples[:limit]
+    samples, drawn = draw_sample(list(groups.values()), limit, seed)
     kept: list[EvalSample] = []
     skipped: list[Skipped] = []
     for sample in samples:
@@ -127,4 +154,4 @@ def load_eval_set(data_path: str | Path, limit: int | None = None) -> tuple[list
             skipped.append(Skipped(sample.id, str(exc)))
             continue
         kept.append(sample)
-    return kept, skipped
+    return kept, skipped, drawn

@@ -103,6 +103,47 @@ def probe_terms(
     }
 
 
+def probe_classes(
+    train_x: Any,
+    train_labels: list[tuple[str, ...]],
+    test_x: Any,
+    test_labels: list[tuple[str, ...]],
+    alpha: float,
+) -> dict[str, Any]:
+    """Class accuracy of a ridge classifier per class (one-vs-rest) on the features: the class scored
+    highest (single-label), or every class scored over 0.5 matching the labels exactly (multi-label).
+
+    The report's class accuracy reads the first class a model names; this is its ceiling on these
+    features (``thinchat.eval.classes``)."""
+    import torch
+
+    from thinchat.train.projector_init import fit_ridge
+
+    classes = sorted({c for labels in train_labels for c in labels})
+    if len(classes) < 2:
+        raise DataFormatError(
+            f"the training slides have {len(classes)} class: a class probe needs two or more"
+        )
+    targets = torch.tensor([[c in labels for c in classes] for labels in train_labels], dtype=torch.float32)
+    weight, x_mean, _ = fit_ridge(train_x, targets, alpha)
+    scores = (test_x - x_mean) @ weight.T + targets.mean(0)
+    multi = any(len(labels) > 1 for labels in train_labels + test_labels)
+    if multi:
+        said = [tuple(c for c, on in zip(classes, row, strict=True) if on) for row in (scores > 0.5).tolist()]
+    else:
+        said = [(classes[i],) for i in scores.argmax(dim=1).tolist()]
+    right = [set(p) == set(t) for p, t in zip(said, test_labels, strict=True)]
+    per_class = {}
+    for c in sorted({c for labels in test_labels for c in labels}):
+        hits = [r for r, t in zip(right, test_labels, strict=True) if c in t]
+        per_class[c] = round(sum(hits) / len(hits), 4)
+    return {
+        "class_accuracy": round(sum(right) / len(right), 4),
+        "class_per_class": per_class,
+        "n_test": len(test_labels),
+    }
+
+
 def presence_accuracy(predicted: Any, truth: Any) -> float:
     """Balanced yes/no accuracy of the presence predictions, weighted as the question-following probes are.
 
@@ -118,6 +159,36 @@ def presence_accuracy(predicted: Any, truth: Any) -> float:
     return round((yes + no) / 2, 4)
 
 
+def _probe_splits(train_path: str | Path, test_path: str | Path) -> dict[str, tuple[list, list, list]]:
+    """Per split: each slide's image paths, the terms its references name, and its class labels (empty
+    for captioned slides; labelled slides' classes are terms too)."""
+    from thinchat.domain.lexicon import load_lexicon
+    from thinchat.eval.classes import lexicon_for
+    from thinchat.eval.data import load_eval_set
+    from thinchat.eval.domain import DOMAIN_KINDS
+
+    loaded = {}
+    for name, path in (("train", train_path), ("test", test_path)):
+        samples, skipped = load_eval_set(path)
+        samples = [s for s in samples if s.images]
+        if len(samples) < 2:
+            raise DataFormatError(
+                f"{path}: need at least 2 samples with images to probe, found {len(samples)}"
+            )
+        if skipped:
+            log.warning("%s: %d samples skipped (%s)", path, len(skipped), skipped[0].reason)
+        loaded[name] = samples
+    # Labelled slides: their classes are terms too, and each gets a class-accuracy probe.
+    lexicon = lexicon_for([s for samples in loaded.values() for s in samples]) or load_lexicon()
+    splits = {}
+    for name, samples in loaded.items():
+        terms = [
+            set().union(*(lexicon.find(r, kinds=set(DOMAIN_KINDS)) for r in s.references)) for s in samples
+        ]
+        splits[name] = ([s.images for s in samples], terms, [s.labels for s in samples])
+    return splits
+
+
 def run_probe(
     train_path: str | Path,
     test_path: str | Path,
@@ -129,27 +200,10 @@ def run_probe(
 ) -> list[dict[str, Any]]:
     """Probe every (input size, layer) pair with features pooled as ``pool``; one result dict per pair."""
     from thinchat.compose import check_feature_layer
-    from thinchat.domain.lexicon import load_lexicon
-    from thinchat.eval.data import load_eval_set
-    from thinchat.eval.domain import DOMAIN_KINDS
     from thinchat.resolve import TOWER_FEATURES, load_vision_tower
 
-    lexicon = load_lexicon()
-    splits = {}
-    for name, path in (("train", train_path), ("test", test_path)):
-        samples, skipped = load_eval_set(path)
-        samples = [s for s in samples if s.images]
-        if len(samples) < 2:
-            raise DataFormatError(
-                f"{path}: need at least 2 samples with images to probe, found {len(samples)}"
-            )
-        if skipped:
-            log.warning("%s: %d samples skipped (%s)", path, len(skipped), skipped[0].reason)
-        terms = [
-            set().union(*(lexicon.find(r, kinds=set(DOMAIN_KINDS)) for r in s.references)) for s in samples
-        ]
-        splits[name] = ([s.images for s in samples], terms)
-    check_pool(pool, [paths for images, _ in splits.values() for paths in images])
+    splits = _probe_splits(train_path, test_path)
+    check_pool(pool, [paths for images, _, _ in splits.values() for paths in images])
     results = []
     for size in sizes:
         tower, image_processor = load_vision_tower(vision, image_size=size)
@@ -159,7 +213,7 @@ def run_probe(
         drop_cls = TOWER_FEATURES[tower.config.model_type][1] == "default"
         features = {
             name: mean_features(tower, image_processor, images, layers, drop_cls, pool)
-            for name, (images, _) in splits.items()
+            for name, (images, _, _) in splits.items()
         }
         for layer in layers:
             scores = probe_terms(
@@ -169,6 +223,16 @@ def run_probe(
                 splits["test"][1],
                 alpha,
             )
+            if all(labels for _, _, split in splits.values() for labels in split):
+                scores.update(
+                    probe_classes(
+                        features["train"][layer],
+                        splits["train"][2],
+                        features["test"][layer],
+                        splits["test"][2],
+                        alpha,
+                    )
+                )
             results.append(
                 {"vision": vision, "image_size": size, "layer": layer, "pool": pool, "alpha": alpha, **scores}
             )

@@ -14,10 +14,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from thinchat.eval.classes import class_lines, class_report
 from thinchat.eval.data import EvalSample, Skipped
 from thinchat.eval.domain import domain_scores
 from thinchat.eval.meteor import MeteorScorer
 from thinchat.eval.metrics import METRIC_NAMES, score_corpus
+from thinchat.eval.sampling import not_asked_lines, sample_lines
 from thinchat.eval.tokenize import TOKENIZATION
 
 REPORT_VERSION = 1
@@ -88,6 +90,9 @@ def build_report(
         "domain": domain,
         "answer_diversity": diversity,
     }
+    classes = class_report(samples, generations, lexicon)  # labelled slides: per class, confusion matrix
+    if classes:
+        report["classes"] = classes
     return report, records
 
 
@@ -140,6 +145,7 @@ def render_markdown(report: dict) -> str:
         f"Scored samples: {counts['scored']} ({langs}), references: {counts['references']}, "
         f"skipped: {counts['skipped']}.",
     ]
+    lines += sample_lines(report.get("sample"))  # how the scored slides were drawn
     settings = report.get("settings") or {}
     if settings:
         lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".")
@@ -184,8 +190,11 @@ def render_markdown(report: dict) -> str:
             f"samples whose references name a term ({first['n_no_reference_terms']} without). Proportion MAE "
             f"over {first['proportions']['n_samples']} samples whose references state percentages.",
         ]
+    lines += class_lines(report.get("classes"), names)
     lines += _reliance_lines(report.get("image_reliance"), names, head)
-    lines += _following_lines(report.get("question_following"), names, head)
+    lines += _following_lines(report.get("question_following"), names, head) or not_asked_lines(
+        report.get("question_following_note")
+    )
     lines += _retention_lines(report.get("text_retention"), names, head)
     lines += ["", "## How these numbers were computed", "", f"- Tokenization: {report['tokenization']}"]
     lines.append(f"- METEOR: {report['meteor_variant']}")
@@ -422,4 +431,8 @@ def write_report(
     plot_comparison(report, paths["chart"])
     if report.get("question_following"):
         paths["question_chart"] = plot_question_following(report, out / "question_following.png")
+    if report.get("classes"):
+        from thinchat.eval.classes import plot_confusion
+
+        paths["confusion_chart"] = plot_confusion(report, out / "confusion.png")
     return paths

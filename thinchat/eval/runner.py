@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from thinchat.errors import DataFormatError, ModelSpecError
-from thinchat.eval.data import EvalSample, load_eval_set
+from thinchat.eval.classes import lexicon_for
+from thinchat.eval.data import EvalSample, load_eval_sample
 from thinchat.eval.image_reliance import DEFAULT_SAMPLES as DEFAULT_RELIANCE_SAMPLES
 from thinchat.eval.image_reliance import image_reliance
 from thinchat.eval.meteor import MeteorScorer
@@ -26,6 +27,7 @@ from thinchat.eval.question_following import (
     score_probes,
 )
 from thinchat.eval.report import build_report, write_report
+from thinchat.eval.sampling import why_no_questions
 from thinchat.eval.text_retention import load_text_entries, text_retention
 
 log = logging.getLogger(__name__)
@@ -166,8 +168,12 @@ def evaluate(
                 f"{data_path} holds ClipCap embeddings (image_embedding), which only a checkpoint of the "
                 f"clipcap stage reads; {plain[0]} is not one"
             )
-    load = load_clipcap_eval_set if embedded else load_eval_set
-    samples, skipped = load(data_path, limit=limit)
+    drawn = None  # how the scored slides were drawn (a ClipCap import: its first ``limit``)
+    if embedded:
+        samples, skipped = load_clipcap_eval_set(data_path, limit=limit)
+    else:
+        samples, skipped, drawn = load_eval_sample(data_path, limit=limit)
+    lexicon = lexicon_for(samples, lexicon)  # labelled slides: their classes are terms too
     if not samples:
         reasons = "; ".join(f"{s.id}: {s.reason}" for s in skipped[:3])
         raise DataFormatError(f"{data_path}: no sample left to score, all {len(skipped)} skipped ({reasons})")
@@ -217,6 +223,10 @@ def evaluate(
         )
     finally:
         scorer.close()
+    if drawn:
+        report["sample"] = drawn
+    if not probes:
+        report["question_following_note"] = why_no_questions(samples, question_probes, lexicon)
     if any(r is not None for r in reliance.values()):
         report["image_reliance"] = reliance
     if retention:
