@@ -5,6 +5,7 @@ model loads."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,105 @@ def test_finetune_reads_a_saved_datasetdict(parts, tmp_path, capsys):
     assert (out / "report" / "report.md").is_file()
 
 
+def _labelled(root: Path, per_class: int = 6) -> tuple[Path, Path]:
+    """A labels file sorted by class (id,class,ppl,xpl) over two views per slide in ppl/ and xpl/."""
+    from thinchat.testing import tiny_image
+
+    rows, seed = ["id,class,ppl,xpl"], 0
+    for cls in ("feldspar", "lithic", "quartz"):
+        for k in range(per_class):
+            ident = f"{cls}{k}"
+            for view in ("ppl", "xpl"):
+                (root / view).mkdir(parents=True, exist_ok=True)
+                seed += 1
+                tiny_image(seed=seed).save(root / view / f"{ident}.png")
+            rows.append(f"{ident},{cls},ppl/{ident}.png,xpl/{ident}.png")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return root / "labels.csv", root
+
+
+def test_finetune_on_labels_reports_every_class_beside_the_probe(parts, tmp_path, capsys):
+    tower, lm = parts
+    labels, images = _labelled(tmp_path / "grains", per_class=8)
+    out = tmp_path / "mine"
+    argv = [
+        "finetune", "--labels", str(labels), "--images", str(images), "--out", str(out), "--vision", tower,
+        "--llm", lm, "--hardware", "cpu", "--threads", "1", *TINY,
+    ]  # fmt: skip
+    assert main(argv) == 0
+    test = json.loads((out / "data" / "conversations_test.json").read_text(encoding="utf-8"))
+    per_class = Counter(e["labels"][0] for e in test)  # a fifth of 24 slides, drawn within each class
+    assert sum(per_class.values()) == 5 and set(per_class) == {"feldspar", "lithic", "quartz"}
+    assert {e["id"] for e in test} <= {f"{c}{k}" for c in ("feldspar", "lithic", "quartz") for k in range(8)}
+    report = json.loads((out / "report" / "report.json").read_text(encoding="utf-8"))
+    classes = report["classes"]
+    assert classes["classes"] == ["feldspar", "lithic", "quartz"] and set(classes["models"]) == {
+        "base",
+        "finetuned",
+    }
+    assert 0.0 <= classes["probe"]["class_accuracy"] <= 1.0 and classes["probe"]["n_test"] == 5
+    text = (out / "report" / "report.md").read_text(encoding="utf-8")
+    assert (
+        "| linear probe on the tower's features (ceiling) |" in text
+        and "Confusion matrix, `finetuned`" in text
+    )
+    assert (out / "report" / "confusion.png").is_file()
+    assert "## Classes" in capsys.readouterr().out
+
+
+def test_finetune_image_folder_converts_class_folders_before_any_model(tmp_path, monkeypatch):
+    import thinchat.recipes.finetune
+    from thinchat.testing import tiny_image
+
+    class StopError(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise StopError
+
+    monkeypatch.setattr(thinchat.recipes.finetune, "run_recipe", stop)
+    for cls in ("calcite", "quartz"):
+        for k in range(10):
+            (tmp_path / "classes" / cls).mkdir(parents=True, exist_ok=True)
+            tiny_image(seed=k + 20 * len(cls)).save(tmp_path / "classes" / cls / f"{k}.png")
+    config = thinchat.recipes.finetune.FinetuneConfig(
+        image_folder=str(tmp_path / "classes"), out=str(tmp_path / "o"), hardware="cpu"
+    )
+    with pytest.raises(StopError):
+        thinchat.recipes.finetune.run_finetune(config)
+    test = json.loads((tmp_path / "o" / "data" / "conversations_test.json").read_text(encoding="utf-8"))
+    assert sorted(e["labels"][0] for e in test) == [
+        "calcite",
+        "calcite",
+        "quartz",
+        "quartz",
+    ]  # a fifth of each
+    assert all(e["id"] == f"{e['labels'][0]}_{Path(e['image'][0]).stem}" for e in test)
+
+
+def _labelled_sample(ident: str, cls: str):
+    from thinchat.eval.data import EvalSample
+
+    return EvalSample(
+        ident, [], [], "<image>\nDescribe.", [f"The image shows {cls}."], "en", [ident], labels=(cls,)
+    )
+
+
+def test_probe_is_attached_beside_the_models(tmp_path: Path) -> None:
+    from thinchat.eval.report import build_report, write_report
+    from thinchat.recipes.finetune import attach_class_probe
+
+    samples = [_labelled_sample("a", "quartz"), _labelled_sample("b", "calcite")]
+    answers = {"tuned": {"a": "Quartz.", "b": "Quartz."}}
+    report, records = build_report(samples, [], answers, {"tuned": "ckpt"}, None)
+    write_report(report, records, tmp_path)
+    assert (tmp_path / "confusion.png").is_file()
+    attach_class_probe(tmp_path, {"class_accuracy": 0.84, "n_test": 2, "detail": "dinov2-small at 84 px"})
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "| linear probe on the tower's features (ceiling) | 0.84 |" in text
+    assert json.loads((tmp_path / "report.json").read_text())["classes"]["probe"]["class_accuracy"] == 0.84
+
+
 def test_train_and_eval_data_can_be_a_saved_split(tmp_path):
     from thinchat.eval.data import load_eval_set
     from thinchat.train.data import load_samples
@@ -144,6 +244,7 @@ def test_train_and_eval_data_can_be_a_saved_split(tmp_path):
     [
         (["--test-ids", "IDS:nope\n"], "match no slide"),
         (["--dataset", "somewhere"], "both captions"),
+        (["--labels", "labels.csv"], "both captions"),
         (["--config", "CONFIG:lora_r: 8\nlearning_rate: 0.1\n"], "training-stage keys"),
         (["lora_config=configs/demo_cpu_projector.yaml"], "this step needs stage lora"),
     ],

@@ -1,4 +1,5 @@
-"""`thinchat finetune`: your captions + images -> finetuned model -> held-out report -> chat commands."""
+"""`thinchat finetune`: your captions (or class labels) + images -> finetuned model -> held-out report -> chat
+commands."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from pathlib import Path
 FLAGS = {
     "captions": "captions",
     "images": "images",
+    "labels": "labels",
+    "image_folder": "image_folder",
+    "multi_label": "multi_label",
     "dataset": "dataset",
     "out": "out",
     "test_ids": "test_ids",
@@ -21,6 +25,13 @@ FLAGS = {
 }
 
 
+def _help(key: str) -> str:
+    """The help text of a ``FinetuneConfig`` key: declared once, on the config field."""
+    from thinchat.recipes.finetune import FinetuneConfig
+
+    return FinetuneConfig.__dataclass_fields__[key].metadata["help"]
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "finetune",
@@ -31,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--captions", default=None, help="captions file (TSV/CSV/JSONL/COCO) or .txt folder")
     parser.add_argument("--images", default=None, help="directory holding the images")
+    parser.add_argument("--labels", default=None, metavar="FILE", help=_help("labels"))
+    parser.add_argument("--image-folder", default=None, metavar="DIR", help=_help("image_folder"))
+    parser.add_argument("--multi-label", default=None, action="store_true", help=_help("multi_label"))
     parser.add_argument(
         "--dataset",
         default=None,

@@ -41,7 +41,18 @@ class FinetuneConfig:
     captions: str = field(
         "", help="captions file (TSV/CSV/JSONL/COCO) or folder of .txt, as for data convert"
     )
-    images: str = field("", help="directory holding the images (with --captions)")
+    images: str = field("", help="directory holding the images (with --captions or --labels)")
+    labels: str = field(
+        "",
+        help="instead of captions: a CSV/TSV/JSONL of classes per image (an id or image column, a class column "
+        "or one 0/1 column per class, optional view columns ppl/xpl), images under --images",
+    )
+    image_folder: str = field("", help="instead of captions + images: one sub-folder of images per class")
+    multi_label: bool = field(
+        False,
+        help="labels: an image listed under two classes is one image with both classes (default: a "
+        "single-label set leaves such an image out and reports it; several label columns are multi-label)",
+    )
     dataset: str = field(
         "",
         help="instead of captions + images: a saved datasets.DatasetDict, an imagefolder folder with "
@@ -51,7 +62,9 @@ class FinetuneConfig:
     test_ids: str = field("", help="file of slide ids held out for the report (one a line)")
     val_ids: str = field("", help="file of slide ids for the validation loss (one a line)")
     split: str = field(
-        "0.9,0.05,0.05", help="train,val,test ratios by slide (with test_ids: train,val of the rest)"
+        "auto",
+        help="train,val,test ratios by slide (with test_ids: train,val of the rest); auto: 0.9,0.05,0.05 for "
+        "captions, 0.75,0.05,0.2 drawn within each class for labels (enough held-out slides per class)",
     )
     lang: Literal["auto", "en", "zh"] = field(
         "auto", help="caption language; auto: the majority of the captions (zh uses the gemma3-270m preset)"
@@ -73,7 +86,9 @@ class FinetuneConfig:
     lora_config: str = field("auto", help="stage-2 config (auto: by hardware)")
     train_overrides: list[str] = field([], help="extra key=value overrides for both stages")
     stage2_steps: int = field(0, help="stage-2 optimizer steps (0: the stage config's max_steps)")
-    eval_limit: int = field(40, help="held-out slides scored in the report")
+    eval_limit: int = field(
+        40, help="held-out slides scored in the report (a seeded sample spread over the classes / terms)"
+    )
     eval_batch_size: int = field(40, help="generation batch size for the report")
     max_new_tokens: int = field(160, help="answer length limit in the report")
     qa_turns: int = field(
@@ -97,14 +112,21 @@ class FinetuneConfig:
     }
 
     def validate(self) -> None:
-        if self.captions and self.dataset:
+        given = [
+            f"{key} ({value})"
+            for key in ("captions", "labels", "image_folder", "dataset")
+            if (value := getattr(self, key))
+        ]
+        if len(given) > 1:
+            raise ConfigError(f"both {given[0]} and {given[1]} given: pass one source")
+        if not given:
             raise ConfigError(
-                f"both captions ({self.captions}) and dataset ({self.dataset}) given: pass one source"
+                "no data: pass --captions FILE --images DIR, --labels FILE --images DIR, --image-folder DIR "
+                "(one sub-folder per class), or --dataset PATH"
             )
-        if not self.captions and not self.dataset:
-            raise ConfigError("no data: pass --captions FILE --images DIR, or --dataset PATH")
-        if self.captions and not self.images:
-            raise ConfigError("--captions needs --images DIR (the folder the captions name images in)")
+        for key in ("captions", "labels"):
+            if getattr(self, key) and not self.images:
+                raise ConfigError(f"--{key} needs --images DIR (the folder its rows name images in)")
         if "dinov2" in self.vision and self.image_size % 14:
             raise ConfigError(f"image_size={self.image_size}: must be a multiple of 14 (DINOv2 patch size)")
         for name in ("test_ids", "val_ids"):
@@ -152,16 +174,127 @@ def _file_stamp(path: str) -> list[Any]:
     return [str(p.resolve()), stat.st_size if stat else None, stat.st_mtime_ns if stat else None]
 
 
+def _folder_stamp(path: str) -> str:
+    """What identifies a class folder's content cheaply: every file's path, size and modification time."""
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    return fingerprint(
+        str(root.resolve()), [[p.relative_to(root).as_posix(), *_file_stamp(str(p))[1:]] for p in files]
+    )
+
+
+#: Default splits: captions keep most slides for training; labels hold out a fifth of each class, so the
+#: report's per-class accuracy rests on more than a handful of slides.
+AUTO_SPLITS = {"captions": "0.9,0.05,0.05", "labels": "0.75,0.05,0.2"}
+
+
+def resolved_split(config: FinetuneConfig) -> str:
+    """``config.split``, or (``auto``) the default for captions or for labelled images."""
+    if config.split != "auto":
+        return config.split
+    return AUTO_SPLITS["labels" if config.labels or config.image_folder else "captions"]
+
+
 def _majority_lang(summary_file: Path) -> str:
     languages = json.loads(summary_file.read_text(encoding="utf-8")).get("languages", {})
     return max(languages, key=languages.get) if languages else "en"
 
 
-def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
-    """Run (or reuse) convert -> build -> replay -> stage 1 -> stage 2 -> report; return the summary."""
+def _convert_step(
+    config: FinetuneConfig, steps: Steps, conv: Path, source: dict[str, Any], splits: dict[str, Path]
+) -> None:
+    """Captions (or labels, or class folders) -> conversations with grounded turns, split by slide."""
     from data_tools.convert import convert
     from thinchat.domain.grounded_qa import vocabulary_digest
 
+    test_ids, val_ids = source["test_ids"], source["val_ids"]
+    split = resolved_split(config)
+    steps.run(
+        "convert",
+        fingerprint(
+            _file_stamp(source["captions"]),
+            str(Path(source["images"]).resolve()),
+            _file_stamp(test_ids) if isinstance(test_ids, str) else sorted(test_ids or []),
+            _file_stamp(val_ids) if isinstance(val_ids, str) else sorted(val_ids or []),
+            split,
+            config.lang,
+            config.seed,
+            config.qa_turns,
+            vocabulary_digest(),
+            *([_file_stamp(config.labels), config.multi_label] if config.labels else []),
+            *([_folder_stamp(config.image_folder), config.multi_label] if config.image_folder else []),
+        ),
+        splits["test"],
+        lambda _: convert(
+            source["captions"] or None,
+            source["images"] or None,
+            conv,
+            lang=config.lang,
+            split=split,
+            seed=config.seed,
+            qa_turns=config.qa_turns,
+            test_ids=test_ids,
+            val_ids=val_ids,
+            labels=config.labels or None,
+            image_folder=config.image_folder or None,
+            multi_label=True if config.multi_label else None,
+        ),
+    )
+
+
+def _class_probe_step(
+    config: FinetuneConfig, steps: Steps, splits: dict[str, Path], report_dir: Path
+) -> None:
+    """Labelled slides: the linear-probe ceiling of the class on the tower's features the model reads
+    (its input size and layer), put into the report beside the models (``thinchat.eval.classes``)."""
+    from thinchat.eval.feature_probe import run_probe
+
+    probe_file = Path(config.out) / "class_probe.json"
+    pool = "mean"
+
+    def probe(_: bool) -> None:
+        result = run_probe(
+            splits["train"],
+            splits["test"],
+            config.vision,
+            (config.image_size,),
+            (config.feature_layer,),
+            pool=pool,
+        )[0]
+        detail = (
+            f"{config.vision} at {config.image_size} px, layer {config.feature_layer}, {pool}-pooled views"
+        )
+        probe_file.write_text(json.dumps({**result, "detail": detail}, indent=1), encoding="utf-8")
+
+    steps.run(
+        "class probe",
+        fingerprint(config.vision, config.image_size, config.feature_layer, pool),
+        probe_file,
+        probe,
+    )
+    attach_class_probe(report_dir, json.loads(probe_file.read_text(encoding="utf-8")))
+
+
+def attach_class_probe(report_dir: str | Path, probe: dict[str, Any]) -> None:
+    """Put the linear-probe ceiling into a written report (report.json and report.md), beside the models.
+
+    Why after the report: the probe needs the training split and the tower, which the evaluation of a
+    test file does not have; the recipe, which has them, adds it (``thinchat.eval.classes`` shows it)."""
+    from thinchat.eval.report import render_markdown
+
+    folder = Path(report_dir)
+    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    if not report.get("classes") or report["classes"].get("probe") == probe:
+        return
+    report["classes"]["probe"] = probe
+    (folder / "report.json").write_text(
+        json.dumps(report, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    (folder / "report.md").write_text(render_markdown(report), encoding="utf-8")
+
+
+def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
+    """Run (or reuse) convert -> build -> replay -> stage 1 -> stage 2 -> report; return the summary."""
     config, hardware_overrides = resolve(config)
     root = Path(config.out)
     data_dir = root / "data"
@@ -189,36 +322,12 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
 
     conv = data_dir / "conversations.json"
     splits = {s: data_dir / f"conversations_{s}.json" for s in ("train", "val", "test")}
-    steps.run(
-        "convert",
-        fingerprint(
-            _file_stamp(captions),
-            str(Path(images).resolve()),
-            _file_stamp(test_ids) if isinstance(test_ids, str) else sorted(test_ids or []),
-            _file_stamp(val_ids) if isinstance(val_ids, str) else sorted(val_ids or []),
-            config.split,
-            config.lang,
-            config.seed,
-            config.qa_turns,
-            vocabulary_digest(),
-        ),
-        splits["test"],
-        lambda _: convert(
-            captions,
-            images,
-            conv,
-            lang=config.lang,
-            split=config.split,
-            seed=config.seed,
-            qa_turns=config.qa_turns,
-            test_ids=test_ids,
-            val_ids=val_ids,
-        ),
-    )
+    source = {"captions": captions, "images": images, "test_ids": test_ids, "val_ids": val_ids}
+    _convert_step(config, steps, conv, source, splits)
     for name in ("train", "val", "test"):
         if not splits[name].is_file():
             raise ConfigError(
-                f"the {name} split is empty ({splits[name]} not written): adjust split={config.split} "
+                f"the {name} split is empty ({splits[name]} not written): adjust split={resolved_split(config)} "
                 "or the ids files so every split gets slides"
             )
     lang = (
@@ -228,6 +337,8 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     llm = config.llm or LANG_PRESETS[lang]
     stage2 = (f"max_steps={config.stage2_steps}",) if config.stage2_steps > 0 else ()
     result = run_recipe(config, steps, llm, splits, hardware_overrides, stage2)
+    if config.labels or config.image_folder:
+        _class_probe_step(config, steps, splits, result.report_dir)
     summary: dict[str, Any] = {
         "lang": lang,
         "stage2_steps": result.budget,
