@@ -25,7 +25,14 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from thinchat.errors import ImageError, PromptTooLongError, ThinchatError
-from thinchat.server.admission import ClientGoneError, DisconnectWatch, Gate, Ticket, read_body
+from thinchat.server.admission import (
+    ClientGoneError,
+    DisconnectWatch,
+    Gate,
+    Ticket,
+    drain_before_refusal,
+    read_body,
+)
 from thinchat.server.api_errors import APIError, install_error_handlers, validation_error
 from thinchat.server.inputs import (
     InputLimits,
@@ -196,8 +203,12 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        check_auth(request)
-        ticket = gate().ticket()  # 429 before the body is read: bounded memory for queued requests
+        try:
+            check_auth(request)
+            ticket = gate().ticket()  # 429 before the body is read: bounded memory for queued requests
+        except APIError as exc:
+            await drain_before_refusal(request, exc, settings.max_request_bytes)  # the answer must arrive
+            raise
         watch: DisconnectWatch | None = None
         try:
             body = await read_body(request, settings.max_request_bytes)
