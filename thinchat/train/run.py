@@ -1,6 +1,6 @@
 """``train(config)``: check everything, build the stage's model and data, run the Trainer, write the outputs.
 
-Why this order: every mistake a user can make (bad config, bad dataset, QLoRA without CUDA, a resume
+Why this order: every mistake a user can make (bad config, a GPU recipe on a CPU, bad dataset, a resume
 directory from another model) is found before the model is loaded, so nothing is lost and no time wasted.
 Outputs: stage 1 and full fine-tuning write a standard Llava directory; LoRA writes a peft adapter
 (projector in ``modules_to_save``), the processor and ``thinchat_checkpoint.json`` naming the base model,
@@ -163,7 +163,9 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
     checkpoint exists, else start fresh: for pipelines such as the quickstart that may have been interrupted).
     """
     from thinchat.precision import resolve_bf16
+    from thinchat.train.host import fit_to_host
 
+    config = fit_to_host(config)  # a GPU recipe without a GPU: the CPU with bf16: auto, or one-line refusal
     config = resolve_bf16(config)  # bf16: auto -> true / false, measured on the training device
     stage = stage_for(config)
     stage.check(config)
