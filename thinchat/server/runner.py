@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from thinchat.server.app import ServerSettings, create_app
@@ -95,13 +96,18 @@ class ServeProcess:
         host: str = "127.0.0.1",
         start_timeout: float = 180.0,
         stop_timeout: float = 20.0,
+        output: Path | None = None,
     ) -> None:
         self.host = host
+        #: Where the server's own output (uvicorn's access log, warnings, tracebacks) goes; None: inherited.
+        #: A benchmark that prints JSON keeps it out of its stdout and can read it back for errors.
+        self.output = output
         self.port = free_port(host)
         self.args = ["serve", *args, "--host", host, "--port", str(self.port)]
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.process = None
+        self._log = None
         self.returncode: int | None = None
 
     @property
@@ -114,12 +120,20 @@ class ServeProcess:
         import urllib.error
         import urllib.request
 
-        self.process = subprocess.Popen([sys.executable, "-m", "thinchat", *self.args])
+        log = None if self.output is None else open(self.output, "ab")  # closed in __exit__
+        self._log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "thinchat", *self.args],
+            stdout=log,
+            stderr=subprocess.STDOUT if log else None,
+        )
         deadline = time.monotonic() + self.start_timeout
         while True:
             if self.process.poll() is not None:
+                self.__exit__()  # closes the output file
+                where = f"; its output: {self.output}" if self.output else ""
                 raise RuntimeError(
-                    f"thinchat serve exited with status {self.process.returncode} during start-up"
+                    f"thinchat serve exited with status {self.process.returncode} during start-up{where}"
                 )
             try:
                 with urllib.request.urlopen(f"http://{self.host}:{self.port}/health", timeout=2):
@@ -142,3 +156,5 @@ class ServeProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.returncode = self.process.wait()
+        if self._log is not None:
+            self._log.close()
