@@ -16,6 +16,7 @@ same precision, with ~4N FLOP per LM token for LoRA on a frozen base (6N for the
 projector) plus 2N per tower token where the tower runs.
 
     python bench/bench_train.py [--steps 4] [--batch-size 8] [--seq-len 128] [--out bench_train.json]
+    python bench/bench_train.py --configs d --profile 2     # where a step's time goes (bench/_profile.py)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _profile import profile_steps
 from _util import default_model_dir, machine, matmul_flops, peak_rss_mib
 
 CONFIGS = {
@@ -60,7 +62,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--configs", default="a,b,c,d", help="which of a,b,c,d to run")
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        help="also profile N more steps per configuration (torch.profiler): seconds per part of a step "
+        "(matmul, attention, softmax + cross-entropy, AdamW, casts, elementwise), matmul rate vs the peak",
+    )
     parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument("--peak", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -170,6 +180,8 @@ def run_child(args: argparse.Namespace) -> dict:
                 "tokens_per_s": round(tokens * len(times) / sum(times), 1),
             }
         )
+    if args.profile:
+        result["profile"] = profile_steps(step, (batches * args.profile)[: args.profile], args.peak)
     # Where the time goes outside the LM: image decode + preprocessing, and the tower, per batch.
     start = time.perf_counter()
     pixel_values = pixels(batches[0][2])
@@ -237,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="thinchat-bench-") as tmp:
         write_slides(Path(tmp), args.batch_size * (args.steps + 1), args.image_px)
         for mode in args.configs.split(","):
+            rate = peak["bfloat16" if mode in ("b", "c") else "float32"]
             command = [
                 sys.executable,
                 __file__,
@@ -256,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
                 str(args.lora_r),
                 "--threads",
                 str(args.threads),
+                "--profile",
+                str(args.profile),
+                "--peak",
+                str(rate),
             ]
             print(f"running config {mode}: {CONFIGS[mode]}", file=sys.stderr, flush=True)
             done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -263,7 +280,6 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stderr.write(done.stderr[-4000:])
                 raise SystemExit(f"config {mode} failed (exit {done.returncode})")
             child = json.loads(done.stdout.strip().splitlines()[-1])
-            rate = peak["bfloat16" if mode in ("b", "c") else "float32"]
             for epoch in child["epochs"]:
                 tower_runs = mode in ("a", "b") or epoch["epoch"] == 1
                 flop = model_flop_per_step(child, args, tower_runs) * epoch["steps"]
