@@ -1,6 +1,6 @@
 """Soak test of ``thinchat serve``: a steady, mixed, misbehaving load for a set time, reported per minute.
 
-Why: the abuse bench (bench_server_abuse.py) throws each hostile case once; a server can pass all of them
+Why: the abuse study (bench/studies/server_abuse.py) throws each hostile case once; a server can pass all of them
 and still leak memory, file descriptors or threads, or lose a model slot after hours of ordinary traffic
 with the odd burst and hang-up. This bench runs ``thinchat serve`` as a child process on a free 127.0.0.1
 port and, for ``--duration`` seconds, ``--clients`` clients mix streaming and non-streaming chats, one and

@@ -19,7 +19,7 @@ px; 384 wide), its caption the English report. Then, as a user would:
 Prints one JSON object (the figures in docs/training.md come from it). Phases reuse what ``--work``
 already holds, so a rerun after an interruption continues.
 
-    OMP_NUM_THREADS=1 python bench/bench_clipcap_quality.py --work /tmp/clipcap_bench [--slides 400]
+    OMP_NUM_THREADS=1 python bench/studies/clipcap_quality.py --work /tmp/clipcap_bench [--slides 400]
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from _util import default_model_dir, machine
 from tqdm import tqdm
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def cpu_seconds() -> float:

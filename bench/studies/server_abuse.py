@@ -7,7 +7,7 @@ answers, concurrent requests with four 4096x4096 PNGs each, a 14 MB body of 400,
 server's RSS before and after (and its peak), the slowest ``/health`` answer and whether every one
 came within 1 s, and per case the status codes and time taken.
 
-    python bench/bench_server_abuse.py [--from_pretrained DIR] [--max-seconds 300] [--out FILE]
+    python bench/studies/server_abuse.py [--from_pretrained DIR] [--max-seconds 300] [--out FILE]
 
 Only loopback traffic (127.0.0.1), a fixed number of requests, and a wall-clock bound. Without
 ``--from_pretrained`` it serves a tiny random checkpoint (the server's own costs, not a real model's).
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_server import tiny_checkpoint
 
 HOST = "127.0.0.1"
