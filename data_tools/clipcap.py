@@ -33,7 +33,7 @@ from typing import Any
 from tqdm import tqdm
 
 from data_tools.turns import build_conversation
-from thinchat.domain.lexicon import is_chinese
+from thinchat.domain.language import language_of
 from thinchat.domain.questions import load_questions
 from thinchat.errors import DataFormatError
 
@@ -289,7 +289,7 @@ def import_clipcap(
             continue
         counts[image_id] = counts.get(image_id, 0) + 1
         entry_id = f"{image_id}_{counts[image_id]}"
-        code = lang if lang in ("zh", "en") else ("zh" if is_chinese(text) else "en")
+        code = lang if lang in ("zh", "en") else language_of(text)
         rng = random.Random(f"{seed}\0{entry_id}")
         entries.append(
             {

@@ -26,7 +26,8 @@ from data_tools.imagecheck import VIEWS, ImageIndex
 from data_tools.sources import FORMATS, READERS, Row, Skip, check_encoding, clean_text, sniff_format
 from data_tools.turns import build_exchanges, place_turns
 from thinchat.domain.grounded_qa import GroundedQA, QAOptions, TermPool
-from thinchat.domain.lexicon import is_chinese, load_lexicon
+from thinchat.domain.language import language_of
+from thinchat.domain.lexicon import load_lexicon
 from thinchat.domain.questions import load_questions
 from thinchat.errors import DataFormatError, ImageError
 from thinchat.images import DEFAULT_MAX_PIXELS, PAIR_SUFFIXES, slide_id
@@ -183,7 +184,7 @@ def _detect_lang(caption: str, forced: str, row_lang: str | None) -> str:
         return forced
     if row_lang in ("zh", "en"):
         return row_lang
-    return "zh" if is_chinese(caption) else "en"
+    return language_of(caption)
 
 
 @dataclass

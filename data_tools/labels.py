@@ -21,7 +21,7 @@ from pathlib import Path
 from data_tools.imagecheck import VIEWS
 from data_tools.sources import IMAGE_KEYS, Item, Row, Skip, _csv_records, _lines, _ref_of
 from thinchat.domain.classes import ClassSet
-from thinchat.domain.lexicon import is_chinese
+from thinchat.domain.language import is_chinese
 from thinchat.errors import DataFormatError
 from thinchat.images import IMAGE_SUFFIXES, strip_view
 

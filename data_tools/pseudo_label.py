@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from data_tools.imagecheck import VIEWS
 from data_tools.sources import Row, image_files, read_tsv
-from thinchat.domain.lexicon import is_chinese
+from thinchat.domain.language import is_chinese
 from thinchat.errors import DataFormatError, ThinchatError
 from thinchat.images import DEFAULT_MAX_PIXELS, load_image
 

@@ -59,15 +59,15 @@ def make_replay(
     to measure after finetuning how far the model drifted from its own answers (``thinchat eval
     --text-data``). Returns a summary with the counts and the output paths.
     """
+    from thinchat.domain.language import language_of
     from thinchat.engine import ChatEngine
     from thinchat.eval.data import EvalSample
     from thinchat.eval.runner import generate_for_samples
-    from thinchat.eval.tokenize import detect_language
     from thinchat.loading import load_pretrained
 
     pool = load_replay_questions(questions, lang)
     model, processor = load_pretrained(model_dir, merge=True)
-    samples = [EvalSample(f"replay-{k:04d}", [], [], q, [], detect_language(q)) for k, q in enumerate(pool)]
+    samples = [EvalSample(f"replay-{k:04d}", [], [], q, [], language_of(q)) for k, q in enumerate(pool)]
     engine = ChatEngine(model, processor, reuse_prefix=False)
     answers = generate_for_samples(engine, samples, batch_size, max_new_tokens, desc="replay")
     entries, empty = [], 0

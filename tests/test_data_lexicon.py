@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from thinchat.domain.lexicon import is_chinese, load_lexicon
+from thinchat.domain.language import is_chinese
+from thinchat.domain.lexicon import load_lexicon
 from thinchat.errors import DataFormatError
 
 LEX = load_lexicon()

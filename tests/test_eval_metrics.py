@@ -8,10 +8,11 @@ import shutil
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 
+from thinchat.domain.language import language_of
 from thinchat.errors import DataFormatError
 from thinchat.eval.meteor import METEOR_15, METEOR_NLTK, MeteorScorer
 from thinchat.eval.metrics import score_corpus
-from thinchat.eval.tokenize import detect_language, tokenize
+from thinchat.eval.tokenize import tokenize
 
 
 def test_tokenize_chinese_per_character_ascii_runs_whole():
@@ -24,8 +25,8 @@ def test_tokenize_english_words_lowercased_punctuation_removed():
     assert tokenize("Quartz (about 45%), K-feldspar; 0.25 mm.") == [
         "quartz", "about", "45", "%", "k-feldspar", "0.25", "mm",
     ]  # fmt: skip
-    assert detect_language("Quartz 石英") == "zh"
-    assert detect_language("Quartz") == "en"
+    assert language_of("Quartz 石英") == "zh"
+    assert language_of("Quartz") == "en"
 
 
 def test_english_bleu1_rouge_gleu_hand_computed():

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from thinchat.domain.lexicon import is_chinese
+from thinchat.domain.language import language_of
 from thinchat.domain.questions import load_questions
 
 #: ``describe(first_image, n_images, look_question) -> description`` for one image-bearing message.
@@ -25,7 +25,7 @@ Describe = Callable[[int, int, str], str]
 def look_question(text: str) -> str:
     """The description question asked before ``text``, in ``text``'s language (the training data's
     first description question, so the model meets a prompt it was trained on)."""
-    return load_questions().describe["zh" if is_chinese(text) else "en"][0]
+    return load_questions().describe[language_of(text)][0]
 
 
 def is_description_question(text: str) -> bool:

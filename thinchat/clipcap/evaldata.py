@@ -13,9 +13,9 @@ from pathlib import Path
 
 from thinchat.clipcap.data import EMBEDDINGS, StoredEmbedding, load_embeddings
 from thinchat.conversation import read_llava_json
+from thinchat.domain.language import language_of
 from thinchat.errors import DataFormatError
 from thinchat.eval.data import IMAGE_TOKEN, EvalSample, Skipped
-from thinchat.eval.tokenize import detect_language
 
 
 @dataclass
@@ -72,7 +72,7 @@ def load_clipcap_eval_set(
             groups[group].references.append(reference)
             groups[group].entry_ids.append(entry_id)
             continue
-        lang = entry.get("lang") if entry.get("lang") in ("zh", "en") else detect_language(reference)
+        lang = entry.get("lang") if entry.get("lang") in ("zh", "en") else language_of(reference)
         stored = [StoredEmbedding(key, embeddings[key])] if key in embeddings else []
         if not stored:
             missing[entry_id] = f"no embedding {key!r} in {EMBEDDINGS}"

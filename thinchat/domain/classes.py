@@ -18,7 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from thinchat.domain.grounded_qa import ASK_KINDS
-from thinchat.domain.lexicon import Lexicon, Term, is_chinese, load_lexicon
+from thinchat.domain.language import is_chinese
+from thinchat.domain.lexicon import Lexicon, Term, load_lexicon
 from thinchat.errors import DataFormatError
 
 #: The report facet every class term gets: which-of questions draw their options from one facet, and a

@@ -19,7 +19,6 @@ import yaml
 from thinchat.errors import DataFormatError
 
 DEFAULT_LEXICON = Path(__file__).with_name("lexicon.yaml")
-_CJK = re.compile(r"[\u3400-\u9fff]")
 
 
 @dataclass(frozen=True)
@@ -148,14 +147,6 @@ class Lexicon:
     def umbrella_ids(self) -> set[str]:
         """Terms some other term names as ``broader``: too wide to be a clean "no" or a which-of option."""
         return {wider for term in self.terms for wider in term.broader}
-
-
-def is_chinese(text: str, threshold: float = 0.2) -> bool:
-    """True when CJK characters make up at least ``threshold`` of the letters (mixed zh/en text counts)."""
-    letters = sum(1 for ch in text if ch.isalpha())
-    if not letters:
-        return False
-    return len(_CJK.findall(text)) / letters >= threshold
 
 
 def _term_lines(text: str) -> list[int]:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from thinchat.conversation import entry_images, read_llava_json
+from thinchat.domain.language import language_of
 from thinchat.errors import DataFormatError, ImageError
-from thinchat.eval.tokenize import detect_language
 from thinchat.images import load_image
 
 IMAGE_TOKEN = "<image>"
@@ -135,7 +135,7 @@ def load_eval_sample(
             groups[key].references.append(reference)
             groups[key].entry_ids.append(entry_id)
             continue
-        lang = entry.get("lang") if entry.get("lang") in ("zh", "en") else detect_language(reference)
+        lang = entry.get("lang") if entry.get("lang") in ("zh", "en") else language_of(reference)
         sample_id = entry_id if entry_id not in used_ids else f"{entry_id}#{index}"
         used_ids.add(sample_id)
         groups[key] = EvalSample(

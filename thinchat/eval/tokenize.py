@@ -18,7 +18,6 @@ _HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 #: An ASCII word: letters/digits, optionally joined by ``.``, ``-``, ``'`` or ``/`` (0.25mm, K-feldspar, 1/3).
 _ASCII_WORD = r"[0-9A-Za-z]+(?:[.\-'/][0-9A-Za-z]+)*"
 _TOKEN_RE = re.compile(rf"[{_HAN}]|{_ASCII_WORD}|\S", re.UNICODE)
-_HAN_RE = re.compile(rf"[{_HAN}]")
 
 #: Punctuation removed after splitting (ASCII and full-width/CJK). Symbols such as % or ~ are kept.
 PUNCTUATION = frozenset(".,;:!?\"'`()[]{}<>-_/\\|…—–·，。、；：？！“”‘’（）《》〈〉【】「」『』〔〕﹑．～")
@@ -41,8 +40,3 @@ def tokenize(text: str) -> list[str]:
 def tokens_str(text: str) -> str:
     """The space-joined token string that pycocoevalcap's scorers expect as pre-tokenized input."""
     return " ".join(tokenize(text))
-
-
-def detect_language(text: str) -> str:
-    """``"zh"`` when the text contains any Han character, else ``"en"``: picks sacreBLEU's tokenizer."""
-    return "zh" if _HAN_RE.search(text) else "en"

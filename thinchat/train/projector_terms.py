@@ -52,7 +52,7 @@ def term_directions(
     """Unit vectors, one per term: the mean input embedding of the term's name in the captions' language."""
     import torch
 
-    from thinchat.domain.lexicon import is_chinese
+    from thinchat.domain.language import is_chinese
 
     lang = "zh" if sum(is_chinese(a) for a in answers) * 2 > len(answers) else "en"
     table = embeddings.detach().float()
