@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic_core
 from fastapi import FastAPI, Request
@@ -57,6 +57,9 @@ from thinchat.server.schemas import (
 )
 from thinchat.server.streaming import StopMatcher, ThreadedIterator, collect, sse
 from thinchat.server.usage import count_completion_tokens, count_prompt_tokens
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -122,28 +125,36 @@ def _overrides(req: ChatCompletionRequest) -> dict[str, Any]:
     return out
 
 
-def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
-    """The FastAPI app serving ``engine`` (a ``thinchat.engine.ChatEngine`` or anything with its API)."""
-    settings = settings or ServerSettings()
-    limits = settings.limits()
-    model_name = settings.served_model_name or engine.name
-    created = int(time.time())
-    app = FastAPI(title="thinchat", description="OpenAI-compatible chat completions for thin-section images")
-    install_error_handlers(app)
-    state: dict[str, Gate] = {}
+class _ChatService:
+    """What every route shares: the engine, the operator's settings and the admission gate.
 
-    def gate() -> Gate:  # created lazily: the semaphore belongs to the server's event loop
-        if "gate" not in state:
-            state["gate"] = Gate(settings.max_concurrency, settings.max_queue)
-        return state["gate"]
+    Why a class: the handlers need the same few things (limits, the served model's name, the gate); one
+    object holding them lets each step of a request be a short method instead of a closure in
+    :func:`create_app`.
+    """
 
-    def check_auth(request: Request) -> None:
-        if settings.api_key is None:
+    def __init__(self, engine: Any, settings: ServerSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.limits = settings.limits()
+        self.model_name = settings.served_model_name or engine.name
+        self.created = int(time.time())
+        self._gate: Gate | None = None
+
+    def gate(self) -> Gate:
+        """The admission gate, created lazily: its semaphore belongs to the server's event loop."""
+        if self._gate is None:
+            self._gate = Gate(self.settings.max_concurrency, self.settings.max_queue)
+        return self._gate
+
+    def check_auth(self, request: Request) -> None:
+        """Refuse (401) a request without the configured bearer key; compared in constant time."""
+        if self.settings.api_key is None:
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), settings.api_key.encode()
+            token.strip().encode(), self.settings.api_key.encode()
         ):
             raise APIError(
                 401,
@@ -152,36 +163,30 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    @app.get("/health")
-    async def health() -> dict:
-        g = gate()
+    def health(self) -> dict:
+        """The gate's counters: what a load balancer or the soak benchmark watches."""
+        g = self.gate()
         return {
             "status": "ok",
-            "model": model_name,
+            "model": self.model_name,
             "running": g.running,
             "queued": g.admitted - g.running,
             "served": g.served,
             "abandoned": g.abandoned,
         }
 
-    @app.get("/v1/models")
-    async def models(request: Request) -> ModelList:
-        check_auth(request)
-        return ModelList(data=[ModelCard(id=model_name, created=created)])
-
-    @app.get("/v1/models/{model_id:path}")
-    async def model(model_id: str, request: Request) -> ModelCard:
-        check_auth(request)
-        if model_id != model_name:
+    def model_card(self, model_id: str) -> ModelCard:
+        """The card of the served model; any other id is a 404 naming the one served."""
+        if model_id != self.model_name:
             raise APIError(
                 404,
-                f"model '{model_id}' does not exist; this server serves '{model_name}'",
+                f"model '{model_id}' does not exist; this server serves '{self.model_name}'",
                 param="model",
                 code="model_not_found",
             )
-        return ModelCard(id=model_name, created=created)
+        return ModelCard(id=self.model_name, created=self.created)
 
-    def parse(body: bytes) -> ChatCompletionRequest:
+    def parse(self, body: bytes) -> ChatCompletionRequest:
         """The validated request; counts are checked on the raw JSON first.
 
         Why two steps: validating every message of a 400,000-message body holds the GIL for over a
@@ -195,39 +200,44 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
                 400, "request body is not valid JSON; send a JSON object", code="invalid_json"
             ) from exc
         if isinstance(raw, dict):
-            check_counts(raw.get("messages"), raw.get("stop"), limits)
+            check_counts(raw.get("messages"), raw.get("stop"), self.limits)
         try:
             return ChatCompletionRequest.model_validate(raw)
         except ValidationError as exc:
             raise validation_error(exc) from exc
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
+    def check_model(self, req: ChatCompletionRequest) -> None:
+        """Refuse (404) a request for a model this server does not serve."""
+        if req.model != self.model_name:
+            raise APIError(
+                404,
+                f"model '{req.model}' does not exist; this server serves '{self.model_name}' (see GET /v1/models)",
+                param="model",
+                code="model_not_found",
+            )
+
+    async def chat_completions(self, request: Request) -> ChatCompletion | Response:
+        """Admit, read, check, queue and answer one chat request; a client that hangs up gets a 499."""
         try:
-            check_auth(request)
-            ticket = gate().ticket()  # 429 before the body is read: bounded memory for queued requests
+            self.check_auth(request)
+            ticket = self.gate().ticket()  # 429 before the body is read: bounded memory for queued requests
         except APIError as exc:
-            await drain_before_refusal(request, exc, settings.max_request_bytes)  # the answer must arrive
+            # Drain the body first, or the refusal may never arrive.
+            await drain_before_refusal(request, exc, self.settings.max_request_bytes)
             raise
         watch: DisconnectWatch | None = None
         try:
-            body = await read_body(request, settings.max_request_bytes)
+            body = await read_body(request, self.settings.max_request_bytes)
             # Parsing and the cheap checks (counts, base64, image headers) run off the event loop.
-            req = await run_in_threadpool(parse, body)
+            req = await run_in_threadpool(self.parse, body)
             del body
-            if req.model != model_name:
-                raise APIError(
-                    404,
-                    f"model '{req.model}' does not exist; this server serves '{model_name}' (see GET /v1/models)",
-                    param="model",
-                    code="model_not_found",
-                )
+            self.check_model(req)
             overrides = _overrides(req)
-            stops = check_stop(req.stop, limits)
-            messages, pending = await run_in_threadpool(plan_inputs, req.messages, limits)
+            stops = check_stop(req.stop, self.limits)
+            messages, pending = await run_in_threadpool(plan_inputs, req.messages, self.limits)
             watch = DisconnectWatch(request)
             await ticket.acquire(watch)
-            return await _generate(req, messages, pending, overrides, stops, ticket, watch)
+            return await self._generate(req, messages, pending, overrides, stops, ticket, watch)
         except ClientGoneError:
             log.info("client disconnected before its answer was ready; generation cancelled")
             ticket.close(abandoned=True)
@@ -240,6 +250,7 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
                 watch.stop()
 
     async def _generate(
+        self,
         req: ChatCompletionRequest,
         messages: list[dict],
         pending: list[PendingImage],
@@ -247,102 +258,195 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         stops: list[str],
         ticket: Ticket,
         watch: DisconnectWatch,
-    ):
-        images = await watch.race(run_in_threadpool(decode_images, pending, limits))
-        if settings.look_first if req.look_first is None else req.look_first:
+    ) -> ChatCompletion | StreamingResponse:
+        """Generate once the request holds the model: decode its images, look first if asked, answer."""
+        images = await watch.race(run_in_threadpool(decode_images, pending, self.limits))
+        if self.settings.look_first if req.look_first is None else req.look_first:
             try:  # the slide's description: generated once per slide (kept by the engine), then reused
-                messages = await watch.race(run_in_threadpool(engine.looked, messages, images))
+                messages = await watch.race(run_in_threadpool(self.engine.looked, messages, images))
             except ThinchatError as exc:
                 raise _engine_error(exc) from exc
+        generation = await self._start(messages, images, overrides, stops, ticket, watch)
+        if not req.stream:
+            return await generation.completion(watch)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return generation.streaming_response(include_usage)
+
+    async def _start(
+        self,
+        messages: list[dict],
+        images: list[Image.Image],
+        overrides: dict[str, Any],
+        stops: list[str],
+        ticket: Ticket,
+        watch: DisconnectWatch,
+    ) -> _Generation:
+        """Start generating on a worker thread and wait for the first piece.
+
+        Why wait: engine errors (context too long, bad settings) surface with the first piece, and then
+        they can still be an ordinary 400, before any header is sent.
+        """
         # From here the generation thread owns the ticket: it closes it when it ends (done or cancelled).
         bridge = ThreadedIterator(
-            lambda: engine.stream_messages(messages, images, **overrides), on_finish=ticket.finish
+            lambda: self.engine.stream_messages(messages, images, **overrides), on_finish=ticket.finish
         )
         ticket.hand_over()
         try:
-            # Engine errors (context too long, bad settings) surface here, before any header is sent.
             first = await watch.race(bridge.next_piece())
         except ThinchatError as exc:
             raise _engine_error(exc) from exc
         except BaseException:
             bridge.cancel()
             raise
-        completion_id, created_at = new_completion_id(), int(time.time())
-        max_new = overrides.get("max_new_tokens", engine.settings.max_new_tokens)
+        max_new = overrides.get("max_new_tokens", self.engine.settings.max_new_tokens)
+        return _Generation(self, messages, images, bridge, first, stops, max_new)
 
-        matcher = StopMatcher(stops)
 
-        async def pieces() -> AsyncIterator[str]:
-            piece = first
-            try:
-                while piece is not None:
-                    out = matcher.feed(piece)
-                    if out:
-                        yield out
-                    if matcher.stopped:
-                        return
-                    piece = await bridge.next_piece()
-                tail = matcher.flush()
-                if tail:
-                    yield tail
-            finally:
-                bridge.cancel()
+class _Generation:
+    """One request's running generation, from its first piece on, answered as JSON or as an SSE stream.
 
-        async def usage_and_reason(text: str, stopped: bool) -> tuple[Usage, str]:
-            prompt = await run_in_threadpool(count_prompt_tokens, engine, messages, images)
-            # Re-tokenising can overcount (e.g. byte tokens decoded to U+FFFD); the model made at most max_new.
-            completion = min(max_new, await run_in_threadpool(count_completion_tokens, engine, text))
-            reason = "length" if not stopped and completion >= max_new else "stop"
-            return Usage(
-                prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
-            ), reason
+    Why a class: both answer shapes share the stop matching, the token counts and the completion's id;
+    the worker thread is cancelled whenever the pieces stop being read (done, stopped or client gone).
+    """
 
-        if not req.stream:
-            try:
-                text = await watch.race(collect(pieces()))  # a client that hangs up cancels generation
-            except ThinchatError as exc:
-                raise _engine_error(exc) from exc
-            usage, reason = await usage_and_reason(text, stopped=matcher.stopped)
-            return ChatCompletion(
-                id=completion_id,
-                created=created_at,
-                model=model_name,
-                usage=usage,
-                choices=[Choice(message=AssistantMessage(content=text), finish_reason=reason)],
-            )
+    def __init__(
+        self,
+        service: _ChatService,
+        messages: list[dict],
+        images: list[Image.Image],
+        bridge: ThreadedIterator,
+        first: str | None,
+        stops: list[str],
+        max_new: int,
+    ) -> None:
+        self.engine = service.engine
+        self.model_name = service.model_name
+        self.messages = messages
+        self.images = images
+        self.bridge = bridge
+        self.first = first
+        self.max_new = max_new
+        self.completion_id, self.created_at = new_completion_id(), int(time.time())
+        self.matcher = StopMatcher(stops)
 
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    async def pieces(self) -> AsyncIterator[str]:
+        """The generated text, cut at the first stop sequence; the thread is cancelled when it ends."""
+        piece = self.first
+        try:
+            while piece is not None:
+                out = self.matcher.feed(piece)
+                if out:
+                    yield out
+                if self.matcher.stopped:
+                    return
+                piece = await self.bridge.next_piece()
+            tail = self.matcher.flush()
+            if tail:
+                yield tail
+        finally:
+            self.bridge.cancel()
 
-        def chunk(delta: Delta, reason: str | None = None, usage: Usage | None = None, empty=False):
-            choices = [] if empty else [ChunkChoice(delta=delta, finish_reason=reason)]
-            return ChatCompletionChunk(
-                id=completion_id, created=created_at, model=model_name, choices=choices, usage=usage
-            )
+    async def usage_and_reason(self, text: str, stopped: bool) -> tuple[Usage, str]:
+        """Token counts and the finish reason (``length`` when the token budget ran out, else ``stop``)."""
+        prompt = await run_in_threadpool(count_prompt_tokens, self.engine, self.messages, self.images)
+        # Re-tokenising can overcount (e.g. byte tokens decoded to U+FFFD); the model made at most max_new.
+        completion = min(self.max_new, await run_in_threadpool(count_completion_tokens, self.engine, text))
+        reason = "length" if not stopped and completion >= self.max_new else "stop"
+        return Usage(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        ), reason
 
-        async def events() -> AsyncIterator[bytes]:
-            parts: list[str] = []
-            try:
-                yield sse(chunk(Delta(role="assistant", content="")))
-                async for piece in pieces():
-                    parts.append(piece)
-                    yield sse(chunk(Delta(content=piece)))
-            except ThinchatError as exc:  # mid-stream: headers are gone, send the error as an event
-                yield sse(_engine_error(exc).body())
-                yield sse("[DONE]")
-                return
-            finally:
-                bridge.cancel()  # also when the client left before the first piece was sent
-            text = "".join(parts)
-            usage, reason = await usage_and_reason(text, stopped=matcher.stopped)
-            yield sse(chunk(Delta(), reason))
-            if include_usage:
-                yield sse(chunk(Delta(), usage=usage, empty=True))
+    async def completion(self, watch: DisconnectWatch) -> ChatCompletion:
+        """The whole answer as one JSON completion."""
+        try:
+            text = await watch.race(collect(self.pieces()))  # a client that hangs up cancels generation
+        except ThinchatError as exc:
+            raise _engine_error(exc) from exc
+        usage, reason = await self.usage_and_reason(text, stopped=self.matcher.stopped)
+        return ChatCompletion(
+            id=self.completion_id,
+            created=self.created_at,
+            model=self.model_name,
+            usage=usage,
+            choices=[Choice(message=AssistantMessage(content=text), finish_reason=reason)],
+        )
+
+    def chunk(
+        self, delta: Delta, reason: str | None = None, usage: Usage | None = None, empty: bool = False
+    ) -> ChatCompletionChunk:
+        """One streamed chunk of this completion (``empty``: no choices, the usage-only last chunk)."""
+        choices = [] if empty else [ChunkChoice(delta=delta, finish_reason=reason)]
+        return ChatCompletionChunk(
+            id=self.completion_id,
+            created=self.created_at,
+            model=self.model_name,
+            choices=choices,
+            usage=usage,
+        )
+
+    async def events(self, include_usage: bool) -> AsyncIterator[bytes]:
+        """The SSE events: role, content deltas, finish reason, usage if asked, ``[DONE]``."""
+        parts: list[str] = []
+        try:
+            yield sse(self.chunk(Delta(role="assistant", content="")))
+            async for piece in self.pieces():
+                parts.append(piece)
+                yield sse(self.chunk(Delta(content=piece)))
+        except ThinchatError as exc:  # mid-stream: headers are gone, send the error as an event
+            yield sse(_engine_error(exc).body())
             yield sse("[DONE]")
+            return
+        finally:
+            self.bridge.cancel()  # also when the client left before the first piece was sent
+        text = "".join(parts)
+        usage, reason = await self.usage_and_reason(text, stopped=self.matcher.stopped)
+        yield sse(self.chunk(Delta(), reason))
+        if include_usage:
+            yield sse(self.chunk(Delta(), usage=usage, empty=True))
+        yield sse("[DONE]")
 
+    def streaming_response(self, include_usage: bool) -> StreamingResponse:
+        """The answer as a server-sent event stream, unbuffered by proxies."""
         return StreamingResponse(
-            events(),
+            self.events(include_usage),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
+
+def _add_info_routes(app: FastAPI, service: _ChatService) -> None:
+    """``/health`` and the model listing: cheap routes that never wait for the model."""
+
+    @app.get("/health")
+    async def health() -> dict:
+        return service.health()
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> ModelList:
+        service.check_auth(request)
+        return ModelList(data=[ModelCard(id=service.model_name, created=service.created)])
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str, request: Request) -> ModelCard:
+        service.check_auth(request)
+        return service.model_card(model_id)
+
+
+def _add_chat_route(app: FastAPI, service: _ChatService) -> None:
+    """``POST /v1/chat/completions``, answered as JSON or as an SSE stream."""
+
+    # No return annotation: FastAPI must not build a response model from it (the route returns either a
+    # ChatCompletion or a Response, as before).
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await service.chat_completions(request)
+
+
+def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
+    """The FastAPI app serving ``engine`` (a ``thinchat.engine.ChatEngine`` or anything with its API)."""
+    service = _ChatService(engine, settings or ServerSettings())
+    app = FastAPI(title="thinchat", description="OpenAI-compatible chat completions for thin-section images")
+    install_error_handlers(app)
+    _add_info_routes(app, service)
+    _add_chat_route(app, service)
     return app
