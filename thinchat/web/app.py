@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,238 @@ def example_rows(lang: str, examples_dir: Path = EXAMPLES_DIR) -> list[list[str]
     return [[str(examples_dir / e["ppl"]), str(examples_dir / e["xpl"]), question] for e in entries.values()]
 
 
+@dataclass
+class _Page:
+    """The components of the demo page that its events read, write or relabel."""
+
+    state: gr.State
+    title: gr.Markdown
+    ppl: gr.Image
+    xpl: gr.Image
+    settings_box: gr.Accordion
+    temperature: gr.Slider
+    top_p: gr.Slider
+    max_tokens: gr.Slider
+    language: gr.Radio
+    info: gr.Markdown
+    chatbot: gr.Chatbot
+    textbox: gr.Textbox
+    send: gr.Button
+    regenerate: gr.Button
+    clear: gr.Button
+
+    @property
+    def sliders(self) -> list[gr.Slider]:
+        """The generation settings, in the order the handlers take them."""
+        return [self.temperature, self.top_p, self.max_tokens]
+
+
+def _header(s: dict[str, str]) -> str:
+    """The page title and subtitle, as Markdown."""
+    return f"# {s['title']}\n{s['subtitle']}"
+
+
+def _model_info(engine: Any, s: dict[str, str]) -> str:
+    """The line naming the model and its context length."""
+    return s["model_info"].format(name=engine.name, context=engine.context_limit)
+
+
+def _image_inputs(s: dict[str, str]) -> tuple[gr.Image, gr.Image]:
+    """The PPL and XPL views of one field, side by side."""
+    with gr.Row():
+        ppl = gr.Image(
+            type="filepath",
+            label=s["ppl"],
+            sources=["upload", "clipboard"],
+            height=200,
+            elem_id="ppl-image",
+        )
+        xpl = gr.Image(
+            type="filepath",
+            label=s["xpl"],
+            sources=["upload", "clipboard"],
+            height=200,
+            elem_id="xpl-image",
+        )
+    return ppl, xpl
+
+
+def _settings_panel(engine: Any, s: dict[str, str]) -> tuple[gr.Accordion, gr.Slider, gr.Slider, gr.Slider]:
+    """The sampling sliders, starting at the engine's defaults; the token cap is half the context."""
+    defaults = engine.settings
+    max_cap = max(16, min(2048, engine.context_limit // 2))
+    with gr.Accordion(s["settings"], open=True) as settings_box:
+        temperature = gr.Slider(
+            0.0,
+            1.5,
+            value=defaults.temperature,
+            step=0.05,
+            label=s["temperature"],
+            elem_id="temperature",
+        )
+        top_p = gr.Slider(0.05, 1.0, value=defaults.top_p, step=0.05, label=s["top_p"], elem_id="top-p")
+        max_tokens = gr.Slider(
+            16,
+            max_cap,
+            value=min(defaults.max_new_tokens, max_cap),
+            step=16,
+            label=s["max_tokens"],
+            elem_id="max-tokens",
+        )
+    return settings_box, temperature, top_p, max_tokens
+
+
+def _chat_panel(s: dict[str, str]) -> tuple[gr.Chatbot, gr.Textbox, gr.Button, gr.Button, gr.Button]:
+    """The conversation, the question box and its buttons."""
+    chatbot = gr.Chatbot(
+        label=s["chatbot"],
+        elem_id="chatbot",
+        height=480,
+        placeholder=s["placeholder"],
+        buttons=["copy"],
+    )
+    with gr.Row():
+        textbox = gr.Textbox(
+            label=s["input"],
+            show_label=False,
+            placeholder=s["placeholder"],
+            lines=1,
+            max_lines=6,
+            scale=5,
+            elem_id="question",
+            autofocus=True,
+        )
+        send = gr.Button(s["send"], variant="primary", scale=1, min_width=80, elem_id="send")
+    with gr.Row():
+        regenerate = gr.Button(s["regenerate"], size="sm", elem_id="regenerate")
+        clear = gr.Button(s["clear"], size="sm", elem_id="clear")
+    return chatbot, textbox, send, regenerate, clear
+
+
+def _build_page(engine: Any, s: dict[str, str], lang: str) -> _Page:
+    """Lay out the page inside an open ``gr.Blocks``: inputs and settings on the left, the chat on the right.
+
+    Why one function creates every component: their creation order is their order on the page.
+    """
+    state = gr.State(None)
+    title = gr.Markdown(_header(s), elem_id="thinchat-title")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=260):
+            ppl, xpl = _image_inputs(s)
+            settings_box, temperature, top_p, max_tokens = _settings_panel(engine, s)
+            language = gr.Radio(
+                [(strings(code)["lang_name"], code) for code in languages()],
+                value=lang,
+                label=s["language"],
+                elem_id="language",
+            )
+            info = gr.Markdown(_model_info(engine, s), elem_id="thinchat-info")
+        with gr.Column(scale=3, min_width=360):
+            chatbot, textbox, send, regenerate, clear = _chat_panel(s)
+    return _Page(
+        state=state,
+        title=title,
+        ppl=ppl,
+        xpl=xpl,
+        settings_box=settings_box,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_tokens,
+        language=language,
+        info=info,
+        chatbot=chatbot,
+        textbox=textbox,
+        send=send,
+        regenerate=regenerate,
+        clear=clear,
+    )
+
+
+def _wire_upload_checks(chat: WebChat, page: _Page) -> None:
+    """Check each upload as it arrives; an unreadable one is cleared with a toast naming the view.
+
+    Why the raw payload: gradio's own preprocessing would open the file and put its server path in the
+    error.
+    """
+    for view, component in (("ppl", page.ppl), ("xpl", page.xpl)):
+        component.upload(
+            functools.partial(chat.check_upload, view=view),
+            [component, page.language],
+            [component],
+            preprocess=False,
+            concurrency_limit=None,  # a cheap header check: never wait behind a generating request
+            show_progress="hidden",
+            api_name=f"check_{view}_upload",
+            api_visibility="undocumented",
+        )
+
+
+def _wire_chat(chat: WebChat, page: _Page) -> None:
+    """Send (button or Enter), regenerate and clear; one generation at a time."""
+    ask_inputs = [page.textbox, page.ppl, page.xpl, page.chatbot, page.state, *page.sliders, page.language]
+    for trigger in (page.send.click, page.textbox.submit):
+        trigger(
+            chat.submit,
+            ask_inputs,
+            [page.chatbot, page.state, page.textbox],
+            concurrency_limit=1,
+            show_progress="minimal",
+        )
+    page.regenerate.click(
+        chat.regenerate,
+        [page.chatbot, page.state, *page.sliders, page.language],
+        [page.chatbot, page.state, page.textbox],
+        concurrency_limit=1,
+        show_progress="minimal",
+    )
+    page.clear.click(chat.clear, [page.state], [page.chatbot, page.state, page.textbox], queue=False)
+    # The chatbot's own trash icon clears the conversation too.
+    page.chatbot.clear(chat.clear, [page.state], [page.chatbot, page.state, page.textbox], queue=False)
+
+
+def _wire_language_switch(engine: Any, page: _Page) -> None:
+    """Relabel the page in the language picked, without reloading it or losing the conversation."""
+
+    def relabel(new_lang: str):  # gradio names the event after this function: keep the name
+        t = strings(new_lang)
+        return (
+            _header(t),
+            gr.Image(label=t["ppl"]),
+            gr.Image(label=t["xpl"]),
+            gr.Accordion(label=t["settings"]),
+            gr.Slider(label=t["temperature"]),
+            gr.Slider(label=t["top_p"]),
+            gr.Slider(label=t["max_tokens"]),
+            gr.Radio(label=t["language"]),
+            _model_info(engine, t),
+            gr.Chatbot(label=t["chatbot"], placeholder=t["placeholder"]),
+            gr.Textbox(label=t["input"], placeholder=t["placeholder"]),
+            gr.Button(t["send"]),
+            gr.Button(t["regenerate"]),
+            gr.Button(t["clear"]),
+        )
+
+    page.language.change(
+        relabel,
+        [page.language],
+        [
+            page.title,
+            page.ppl,
+            page.xpl,
+            page.settings_box,
+            *page.sliders,
+            page.language,
+            page.info,
+            page.chatbot,
+            page.textbox,
+            page.send,
+            page.regenerate,
+            page.clear,
+        ],
+        queue=False,
+    )
+
+
 def build_demo(
     engine: Any,
     *,
@@ -60,163 +293,20 @@ def build_demo(
     ``look_first``: see :class:`~thinchat.chat.session.ChatSession`."""
     s = strings(lang)
     chat = WebChat(engine, max_image_pixels=max_image_pixels, look_first=look_first)
-    defaults = engine.settings
-    max_cap = max(16, min(2048, engine.context_limit // 2))
-
-    def header(s: dict[str, str]) -> str:
-        return f"# {s['title']}\n{s['subtitle']}"
-
     # No analytics: a lab tool must not phone home (and the test machines have no internet).
     with gr.Blocks(title="thinchat", analytics_enabled=False) as demo:
-        state = gr.State(None)
-        title = gr.Markdown(header(s), elem_id="thinchat-title")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=2, min_width=260):
-                with gr.Row():
-                    ppl = gr.Image(
-                        type="filepath",
-                        label=s["ppl"],
-                        sources=["upload", "clipboard"],
-                        height=200,
-                        elem_id="ppl-image",
-                    )
-                    xpl = gr.Image(
-                        type="filepath",
-                        label=s["xpl"],
-                        sources=["upload", "clipboard"],
-                        height=200,
-                        elem_id="xpl-image",
-                    )
-                with gr.Accordion(s["settings"], open=True) as settings_box:
-                    temperature = gr.Slider(
-                        0.0,
-                        1.5,
-                        value=defaults.temperature,
-                        step=0.05,
-                        label=s["temperature"],
-                        elem_id="temperature",
-                    )
-                    top_p = gr.Slider(
-                        0.05, 1.0, value=defaults.top_p, step=0.05, label=s["top_p"], elem_id="top-p"
-                    )
-                    max_tokens = gr.Slider(
-                        16,
-                        max_cap,
-                        value=min(defaults.max_new_tokens, max_cap),
-                        step=16,
-                        label=s["max_tokens"],
-                        elem_id="max-tokens",
-                    )
-                language = gr.Radio(
-                    [(strings(code)["lang_name"], code) for code in languages()],
-                    value=lang,
-                    label=s["language"],
-                    elem_id="language",
-                )
-                info = gr.Markdown(
-                    s["model_info"].format(name=engine.name, context=engine.context_limit),
-                    elem_id="thinchat-info",
-                )
-            with gr.Column(scale=3, min_width=360):
-                chatbot = gr.Chatbot(
-                    label=s["chatbot"],
-                    elem_id="chatbot",
-                    height=480,
-                    placeholder=s["placeholder"],
-                    buttons=["copy"],
-                )
-                with gr.Row():
-                    textbox = gr.Textbox(
-                        label=s["input"],
-                        show_label=False,
-                        placeholder=s["placeholder"],
-                        lines=1,
-                        max_lines=6,
-                        scale=5,
-                        elem_id="question",
-                        autofocus=True,
-                    )
-                    send = gr.Button(s["send"], variant="primary", scale=1, min_width=80, elem_id="send")
-                with gr.Row():
-                    regenerate = gr.Button(s["regenerate"], size="sm", elem_id="regenerate")
-                    clear = gr.Button(s["clear"], size="sm", elem_id="clear")
+        page = _build_page(engine, s, lang)
         rows = example_rows(lang, examples_dir)
         if rows:
-            gr.Examples(rows, inputs=[ppl, xpl, textbox], label=s["examples"], examples_per_page=6)
-
-        # Check each upload as it arrives (raw payload: gradio's own preprocessing would open the file and
-        # put its server path in the error); an unreadable one is cleared with a toast naming the view.
-        for view, component in (("ppl", ppl), ("xpl", xpl)):
-            component.upload(
-                functools.partial(chat.check_upload, view=view),
-                [component, language],
-                [component],
-                preprocess=False,
-                concurrency_limit=None,  # a cheap header check: never wait behind a generating request
-                show_progress="hidden",
-                api_name=f"check_{view}_upload",
-                api_visibility="undocumented",
+            gr.Examples(
+                rows,
+                inputs=[page.ppl, page.xpl, page.textbox],
+                label=s["examples"],
+                examples_per_page=6,
             )
-        sliders = [temperature, top_p, max_tokens]
-        ask_inputs = [textbox, ppl, xpl, chatbot, state, *sliders, language]
-        for trigger in (send.click, textbox.submit):
-            trigger(
-                chat.submit,
-                ask_inputs,
-                [chatbot, state, textbox],
-                concurrency_limit=1,
-                show_progress="minimal",
-            )
-        regenerate.click(
-            chat.regenerate,
-            [chatbot, state, *sliders, language],
-            [chatbot, state, textbox],
-            concurrency_limit=1,
-            show_progress="minimal",
-        )
-        clear.click(chat.clear, [state], [chatbot, state, textbox], queue=False)
-        chatbot.clear(
-            chat.clear, [state], [chatbot, state, textbox], queue=False
-        )  # the chatbot's own trash icon
-
-        def relabel(new_lang: str):
-            t = strings(new_lang)
-            return (
-                header(t),
-                gr.Image(label=t["ppl"]),
-                gr.Image(label=t["xpl"]),
-                gr.Accordion(label=t["settings"]),
-                gr.Slider(label=t["temperature"]),
-                gr.Slider(label=t["top_p"]),
-                gr.Slider(label=t["max_tokens"]),
-                gr.Radio(label=t["language"]),
-                t["model_info"].format(name=engine.name, context=engine.context_limit),
-                gr.Chatbot(label=t["chatbot"], placeholder=t["placeholder"]),
-                gr.Textbox(label=t["input"], placeholder=t["placeholder"]),
-                gr.Button(t["send"]),
-                gr.Button(t["regenerate"]),
-                gr.Button(t["clear"]),
-            )
-
-        language.change(
-            relabel,
-            [language],
-            [
-                title,
-                ppl,
-                xpl,
-                settings_box,
-                *sliders,
-                language,
-                info,
-                chatbot,
-                textbox,
-                send,
-                regenerate,
-                clear,
-            ],
-            queue=False,
-        )
+        _wire_upload_checks(chat, page)
+        _wire_chat(chat, page)
+        _wire_language_switch(engine, page)
     demo.queue(default_concurrency_limit=1, max_size=64)
     return demo
 
