@@ -54,6 +54,12 @@ class TrainConfig:
         "attention in one sample: the images once, an exchange mask; sdpa/eager attention). "
         "All but conversation need the converter's turn_types",
     )
+    verdict_loss_weight: float = field(
+        1.0,
+        help="loss weight of the first answer token of each yes/no (presence) turn, the verdict, against 1 "
+        "for every other answer token; > 1 trains the verdict harder (needs the converter's turn_types; "
+        "docs/experiments.md, Is the verdict in the first token?)",
+    )
     num_train_epochs: float = field(1.0, help="passes over the training set")
     max_steps: int = field(-1, help="stop after this many optimizer steps (-1: use num_train_epochs)")
     time_budget_s: float = field(
@@ -132,6 +138,7 @@ class TrainConfig:
                 f"time_budget_s={self.time_budget_s}: use 0 (off) or seconds > 0 with max_steps >= 1 as the cap"
             )
         _check_range("budget_calibration_steps", self.budget_calibration_steps, 2, 1 << 20)
+        _check_range("verdict_loss_weight", self.verdict_loss_weight, 0.0, 1000.0)
         if self.bf16 and self.fp16:
             raise ConfigError(f"bf16: {str(self.bf16).lower()} and fp16: true: pick one")
 

@@ -72,6 +72,29 @@ def blank_images(processor, count: int) -> list[Any]:
     return [Image.new("RGB", (width, height)) for _ in range(count)]
 
 
+#: Turn types whose answer opens with a verdict (yes/no): the converter's ``presence`` questions.
+VERDICT_TURNS = frozenset({"presence"})
+
+
+def verdict_weights(labels: Sequence[int], turn_types: Sequence[str] | None, weight: float) -> list[float]:
+    """Per token, the loss weight: ``weight`` on the first label of each verdict turn's answer, else 1.
+
+    The answers are the runs of labelled tokens, in turn order (the template labels each assistant turn
+    and its end-of-turn token as one run); a conversation cut by truncation weights the answers it kept.
+    """
+    weights = [1.0] * len(labels)
+    if not turn_types or weight == 1.0:
+        return weights
+    answer = -1
+    for position, label in enumerate(labels):
+        starts = label != IGNORE_INDEX and (position == 0 or labels[position - 1] == IGNORE_INDEX)
+        if starts:
+            answer += 1
+            if answer < len(turn_types) and turn_types[answer] in VERDICT_TURNS:
+                weights[position] = weight
+    return weights
+
+
 @dataclass
 class Encoded:
     sample: Sample
@@ -124,6 +147,7 @@ class SupervisedDataset:
         too_long: str = "truncate",
         name: str = "train",
         isolate_exchanges: bool = False,
+        verdict_weight: float = 1.0,
     ) -> None:
         from tqdm.auto import tqdm
 
@@ -133,6 +157,8 @@ class SupervisedDataset:
         self.too_long = too_long
         #: render each exchange as its own sample and pack them over one shared prefix (turn_layout isolated)
         self.isolate_exchanges = isolate_exchanges
+        #: loss weight of each yes/no answer's first token (``TrainConfig.verdict_loss_weight``)
+        self.verdict_weight = verdict_weight
         #: False when a feature cache supplies the tower features: images are then never decoded.
         self.load_pixels = True
         self.image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
@@ -228,6 +254,9 @@ class SupervisedDataset:
             "labels": torch.tensor(item.labels, dtype=torch.long),
             "image_paths": [str(p) for p in item.sample.images],
         }
+        if self.verdict_weight != 1.0:
+            weights = verdict_weights(item.labels, item.sample.turn_types, self.verdict_weight)
+            out["label_weights"] = torch.tensor(weights, dtype=torch.float32)
         if self.isolate_exchanges:
             exchanges = item.exchange_ids or [PREFIX_EXCHANGE] * len(item.input_ids)
             out["exchange_ids"] = torch.tensor(exchanges, dtype=torch.long)
@@ -277,6 +306,12 @@ class Collator:
             labels[row, :n] = f["labels"]
             attention_mask[row, :n] = 1
         batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if any("label_weights" in f for f in features):
+            weights = torch.ones((len(features), width), dtype=torch.float32)
+            for row, f in enumerate(features):
+                if "label_weights" in f:
+                    weights[row, : len(f["input_ids"])] = f["label_weights"]
+            batch["label_weights"] = weights
         if any("exchange_ids" in f for f in features):
             exchange_ids = torch.full((len(features), width), PAD_EXCHANGE, dtype=torch.long)
             for row, f in enumerate(features):

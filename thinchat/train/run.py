@@ -210,7 +210,9 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
     limit = max_positions(model.config.text_config)
     max_length = min(config.max_length, limit) if limit else config.max_length
     isolate = config.turn_layout == "isolated"
-    train_set = SupervisedDataset(train_samples, processor, max_length, config.too_long, "train", isolate)
+    train_set = SupervisedDataset(
+        train_samples, processor, max_length, config.too_long, "train", isolate, config.verdict_loss_weight
+    )
     val_set = (
         SupervisedDataset(val_samples, processor, max_length, config.too_long, "val", isolate)
         if val_samples

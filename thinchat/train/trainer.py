@@ -26,7 +26,7 @@ from thinchat.train.exchanges import isolate_exchanges
 
 log = logging.getLogger(__name__)
 
-EXTRA_KEYS = ("image_paths",)
+EXTRA_KEYS = ("image_paths", "label_weights")
 IGNORE_INDEX = -100
 
 
@@ -54,6 +54,28 @@ def logits_only_where_scored(inputs: dict[str, Any]) -> dict[str, Any]:
     targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # what each position predicts
     keep = targets.ne(IGNORE_INDEX)
     return {**inputs, "logits_to_keep": keep, "shift_labels": targets[keep]}
+
+
+def weighted_lm_loss(model: Any, inputs: dict[str, Any], weights: Any, num_items_in_batch: Any = None) -> Any:
+    """The causal-LM loss with a weight per label (``TrainConfig.verdict_loss_weight``).
+
+    Sum of weight x token cross-entropy over the labelled positions, divided by the number of labelled
+    tokens (``num_items_in_batch`` across gradient accumulation, as transformers' own loss), so with every
+    weight 1 it is the plain loss. The LM head runs only where a label is (``logits_only_where_scored``).
+    """
+    import torch.nn.functional as F
+
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    keep = targets.ne(IGNORE_INDEX)
+    shifted = F.pad(weights[:, 1:].to(labels.device), (0, 1), value=0.0)[keep]
+    logits = model(**inputs, logits_to_keep=keep).logits
+    token_loss = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets[keep], reduction="none"
+    )
+    count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+    return (token_loss * shifted).sum() / count
 
 
 def embed_cached_features(model: Any, inputs: dict[str, Any], feature_cache: Any) -> dict[str, Any]:
@@ -158,7 +180,10 @@ class ThinchatTrainer(Trainer):
         return self.lr_scheduler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        weights = inputs.get("label_weights")
         inputs = model_inputs(model, inputs, self.feature_cache)
+        if weights is not None and not return_outputs:
+            return weighted_lm_loss(model, inputs, weights, num_items_in_batch)
         if not return_outputs:  # callers that want the outputs expect logits at every position
             inputs = logits_only_where_scored(inputs)
         return super().compute_loss(
