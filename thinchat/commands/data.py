@@ -102,15 +102,8 @@ def _pseudo_label(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "data", help="prepare training data: convert captions, synthesise slides, import ThinGPT features"
-    )
-    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-
-    conv = sub.add_parser(
-        "convert", help="image-caption pairs -> LLaVA conversation JSON (with a skip report)"
-    )
+def _add_convert_source_arguments(conv: argparse.ArgumentParser) -> None:
+    """Where ``data convert`` reads slides from: captions, a labels table or class folders."""
     conv.add_argument(
         "--captions", help="captions file (TSV/CSV/JSONL/COCO) or folder of .txt (default: --images)"
     )
@@ -135,6 +128,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="labels: an image listed under two classes is one image with both (default: told from the "
         "file; in a single-label set such an image is left out and reported)",
     )
+
+
+def _add_convert_split_and_check_arguments(conv: argparse.ArgumentParser) -> None:
+    """``data convert``'s split, seed and input checks; added last so --help keeps its order."""
+    conv.add_argument("--split", default=None, help="train,val,test ratios by image, e.g. 0.8,0.1,0.1")
+    conv.add_argument(
+        "--test-ids",
+        default=None,
+        metavar="FILE",
+        help="slide ids held out as OUT_test.json (one a line); the rest is train (with --split, train/val)",
+    )
+    conv.add_argument(
+        "--val-ids", default=None, metavar="FILE", help="slide ids for OUT_val.json (one a line)"
+    )
+    conv.add_argument("--seed", type=int, default=0, help="seed for questions and splits")
+    conv.add_argument("--strict", action="store_true", help="fail (write nothing) if any row is skipped")
+    conv.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
+    conv.add_argument(
+        "--encoding",
+        default="utf-8",
+        help="captions file encoding when it has no BOM (e.g. gb18030); UTF-8/16/32 BOMs are detected",
+    )
+    conv.add_argument(
+        "--allow-outside-images",
+        action="store_true",
+        help="let captions name images outside --images (absolute paths, '..', symlinks); default: refused",
+    )
+
+
+def _add_convert_parser(sub: argparse._SubParsersAction) -> None:
+    """``data convert``: image-caption pairs (or class labels) -> LLaVA conversation JSON."""
+    conv = sub.add_parser(
+        "convert", help="image-caption pairs -> LLaVA conversation JSON (with a skip report)"
+    )
+    _add_convert_source_arguments(conv)
     conv.add_argument(
         "--out", required=True, help="output JSON; with --split, OUT_train.json, OUT_val.json, ..."
     )
@@ -164,31 +192,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     conv.add_argument("--lexicon", default=None, help="lexicon YAML (default: the bundled lexicon.yaml)")
     conv.add_argument("--questions", default=None, help="question pools YAML (default: questions.yaml)")
-    conv.add_argument("--split", default=None, help="train,val,test ratios by image, e.g. 0.8,0.1,0.1")
-    conv.add_argument(
-        "--test-ids",
-        default=None,
-        metavar="FILE",
-        help="slide ids held out as OUT_test.json (one a line); the rest is train (with --split, train/val)",
-    )
-    conv.add_argument(
-        "--val-ids", default=None, metavar="FILE", help="slide ids for OUT_val.json (one a line)"
-    )
-    conv.add_argument("--seed", type=int, default=0, help="seed for questions and splits")
-    conv.add_argument("--strict", action="store_true", help="fail (write nothing) if any row is skipped")
-    conv.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
-    conv.add_argument(
-        "--encoding",
-        default="utf-8",
-        help="captions file encoding when it has no BOM (e.g. gb18030); UTF-8/16/32 BOMs are detected",
-    )
-    conv.add_argument(
-        "--allow-outside-images",
-        action="store_true",
-        help="let captions name images outside --images (absolute paths, '..', symlinks); default: refused",
-    )
+    _add_convert_split_and_check_arguments(conv)
     conv.set_defaults(func=_convert)
 
+
+def _add_synth_parser(sub: argparse._SubParsersAction) -> None:
+    """``data synth``: procedural thin sections with ground-truth labels and captions."""
     syn = sub.add_parser(
         "synth", help="procedural PPL/XPL thin sections with ground-truth labels and captions"
     )
@@ -200,6 +209,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     syn.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
     syn.set_defaults(func=_synth)
 
+
+def _add_import_clipcap_parser(sub: argparse._SubParsersAction) -> None:
+    """``data import-clipcap``: a ThinGPT/ClipCap feature pickle -> JSON + safetensors."""
     clip = sub.add_parser(
         "import-clipcap", help="ThinGPT/ClipCap feature pickle -> JSON + safetensors (safely)"
     )
@@ -227,6 +239,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     clip.set_defaults(func=_import_clipcap)
 
+
+def _add_replay_parser(sub: argparse._SubParsersAction) -> None:
+    """``data replay``: the base model's own answers, as text-only data against forgetting."""
     rep = sub.add_parser(
         "replay", help="the base model's own answers to general questions (text-only data for text_data)"
     )
@@ -244,6 +259,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     rep.set_defaults(func=_replay)
 
+
+def _add_pseudo_label_parser(sub: argparse._SubParsersAction) -> None:
+    """``data pseudo-label``: captions written, translated or expanded by a teacher model."""
     pl = sub.add_parser("pseudo-label", help="describe/translate/expand captions with a teacher model")
     pl.add_argument("--images", help="directory of slides ({id}.jpg or {id}_ppl/_xpl views)")
     pl.add_argument(
@@ -259,3 +277,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pl.add_argument("--model", default="default", help="model name sent to the endpoint")
     pl.add_argument("--api-key", default=None, help="API key (default: $OPENAI_API_KEY, else none)")
     pl.set_defaults(func=_pseudo_label)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``thinchat data`` and its actions, one small function per action."""
+    parser = subparsers.add_parser(
+        "data", help="prepare training data: convert captions, synthesise slides, import ThinGPT features"
+    )
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    _add_convert_parser(sub)
+    _add_synth_parser(sub)
+    _add_import_clipcap_parser(sub)
+    _add_replay_parser(sub)
+    _add_pseudo_label_parser(sub)
