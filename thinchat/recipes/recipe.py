@@ -105,28 +105,10 @@ def config_path(path: str) -> str:
     return str(bundled) if bundled.is_file() else path
 
 
-def run_recipe(
-    config: RecipeSettings,
-    steps: Steps,
-    llm: str,
-    splits: dict[str, Path],
-    stage_overrides: tuple[str, ...] = (),
-    stage2_overrides: tuple[str, ...] = (),
-) -> RecipeResult:
-    """Build, train both stages and evaluate on ``splits`` (train/val/test JSON written by a convert step).
-
-    ``stage_overrides`` go to both stages before the user's ``train_overrides`` (the hardware sizing);
-    ``stage2_overrides`` to stage 2 only, after them (e.g. its step count).
-    """
-    from data_tools.replay import make_replay
+def _build_base(config: RecipeSettings, steps: Steps, llm: str, base: Path) -> None:
+    """The untrained Llava (tower, projector, LM) that stage 1 starts from and the report compares."""
     from thinchat.compose import build
-    from thinchat.eval import evaluate
-    from thinchat.train.config import load_train_config
-    from thinchat.train.run import train
 
-    root = Path(config.out)
-    data_dir = root / "data"
-    base = root / "base"
     steps.run(
         "build",
         fingerprint(
@@ -144,36 +126,42 @@ def run_recipe(
         ),
     )
 
-    projector = root / "projector"
-    lora = root / "lora"
-    lora_yaml = config_path(config.lora_config)
-    kind = load_train_config(lora_yaml, []).stage
-    # A LoRA stage leaves an adapter beside its base; a full one a whole Llava checkpoint.
-    done = lora / ("adapter_config.json" if kind in ("lora", "qlora") else "config.json")
-    if not done.exists():  # a re-run that reuses the stages writes nothing large
-        check_room(root, base, kind, stage1_done=(projector / "config.json").exists())
 
-    replay = data_dir / f"replay_{config.lang}.json"
-    if config.text_only_ratio > 0:
-        steps.run(
-            "replay",
-            fingerprint(config.vision, llm, config.seed, config.lang),
-            replay,
-            lambda _: make_replay(base, replay, lang=config.lang, holdout_every=4),
-        )
-    user_overrides = [*stage_overrides, *config.train_overrides]
+def _make_replay_data(config: RecipeSettings, steps: Steps, llm: str, base: Path, replay: Path) -> None:
+    """The base model's own answers, mixed into stage 2 so it keeps its general chat."""
+    from data_tools.replay import make_replay
 
-    def stage(
-        name: str, yaml_path: str, model: Path, out: Path, done: Path, extra: tuple[str, ...] = ()
+    steps.run(
+        "replay",
+        fingerprint(config.vision, llm, config.seed, config.lang),
+        replay,
+        lambda _: make_replay(base, replay, lang=config.lang, holdout_every=4),
+    )
+
+
+@dataclass(frozen=True)
+class _StageRunner:
+    """Trains one stage as a reusable step; holds what both stages share (settings, splits, overrides)."""
+
+    config: RecipeSettings
+    steps: Steps
+    splits: dict[str, Path]
+    user_overrides: list[str]
+
+    def __call__(
+        self, name: str, yaml_path: str, model: Path, out: Path, done: Path, extra: tuple[str, ...] = ()
     ) -> None:
+        from thinchat.train.config import load_train_config
+        from thinchat.train.run import train
+
         overrides = [
             f"model={model}",
-            f"data={splits['train']}",
-            f"val_data={splits['val']}",
+            f"data={self.splits['train']}",
+            f"val_data={self.splits['val']}",
             f"output_dir={out}",
-            f"seed={config.seed}",
+            f"seed={self.config.seed}",
             *extra,
-            *user_overrides,
+            *self.user_overrides,
         ]
         stage_config = load_train_config(config_path(yaml_path), overrides)
         stage_fingerprint = fingerprint(asdict(stage_config))
@@ -188,11 +176,14 @@ def run_recipe(
                 shutil.rmtree(out)
             train(stage_config)
 
-        steps.run(name, stage_fingerprint, done, run_stage)
+        self.steps.run(name, stage_fingerprint, done, run_stage)
 
-    stage("stage 1 (projector)", config.projector_config, base, projector, projector / "config.json")
-    lora_steps = load_train_config(lora_yaml, [*user_overrides, *stage2_overrides]).max_steps
-    stage2_extra = (
+
+def _stage2_extra_overrides(
+    config: RecipeSettings, stage2_overrides: tuple[str, ...], lora_steps: int, replay: Path
+) -> tuple[str, ...]:
+    """Stage 2's own overrides: the caller's, the time budget's step cap, and the replay data if any."""
+    return (
         *stage2_overrides,
         *budget_overrides(config.stage2_seconds, lora_steps),
         *(
@@ -201,9 +192,20 @@ def run_recipe(
             else ()
         ),
     )
-    stage(f"stage 2 ({kind})", config.lora_config, projector, lora, done, stage2_extra)
 
-    report_dir = root / "report"
+
+def _evaluate_checkpoints(
+    config: RecipeSettings,
+    steps: Steps,
+    base: Path,
+    finetuned: Path,
+    replay: Path,
+    test: Path,
+    report_dir: Path,
+) -> dict[str, Any]:
+    """The held-out report comparing base and finetuned; returns report.json's content."""
+    from thinchat.eval import evaluate
+
     steps.run(
         "evaluate",
         fingerprint(
@@ -216,8 +218,8 @@ def run_recipe(
         ),
         report_dir / "report.json",
         lambda _: evaluate(
-            {"base": str(base), "finetuned": str(lora)},
-            splits["test"],
+            {"base": str(base), "finetuned": str(finetuned)},
+            test,
             report_dir,
             batch_size=config.eval_batch_size,
             max_new_tokens=config.max_new_tokens,
@@ -227,7 +229,51 @@ def run_recipe(
             text_data=replay.with_name(f"{replay.stem}_heldout.json") if config.text_only_ratio > 0 else None,
         ),
     )
-    report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
+    return json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
+
+
+def run_recipe(
+    config: RecipeSettings,
+    steps: Steps,
+    llm: str,
+    splits: dict[str, Path],
+    stage_overrides: tuple[str, ...] = (),
+    stage2_overrides: tuple[str, ...] = (),
+) -> RecipeResult:
+    """Build, train both stages and evaluate on ``splits`` (train/val/test JSON written by a convert step).
+
+    ``stage_overrides`` go to both stages before the user's ``train_overrides`` (the hardware sizing);
+    ``stage2_overrides`` to stage 2 only, after them (e.g. its step count).
+    """
+    from thinchat.train.config import load_train_config
+
+    root = Path(config.out)
+    data_dir = root / "data"
+    base = root / "base"
+    _build_base(config, steps, llm, base)
+
+    projector = root / "projector"
+    lora = root / "lora"
+    lora_yaml = config_path(config.lora_config)
+    kind = load_train_config(lora_yaml, []).stage
+    # A LoRA stage leaves an adapter beside its base; a full one a whole Llava checkpoint.
+    done = lora / ("adapter_config.json" if kind in ("lora", "qlora") else "config.json")
+    if not done.exists():  # a re-run that reuses the stages writes nothing large
+        check_room(root, base, kind, stage1_done=(projector / "config.json").exists())
+
+    replay = data_dir / f"replay_{config.lang}.json"
+    if config.text_only_ratio > 0:
+        _make_replay_data(config, steps, llm, base, replay)
+    user_overrides = [*stage_overrides, *config.train_overrides]
+    stage = _StageRunner(config, steps, splits, user_overrides)
+
+    stage("stage 1 (projector)", config.projector_config, base, projector, projector / "config.json")
+    lora_steps = load_train_config(lora_yaml, [*user_overrides, *stage2_overrides]).max_steps
+    stage2_extra = _stage2_extra_overrides(config, stage2_overrides, lora_steps, replay)
+    stage(f"stage 2 ({kind})", config.lora_config, projector, lora, done, stage2_extra)
+
+    report_dir = root / "report"
+    report = _evaluate_checkpoints(config, steps, base, lora, replay, splits["test"], report_dir)
     budget = stage2_budget(lora, config.stage2_seconds, lora_steps)
     log.info("%s: stage 2 trained %d steps (%s)", steps.name, budget["steps"], budget["reason"])
     return RecipeResult(base, lora, report_dir, report, budget)
