@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from thinchat.errors import DataFormatError, ModelSpecError
 from thinchat.eval.classes import lexicon_for
-from thinchat.eval.data import EvalSample, load_eval_sample
+from thinchat.eval.data import EvalSample, Skipped, load_eval_sample
 from thinchat.eval.image_reliance import DEFAULT_SAMPLES as DEFAULT_RELIANCE_SAMPLES
 from thinchat.eval.image_reliance import image_reliance
 from thinchat.eval.meteor import MeteorScorer
@@ -121,6 +122,136 @@ def ask_probes(
     return scores
 
 
+def _check_request(
+    checkpoints: Mapping[str, str], data_path: str | Path, batch_size: int, max_new_tokens: int
+) -> bool:
+    """Refuse bad settings and checkpoints before any model loads (a typo costs no generation run).
+
+    Returns whether ``data_path`` is an imported ThinGPT test set (stored ClipCap embeddings).
+    """
+    if not checkpoints:
+        raise ModelSpecError("no checkpoint to evaluate; pass --from_pretrained DIR (repeatable)")
+    if batch_size < 1 or max_new_tokens < 1:
+        raise DataFormatError("--batch-size and --max-new-tokens must be at least 1")
+    for path in checkpoints.values():
+        check_checkpoint(path)
+    from thinchat.clipcap.evaldata import is_clipcap_eval_file
+    from thinchat.clipcap.prefix import is_clipcap_dir
+
+    embedded = is_clipcap_eval_file(data_path)
+    if embedded:  # an imported ThinGPT test set: stored embeddings, which only a ClipCap checkpoint takes
+        plain = [p for p in checkpoints.values() if not is_clipcap_dir(Path(p).expanduser())]
+        if plain:
+            raise ModelSpecError(
+                f"{data_path} holds ClipCap embeddings (image_embedding), which only a checkpoint of the "
+                f"clipcap stage reads; {plain[0]} is not one"
+            )
+    return embedded
+
+
+def _load_test_set(
+    data_path: str | Path, limit: int | None, embedded: bool, lexicon: Any
+) -> tuple[list[Any], list[Skipped], dict | None, Any]:
+    """The slides to score, the skipped ones, how the scored ones were drawn, and the lexicon.
+
+    Labelled slides add their classes to the lexicon, so questions and term scores know them.
+    """
+    from thinchat.clipcap.evaldata import load_clipcap_eval_set
+
+    drawn = None  # how the scored slides were drawn (a ClipCap import: its first ``limit``)
+    if embedded:
+        samples, skipped = load_clipcap_eval_set(data_path, limit=limit)
+    else:
+        samples, skipped, drawn = load_eval_sample(data_path, limit=limit)
+    lexicon = lexicon_for(samples, lexicon)  # labelled slides: their classes are terms too
+    if not samples:
+        reasons = "; ".join(f"{s.id}: {s.reason}" for s in skipped[:3])
+        raise DataFormatError(f"{data_path}: no sample left to score, all {len(skipped)} skipped ({reasons})")
+    for s in skipped:
+        log.warning("skipped sample %s: %s", s.id, s.reason)
+    return samples, skipped, drawn, lexicon
+
+
+@dataclass
+class _CheckpointOutputs:
+    """What each checkpoint produced, by checkpoint name; the report is built from these."""
+
+    generations: dict[str, dict[str, str]] = field(default_factory=dict)
+    reliance: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    following: dict[str, dict[str, Any]] = field(default_factory=dict)
+    retention: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _run_checkpoints(
+    checkpoints: Mapping[str, str],
+    samples: list[Any],
+    probes: list[Any],
+    text_conversations: list[Any],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    device: str | None,
+    reliance_samples: int,
+    look_first: bool,
+    lexicon: Any,
+) -> _CheckpointOutputs:
+    """Generate, ask the probes and measure with each checkpoint, loading one model at a time (memory)."""
+    from thinchat.clipcap.prefix import is_clipcap_dir
+    from thinchat.engine import ChatEngine
+    from thinchat.loading import load_pretrained
+
+    outputs = _CheckpointOutputs()
+    for name, path in checkpoints.items():
+        # A LoRA checkpoint is merged, as the chat engine does: same outputs, faster decoding
+        # (docs/experiments.md, Evaluation speed).
+        model, processor = load_pretrained(path, device=device, merge=True)
+        clipcap = is_clipcap_dir(Path(path).expanduser())  # a ClipCap prefix model takes one turn
+        engine = ChatEngine(model, processor, reuse_prefix=False)
+        outputs.generations[name] = generate_for_samples(
+            engine, samples, batch_size, max_new_tokens, desc=f"eval {name}"
+        )
+        if probes:
+            outputs.following[name] = ask_probes(
+                engine, probes, batch_size, max_new_tokens, name, look_first and not clipcap, lexicon
+            )
+        if reliance_samples > 0 and clipcap:
+            log.info("%s: image reliance is computed for Llava checkpoints only, not ClipCap", name)
+        elif reliance_samples > 0:
+            outputs.reliance[name] = image_reliance(model, processor, samples, limit=reliance_samples)
+        if text_conversations:
+            outputs.retention[name] = text_retention(model, processor, text_conversations)
+        del model, processor, engine
+    return outputs
+
+
+def _add_optional_sections(
+    report: dict,
+    outputs: _CheckpointOutputs,
+    drawn: dict | None,
+    samples: list[Any],
+    probes: list[Any],
+    question_probes: int,
+    lexicon: Any,
+) -> dict[str, list[dict]]:
+    """Add the report sections only some runs have; returns the question records, by checkpoint."""
+    if drawn:
+        report["sample"] = drawn
+    if not probes:
+        report["question_following_note"] = why_no_questions(samples, question_probes, lexicon)
+    if any(r is not None for r in outputs.reliance.values()):
+        report["image_reliance"] = outputs.reliance
+    if outputs.retention:
+        report["text_retention"] = outputs.retention
+    qa_records: dict[str, list[dict]] = {}
+    if outputs.following:
+        report["question_following"] = {
+            name: {k: v for k, v in scores.items() if k != "records"}
+            for name, scores in outputs.following.items()
+        }
+        qa_records = {name: scores["records"] for name, scores in outputs.following.items()}
+    return qa_records
+
+
 def evaluate(
     checkpoints: Mapping[str, str],
     data_path: str | Path,
@@ -148,74 +279,32 @@ def evaluate(
     ``report.json`` holds). Raises ``ThinchatError`` subclasses for a bad
     test set (empty, malformed, nothing left after skipping) or a checkpoint that fails to load.
     """
-    from thinchat.engine import ChatEngine
-    from thinchat.loading import load_pretrained
-
-    if not checkpoints:
-        raise ModelSpecError("no checkpoint to evaluate; pass --from_pretrained DIR (repeatable)")
-    if batch_size < 1 or max_new_tokens < 1:
-        raise DataFormatError("--batch-size and --max-new-tokens must be at least 1")
-    for path in checkpoints.values():
-        check_checkpoint(path)
-    from thinchat.clipcap.evaldata import is_clipcap_eval_file, load_clipcap_eval_set
-    from thinchat.clipcap.prefix import is_clipcap_dir
-
-    embedded = is_clipcap_eval_file(data_path)
-    if embedded:  # an imported ThinGPT test set: stored embeddings, which only a ClipCap checkpoint takes
-        plain = [p for p in checkpoints.values() if not is_clipcap_dir(Path(p).expanduser())]
-        if plain:
-            raise ModelSpecError(
-                f"{data_path} holds ClipCap embeddings (image_embedding), which only a checkpoint of the "
-                f"clipcap stage reads; {plain[0]} is not one"
-            )
-    drawn = None  # how the scored slides were drawn (a ClipCap import: its first ``limit``)
-    if embedded:
-        samples, skipped = load_clipcap_eval_set(data_path, limit=limit)
-    else:
-        samples, skipped, drawn = load_eval_sample(data_path, limit=limit)
-    lexicon = lexicon_for(samples, lexicon)  # labelled slides: their classes are terms too
-    if not samples:
-        reasons = "; ".join(f"{s.id}: {s.reason}" for s in skipped[:3])
-        raise DataFormatError(f"{data_path}: no sample left to score, all {len(skipped)} skipped ({reasons})")
-    for s in skipped:
-        log.warning("skipped sample %s: %s", s.id, s.reason)
-
-    generations: dict[str, dict[str, str]] = {}
-    reliance: dict[str, dict[str, Any] | None] = {}
+    embedded = _check_request(checkpoints, data_path, batch_size, max_new_tokens)
+    samples, skipped, drawn, lexicon = _load_test_set(data_path, limit, embedded, lexicon)
     probes = (
         build_probes(samples, lexicon, presence=question_probes, which=DEFAULT_WHICH)
         if question_probes > 0
         else []
     )
-    following: dict[str, dict[str, Any]] = {}
     text_conversations = load_text_entries(text_data) if text_data else []
-    retention: dict[str, dict[str, Any]] = {}
-    for name, path in checkpoints.items():
-        # A LoRA checkpoint is merged, as the chat engine does: same outputs, faster decoding
-        # (docs/experiments.md, Evaluation speed).
-        model, processor = load_pretrained(path, device=device, merge=True)
-        clipcap = is_clipcap_dir(Path(path).expanduser())  # a ClipCap prefix model takes one turn
-        engine = ChatEngine(model, processor, reuse_prefix=False)
-        generations[name] = generate_for_samples(
-            engine, samples, batch_size, max_new_tokens, desc=f"eval {name}"
-        )
-        if probes:
-            following[name] = ask_probes(
-                engine, probes, batch_size, max_new_tokens, name, look_first and not clipcap, lexicon
-            )
-        if reliance_samples > 0 and clipcap:
-            log.info("%s: image reliance is computed for Llava checkpoints only, not ClipCap", name)
-        elif reliance_samples > 0:
-            reliance[name] = image_reliance(model, processor, samples, limit=reliance_samples)
-        if text_conversations:
-            retention[name] = text_retention(model, processor, text_conversations)
-        del model, processor, engine
+    outputs = _run_checkpoints(
+        checkpoints,
+        samples,
+        probes,
+        text_conversations,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        device=device,
+        reliance_samples=reliance_samples,
+        look_first=look_first,
+        lexicon=lexicon,
+    )
     scorer = MeteorScorer(meteor)
     try:
         report, records = build_report(
             samples,
             skipped,
-            generations,
+            outputs.generations,
             {n: str(p) for n, p in checkpoints.items()},
             scorer,
             lexicon=lexicon,
@@ -223,20 +312,7 @@ def evaluate(
         )
     finally:
         scorer.close()
-    if drawn:
-        report["sample"] = drawn
-    if not probes:
-        report["question_following_note"] = why_no_questions(samples, question_probes, lexicon)
-    if any(r is not None for r in reliance.values()):
-        report["image_reliance"] = reliance
-    if retention:
-        report["text_retention"] = retention
-    qa_records: dict[str, list[dict]] = {}
-    if following:
-        report["question_following"] = {
-            name: {k: v for k, v in scores.items() if k != "records"} for name, scores in following.items()
-        }
-        qa_records = {name: scores["records"] for name, scores in following.items()}
+    qa_records = _add_optional_sections(report, outputs, drawn, samples, probes, question_probes, lexicon)
     paths = write_report(report, records, out_dir, qa_records)
     log.info("wrote %s and %s", paths["md"], paths["json"])
     return report
