@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from thinchat.errors import ConfigError
 from thinchat.train import checkpoints
@@ -20,7 +20,10 @@ from thinchat.train.config import TrainConfig, config_dict
 from thinchat.train.data import Sample, has_images, mix_text_only
 from thinchat.train.lora_init import gradient_batches, save_initial_adapter
 from thinchat.train.sources import open_samples
-from thinchat.train.stages import stage_for
+from thinchat.train.stages import Stage, stage_for
+
+if TYPE_CHECKING:
+    from thinchat.train.dataset import SupervisedDataset
 
 log = logging.getLogger(__name__)
 
@@ -155,27 +158,19 @@ def _richest_answer(messages: list[dict[str, Any]]) -> str:
     return max(answers, key=len, default="")
 
 
-def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequence[Any] = ()) -> Path:
-    """Run one stage; returns the output directory (the final model is written there).
-
-    ``resume``: None (fresh run; refused if ``output_dir`` already holds checkpoints), True (newest complete
-    checkpoint of ``output_dir``), a run or checkpoint directory, or ``"auto"`` (resume when a complete
-    checkpoint exists, else start fresh: for pipelines such as the quickstart that may have been interrupted).
-    """
-    from thinchat.precision import resolve_bf16
-    from thinchat.train.host import fit_to_host
-
-    config = fit_to_host(config)  # a GPU recipe without a GPU: the CPU with bf16: auto, or one-line refusal
-    config = resolve_bf16(config)  # bf16: auto -> true / false, measured on the training device
-    stage = stage_for(config)
-    stage.check(config)
+def _output_dir_and_resume(config: TrainConfig, resume: str | bool | None) -> tuple[Path, str | bool | None]:
+    """The run directory and ``resume`` made concrete: ``"auto"`` decided, a checkpoint -> its run."""
     output_dir = Path(config.output_dir)
     if resume == "auto":
         resume = True if checkpoints.newest_complete(output_dir) is not None else None
     if isinstance(resume, str) and resume:
         resumed = Path(resume)
         output_dir = resumed.parent if resumed.name.startswith("checkpoint-") else resumed
-    base = Path(config.model)
+    return output_dir, resume
+
+
+def _check_base_model(base: Path) -> None:
+    """Refuse a ``model`` that is not a Llava checkpoint before anything loads."""
     if not (base / "config.json").is_file():
         from thinchat.errors import ModelSpecError
 
@@ -183,30 +178,30 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
             f"model={base}: not a Llava checkpoint directory (no config.json); run `thinchat build` "
             "first, or point model at a stage-1 output"
         )
-    if not stage.uses_trainer:
-        return stage.train(config, resume)
-    current = checkpoints.fingerprint(base, config.stage, config)
+
+
+def _checkpoint_to_resume(output_dir: Path, resume: str | bool | None, current: dict[str, Any]) -> str | None:
+    """The checkpoint to continue from, or None for a fresh run; a fresh run never overwrites checkpoints."""
     resume_from = checkpoints.resolve_resume(output_dir, resume, current)
     if resume_from is None and checkpoints.newest_complete(output_dir) is not None:
         raise ConfigError(
             f"{output_dir} already holds checkpoints of a run: add --resume to continue it, "
             "or choose another output_dir"
         )
-    train_samples, val_samples = load_data(config)
+    return resume_from
 
-    from thinchat.train.trainer import cpu_settings
 
-    cpu_settings(config)
-    from transformers import ProgressCallback, set_seed
-
+def _datasets(
+    config: TrainConfig,
+    model: Any,
+    processor: Any,
+    train_samples: Sequence[Sample],
+    val_samples: Sequence[Sample] | None,
+) -> tuple[SupervisedDataset, SupervisedDataset | None]:
+    """The tokenized train and validation sets, cut to the LM's context if it is shorter than max_length."""
     from thinchat.compose import max_positions
-    from thinchat.train.dataset import Collator, SupervisedDataset
-    from thinchat.train.model_setup import count_trainable
-    from thinchat.train.time_budget import StepBudget, TimeBudgetCallback
-    from thinchat.train.trainer import ThinchatTrainer, TokensPerSecond
+    from thinchat.train.dataset import SupervisedDataset
 
-    set_seed(config.seed)  # LoRA / projector initialisation must not depend on what ran before
-    model, processor = stage.load(config)
     limit = max_positions(model.config.text_config)
     max_length = min(config.max_length, limit) if limit else config.max_length
     isolate = config.turn_layout == "isolated"
@@ -218,35 +213,50 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
         if val_samples
         else None
     )
-    model.requires_grad_(False)  # stage.prepare decides what trains; the feature cache needs a frozen tower
-    # The arguments first: they set up torch.distributed, so the feature cache can shard across ranks.
-    args = training_arguments(config, output_dir, val_set is not None)
-    feature_cache = attach_feature_cache(config, model, processor, [train_set, val_set], args.device)
-    model = stage.prepare(model, config, lambda: gradient_batches(config, train_set, feature_cache))
-    trainable, total = count_trainable(model)
-    log.info(
-        "stage %s: training %d of %d parameters (%.2f%%)",
-        config.stage,
-        trainable,
-        total,
-        100 * trainable / total,
-    )
+    return train_set, val_set
 
+
+def _start_run(
+    config: TrainConfig,
+    stage: Stage,
+    model: Any,
+    processor: Any,
+    output_dir: Path,
+    current: dict[str, Any],
+    resumed: bool,
+    train_set: SupervisedDataset,
+    feature_cache: Any,
+) -> None:
+    """Create the run directory; a fresh run also writes its metadata, first adapter, fitted projector."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    if resume_from is None and checkpoints.is_main_process():
+    if not resumed and checkpoints.is_main_process():
         checkpoints.write_json_atomic(
             output_dir / checkpoints.RUN_META, {**current, "config": config_dict(config)}
         )
-    if stage.rewrites_base(config) and resume_from is None and checkpoints.is_main_process():
+    if stage.rewrites_base(config) and not resumed and checkpoints.is_main_process():
         save_initial_adapter(model, output_dir)
-    if stage.fits_projector(config) and resume_from is None:
+    if stage.fits_projector(config) and not resumed:
         fit_projector(config, model, processor, train_set, feature_cache)
-    if config.closed_form_only():
-        if checkpoints.is_main_process():
-            model.save_pretrained(str(output_dir))
-            processor.save_pretrained(str(output_dir))
-            log.info("wrote %s (closed-form projector, no gradient steps)", output_dir)
-        return output_dir
+
+
+def _build_trainer(
+    config: TrainConfig,
+    model: Any,
+    processor: Any,
+    args: Any,
+    train_set: SupervisedDataset,
+    val_set: SupervisedDataset | None,
+    feature_cache: Any,
+    output_dir: Path,
+    callbacks: Sequence[Any],
+) -> Any:
+    """The ``ThinchatTrainer`` with thinchat's callbacks (throughput, the time budget) and the caller's."""
+    from transformers import ProgressCallback
+
+    from thinchat.train.dataset import Collator
+    from thinchat.train.time_budget import StepBudget, TimeBudgetCallback
+    from thinchat.train.trainer import ThinchatTrainer, TokensPerSecond
+
     budget = (
         StepBudget(config.time_budget_s, config.max_steps, config.budget_calibration_steps)
         if config.time_budget_s > 0
@@ -272,6 +282,67 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
         trainer.add_callback(TimeBudgetCallback(budget, output_dir))
     for callback in callbacks:
         trainer.add_callback(callback)
+    return trainer
+
+
+def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequence[Any] = ()) -> Path:
+    """Run one stage; returns the output directory (the final model is written there).
+
+    ``resume``: None (fresh run; refused if ``output_dir`` already holds checkpoints), True (newest complete
+    checkpoint of ``output_dir``), a run or checkpoint directory, or ``"auto"`` (resume when a complete
+    checkpoint exists, else start fresh: for pipelines such as the quickstart that may have been interrupted).
+    """
+    from thinchat.precision import resolve_bf16
+    from thinchat.train.host import fit_to_host
+
+    config = fit_to_host(config)  # a GPU recipe without a GPU: the CPU with bf16: auto, or one-line refusal
+    config = resolve_bf16(config)  # bf16: auto -> true / false, measured on the training device
+    stage = stage_for(config)
+    stage.check(config)
+    output_dir, resume = _output_dir_and_resume(config, resume)
+    base = Path(config.model)
+    _check_base_model(base)
+    if not stage.uses_trainer:
+        return stage.train(config, resume)
+    current = checkpoints.fingerprint(base, config.stage, config)
+    resume_from = _checkpoint_to_resume(output_dir, resume, current)
+    train_samples, val_samples = load_data(config)
+
+    from thinchat.train.trainer import cpu_settings
+
+    cpu_settings(config)
+    from transformers import set_seed
+
+    from thinchat.train.model_setup import count_trainable
+
+    set_seed(config.seed)  # LoRA / projector initialisation must not depend on what ran before
+    model, processor = stage.load(config)
+    train_set, val_set = _datasets(config, model, processor, train_samples, val_samples)
+    model.requires_grad_(False)  # stage.prepare decides what trains; the feature cache needs a frozen tower
+    # The arguments first: they set up torch.distributed, so the feature cache can shard across ranks.
+    args = training_arguments(config, output_dir, val_set is not None)
+    feature_cache = attach_feature_cache(config, model, processor, [train_set, val_set], args.device)
+    model = stage.prepare(model, config, lambda: gradient_batches(config, train_set, feature_cache))
+    trainable, total = count_trainable(model)
+    log.info(
+        "stage %s: training %d of %d parameters (%.2f%%)",
+        config.stage,
+        trainable,
+        total,
+        100 * trainable / total,
+    )
+
+    resumed = resume_from is not None
+    _start_run(config, stage, model, processor, output_dir, current, resumed, train_set, feature_cache)
+    if config.closed_form_only():
+        if checkpoints.is_main_process():
+            model.save_pretrained(str(output_dir))
+            processor.save_pretrained(str(output_dir))
+            log.info("wrote %s (closed-form projector, no gradient steps)", output_dir)
+        return output_dir
+    trainer = _build_trainer(
+        config, model, processor, args, train_set, val_set, feature_cache, output_dir, callbacks
+    )
     trainer.train(resume_from_checkpoint=resume_from)
     if trainer.args.should_save:
         stage.save_final(trainer, trainer.model, processor, config, output_dir)
