@@ -66,18 +66,18 @@ def _present(props: dict[str, float], names: tuple[str, ...]) -> list[str]:
     return sorted((n for n in names if props.get(n, 0.0) >= MENTION_MIN), key=lambda n: -props[n])
 
 
-def caption(labels: dict[str, Any], lang: str) -> str:
-    """The report for one slide's labels (see ``synth.generate``) in ``lang`` ("zh" or "en")."""
-    zh = lang == "zh"
-    props: dict[str, float] = labels["proportions"]
-    rock = labels["rock"]
-    out: list[str] = []
-    join = "，" if zh else ", "
-    carbonate_rock = rock in ("limestone", "dolostone")
+def _main_carbonate(rock: str) -> str:
+    """The carbonate a carbonate rock is made of (its mosaic), described first rather than as a cement."""
+    return "calcite" if rock == "limestone" else "dolomite"
 
-    framework = _present(props, FRAMEWORK)
-    if carbonate_rock:
-        main = "calcite" if rock == "limestone" else "dolomite"
+
+def _composition(props: dict[str, float], rock: str, framework: list[str], lang: str) -> list[str]:
+    """Composition: a carbonate rock's mosaic and its detrital grains, or a clastic rock's framework."""
+    zh = lang == "zh"
+    join = "，" if zh else ", "
+    out: list[str] = []
+    if rock in ("limestone", "dolostone"):
+        main = _main_carbonate(rock)
         habit = (
             ("呈亮晶镶嵌状" if main == "calcite" else "呈细晶镶嵌状，雾心亮边")
             if zh
@@ -98,18 +98,29 @@ def caption(labels: dict[str, Any], lang: str) -> str:
     elif framework:
         items = join.join(_item(n, props[n], lang) for n in framework)
         out.append(f"碎屑成分：{items}。" if zh else f"Framework grains: {items}.")
-    if props.get("argillaceous_matrix", 0) >= MENTION_MIN:
-        even = props["argillaceous_matrix"] >= 20
-        m = _item("argillaceous_matrix", props["argillaceous_matrix"], lang)
-        out.append(
-            f"{m}，呈隐晶状，分布{'较均匀' if even else '欠均'}。"
-            if zh
-            else f"{_cap(m)} is cryptocrystalline and {'evenly' if even else 'unevenly'} distributed."
-        )
+    return out
+
+
+def _matrix(props: dict[str, float], lang: str) -> list[str]:
+    """The argillaceous matrix, said to be even from 20% up."""
+    if props.get("argillaceous_matrix", 0) < MENTION_MIN:
+        return []
+    even = props["argillaceous_matrix"] >= 20
+    m = _item("argillaceous_matrix", props["argillaceous_matrix"], lang)
+    return [
+        f"{m}，呈隐晶状，分布{'较均匀' if even else '欠均'}。"
+        if lang == "zh"
+        else f"{_cap(m)} is cryptocrystalline and {'evenly' if even else 'unevenly'} distributed."
+    ]
+
+
+def _carbonate_cements(props: dict[str, float], rock: str, lang: str) -> list[str]:
+    """Calcite and dolomite other than a carbonate rock's own mosaic (already in the composition)."""
+    zh = lang == "zh"
+    carbonate_rock = rock in ("limestone", "dolostone")
+    out: list[str] = []
     for carb in ("calcite", "dolomite"):
-        if props.get(carb, 0) >= MENTION_MIN and not (
-            carbonate_rock and carb == ("calcite" if rock == "limestone" else "dolomite")
-        ):
+        if props.get(carb, 0) >= MENTION_MIN and not (carbonate_rock and carb == _main_carbonate(rock)):
             it = _item(carb, props[carb], lang)
             if carb == "calcite" and carbonate_rock:  # crystals of the dolostone mosaic
                 out.append(
@@ -125,6 +136,13 @@ def caption(labels: dict[str, Any], lang: str) -> str:
                     if zh
                     else f"{_cap(it)} is fine crystalline with cloudy cores and clear rims."
                 )
+    return out
+
+
+def _silica_and_alteration(props: dict[str, float], framework: list[str], lang: str) -> list[str]:
+    """Siliceous cement (quartz overgrowths), then K-feldspar's argillization whenever it is present."""
+    zh = lang == "zh"
+    out: list[str] = []
     if props.get("siliceous_cement", 0) >= MENTION_MIN:
         it = _item("siliceous_cement", props["siliceous_cement"], lang)
         out.append(
@@ -134,6 +152,14 @@ def caption(labels: dict[str, Any], lang: str) -> str:
         )
     if "k_feldspar" in framework:
         out.append("钾长石具粘土化。" if zh else "K-feldspar shows argillization.")
+    return out
+
+
+def _flakes_and_accessories(props: dict[str, float], lang: str) -> list[str]:
+    """Micas and chlorite, then accessory minerals, each listed most abundant first."""
+    zh = lang == "zh"
+    join = "，" if zh else ", "
+    out: list[str] = []
     flakes = _present(props, FLAKES)
     if flakes:
         items = join.join(_item(n, props[n], lang) for n in flakes)
@@ -142,44 +168,78 @@ def caption(labels: dict[str, Any], lang: str) -> str:
     if acc:
         items = join.join(_item(n, props[n], lang) for n in acc)
         out.append(f"副矿物见{items}。" if zh else f"Accessory minerals: {items}.")
+    return out
+
+
+def _optics(framework: list[str], lang: str) -> list[str]:
+    """What the framework grains show under crossed polars (extinction, twinning)."""
     optics = [
         (n, f)
         for n, f in (("quartz", "undulose"), ("plagioclase", "twin"), ("k_feldspar", "grid"))
         if n in framework
     ]
-    if optics:
-        words_zh = {"undulose": "具波状消光", "twin": "见聚片双晶", "grid": "见格子双晶"}
-        words_en = {"undulose": "shows undulose extinction", "twin": "shows polysynthetic twinning",
-                    "grid": "shows cross-hatched twinning"}  # fmt: skip
-        if zh:
-            out.append("正交偏光下，" + "，".join(_ZH[n] + words_zh[f] for n, f in optics) + "。")
-        else:
-            out.append(
-                "Under crossed polars " + ", ".join(f"{_EN[n]} {words_en[f]}" for n, f in optics) + "."
-            )
+    if not optics:
+        return []
+    words_zh = {"undulose": "具波状消光", "twin": "见聚片双晶", "grid": "见格子双晶"}
+    words_en = {"undulose": "shows undulose extinction", "twin": "shows polysynthetic twinning",
+                "grid": "shows cross-hatched twinning"}  # fmt: skip
+    if lang == "zh":
+        return ["正交偏光下，" + "，".join(_ZH[n] + words_zh[f] for n, f in optics) + "。"]
+    return ["Under crossed polars " + ", ".join(f"{_EN[n]} {words_en[f]}" for n, f in optics) + "."]
+
+
+def _size_and_fabric(labels: dict[str, Any], lang: str) -> list[str]:
+    """Grain (or crystal) size range, then sorting, roundness and orientation for a clastic rock."""
+    zh = lang == "zh"
     gs = labels["grain_size_mm"]
     rng_txt = f"{gs['p10']:.2f}-{gs['p90']:.2f}mm" if zh else f"{gs['p10']:.2f}-{gs['p90']:.2f} mm"
-    if carbonate_rock:
-        out.append(f"晶粒大小{rng_txt}。" if zh else f"Crystal size is {rng_txt}.")
-        out.append("晶粒呈镶嵌状接触。" if zh else "Crystals form an interlocking mosaic.")
-    else:
-        cls, sort = labels["grain_size_class"], labels["sorting"]
-        out.append(
-            f"碎屑粒径{rng_txt}，以{_ZH[cls]}为主，分选{_ZH[sort]}。"
-            if zh
-            else f"Grain size is {rng_txt}, mainly {_EN[cls]}, {_EN[sort]} sorted."
-        )
-        oriented = labels["orientation"]["oriented"]
-        rnd = labels["roundness"]
-        out.append(
-            f"颗粒呈{_ZH[rnd]}，{'长轴大致具定向性' if oriented else '排列无明显方向'}。"
-            if zh
-            else f"Grains are {_EN[rnd]}, {'with long axes showing a preferred orientation' if oriented else 'randomly arranged'}."
-        )
-    if props.get("pore", 0) >= MENTION_MIN:
-        kind_zh, kind_en = (
-            ("溶孔", "dissolution pores") if carbonate_rock else ("粒间孔", "intergranular pores")
-        )
-        it = _item("pore", props["pore"], lang)
-        out.append(f"{it}，以{kind_zh}为主。" if zh else f"{_cap(it)} are mainly {kind_en}.")
-    return "".join(out) if zh else " ".join(out)
+    if labels["rock"] in ("limestone", "dolostone"):
+        return [
+            f"晶粒大小{rng_txt}。" if zh else f"Crystal size is {rng_txt}.",
+            "晶粒呈镶嵌状接触。" if zh else "Crystals form an interlocking mosaic.",
+        ]
+    cls, sort = labels["grain_size_class"], labels["sorting"]
+    oriented = labels["orientation"]["oriented"]
+    rnd = labels["roundness"]
+    return [
+        f"碎屑粒径{rng_txt}，以{_ZH[cls]}为主，分选{_ZH[sort]}。"
+        if zh
+        else f"Grain size is {rng_txt}, mainly {_EN[cls]}, {_EN[sort]} sorted.",
+        f"颗粒呈{_ZH[rnd]}，{'长轴大致具定向性' if oriented else '排列无明显方向'}。"
+        if zh
+        else f"Grains are {_EN[rnd]}, {'with long axes showing a preferred orientation' if oriented else 'randomly arranged'}.",
+    ]
+
+
+def _pores(props: dict[str, float], rock: str, lang: str) -> list[str]:
+    """Porosity and its kind: dissolution pores in a carbonate rock, intergranular ones otherwise."""
+    if props.get("pore", 0) < MENTION_MIN:
+        return []
+    kind_zh, kind_en = (
+        ("溶孔", "dissolution pores")
+        if rock in ("limestone", "dolostone")
+        else ("粒间孔", "intergranular pores")
+    )
+    it = _item("pore", props["pore"], lang)
+    return [f"{it}，以{kind_zh}为主。" if lang == "zh" else f"{_cap(it)} are mainly {kind_en}."]
+
+
+def caption(labels: dict[str, Any], lang: str) -> str:
+    """The report for one slide's labels (see ``synth.generate``) in ``lang`` ("zh" or "en").
+
+    One helper per facet, called in the module's fixed facet order.
+    """
+    props: dict[str, float] = labels["proportions"]
+    rock = labels["rock"]
+    framework = _present(props, FRAMEWORK)
+    out = [
+        *_composition(props, rock, framework, lang),
+        *_matrix(props, lang),
+        *_carbonate_cements(props, rock, lang),
+        *_silica_and_alteration(props, framework, lang),
+        *_flakes_and_accessories(props, lang),
+        *_optics(framework, lang),
+        *_size_and_fabric(labels, lang),
+        *_pores(props, rock, lang),
+    ]
+    return "".join(out) if lang == "zh" else " ".join(out)
