@@ -70,6 +70,15 @@ def first_token_score(engine, images: list, question: str, ids: tuple[int, int])
     return float(logits[ids[0]] - logits[ids[1]])
 
 
+def auc(scores: list[float], truth: list[bool]) -> float:
+    """P(score of a present term > score of an absent one): Mann-Whitney U over the pairs."""
+    from scipy.stats import mannwhitneyu
+
+    present = [s for s, t in zip(scores, truth, strict=True) if t]
+    absent = [s for s, t in zip(scores, truth, strict=True) if not t]
+    return mannwhitneyu(present, absent).statistic / (len(present) * len(absent))
+
+
 def balanced(scores: list[float], truth: list[bool], threshold: float = 0.0) -> float:
     said = [s > threshold for s in scores]
     yes = [p for p, t in zip(said, truth, strict=True) if t]
@@ -79,7 +88,6 @@ def balanced(scores: list[float], truth: list[bool], threshold: float = 0.0) -> 
 
 def main(argv: list[str] | None = None) -> int:
     from PIL import Image
-    from scipy.stats import mannwhitneyu
     from tqdm import tqdm
 
     from thinchat.engine import ChatEngine
@@ -106,15 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": args.from_pretrained,
         "questions": len(rows),
         "present": len(present),
-        "auc": round(mannwhitneyu(present, absent).statistic / (len(present) * len(absent)), 3),
-        "auc_calibrated": round(
-            mannwhitneyu(
-                [c for c, t in zip(calibrated, truth, strict=True) if t],
-                [c for c, t in zip(calibrated, truth, strict=True) if not t],
-            ).statistic
-            / (len(present) * len(absent)),
-            3,
-        ),
+        "auc": round(auc(scores, truth), 3),
+        "auc_calibrated": round(auc(calibrated, truth), 3),
         "balanced_at_zero": round(balanced(scores, truth), 3),
         "balanced_calibrated": round(balanced(calibrated, truth), 3),
         "balanced_best_threshold": round(max(balanced(scores, truth, t - 1e-6) for t in scores), 3),

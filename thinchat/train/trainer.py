@@ -65,15 +65,12 @@ def weighted_lm_loss(model: Any, inputs: dict[str, Any], weights: Any, num_items
     """
     import torch.nn.functional as F
 
-    inputs = dict(inputs)
-    labels = inputs.pop("labels")
-    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-    keep = targets.ne(IGNORE_INDEX)
-    shifted = F.pad(weights[:, 1:].to(labels.device), (0, 1), value=0.0)[keep]
-    logits = model(**inputs, logits_to_keep=keep).logits
-    token_loss = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), targets[keep], reduction="none"
-    )
+    scored = logits_only_where_scored(inputs)
+    del scored["labels"]  # the loss is computed here, from the pre-shifted labels
+    targets, keep = scored.pop("shift_labels"), scored["logits_to_keep"]
+    shifted = F.pad(weights[:, 1:].to(keep.device), (0, 1), value=0.0)[keep]
+    logits = model(**scored).logits
+    token_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, reduction="none")
     count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
     return (token_loss * shifted).sum() / count
 

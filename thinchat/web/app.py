@@ -85,24 +85,16 @@ def _model_info(engine: Any, s: dict[str, str]) -> str:
     return s["model_info"].format(name=engine.name, context=engine.context_limit)
 
 
+def _view_input(label: str, elem_id: str) -> gr.Image:
+    return gr.Image(
+        type="filepath", label=label, sources=["upload", "clipboard"], height=200, elem_id=elem_id
+    )
+
+
 def _image_inputs(s: dict[str, str]) -> tuple[gr.Image, gr.Image]:
     """The PPL and XPL views of one field, side by side."""
     with gr.Row():
-        ppl = gr.Image(
-            type="filepath",
-            label=s["ppl"],
-            sources=["upload", "clipboard"],
-            height=200,
-            elem_id="ppl-image",
-        )
-        xpl = gr.Image(
-            type="filepath",
-            label=s["xpl"],
-            sources=["upload", "clipboard"],
-            height=200,
-            elem_id="xpl-image",
-        )
-    return ppl, xpl
+        return _view_input(s["ppl"], "ppl-image"), _view_input(s["xpl"], "xpl-image")
 
 
 def _settings_panel(engine: Any, s: dict[str, str]) -> tuple[gr.Accordion, gr.Slider, gr.Slider, gr.Slider]:
