@@ -20,8 +20,9 @@ from data_tools.convert_entries import build_entries, grounded_generator, label_
 from data_tools.convert_output import finish, format_summary, summarise
 from data_tools.convert_rows import Reading, orphan_images, read_rows, source_items
 from data_tools.imagecheck import ImageIndex
-from data_tools.sources import FORMATS, check_encoding
+from data_tools.sources import FORMATS
 from data_tools.splits import SPLIT_NAMES, assign_fixed_splits, parse_split, read_ids
+from data_tools.textfile import check_encoding
 from thinchat.domain.grounded_qa import QAOptions
 from thinchat.domain.lexicon import load_lexicon
 from thinchat.domain.questions import load_questions

@@ -17,7 +17,8 @@ from typing import Any
 from tqdm import tqdm
 
 from data_tools.imagecheck import VIEWS, ImageIndex
-from data_tools.sources import READERS, Row, Skip, clean_text, sniff_format
+from data_tools.sources import READERS, Row, Skip, sniff_format
+from data_tools.textfile import clean_text
 from thinchat.errors import DataFormatError, ImageError
 
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from data_tools.imagecheck import VIEWS
-from data_tools.sources import IMAGE_KEYS, Item, Row, Skip, _csv_records, _lines, _ref_of
+from data_tools.sources import IMAGE_KEYS, Item, Row, Skip, _csv_records, _ref_of
+from data_tools.textfile import lines_of
 from thinchat.domain.classes import ClassSet
 from thinchat.domain.language import is_chinese
 from thinchat.errors import DataFormatError
@@ -128,7 +129,7 @@ def _table_row(path: Path, line: int, record: Sequence[str], layout: Layout) -> 
 
 def read_label_table(path: Path, encoding: str, delimiter: str) -> Iterator[Item]:
     """A CSV (``delimiter`` ``,``) or TSV (``\\t``) labels table with a header row."""
-    decoded = list(_lines(path, encoding))
+    decoded = list(lines_of(path, encoding))
     if delimiter == "\t":
         records = [
             (n, t.split("\t") if t is not None else None, e) for n, t, e in decoded if t is None or t.strip()
@@ -182,7 +183,7 @@ def _json_row(path: Path, line: int, obj: object) -> Item:
 
 def read_label_jsonl(path: Path, encoding: str) -> Iterator[Item]:
     """One JSON object a line (blank lines are not rows)."""
-    for number, text, error in _lines(path, encoding):
+    for number, text, error in lines_of(path, encoding):
         if text is None:
             yield Skip(str(path), number, error)
         elif text.strip():
@@ -201,7 +202,7 @@ def read_labels(path: Path, encoding: str = "utf-8") -> Iterator[Item]:
     """The rows of a labels file, its format told from its first line (``{``: JSONL; a TAB: TSV; else CSV)."""
     if not path.is_file():
         raise DataFormatError(f"{path}: labels file not found; check --labels")
-    first = next((t for _, t, _ in _lines(path, encoding) if t is not None and t.strip()), "")
+    first = next((t for _, t, _ in lines_of(path, encoding) if t is not None and t.strip()), "")
     if first.lstrip("\ufeff ").startswith("{"):
         return read_label_jsonl(path, encoding)
     return read_label_table(path, encoding, "\t" if "\t" in first else ",")

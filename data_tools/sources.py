@@ -3,20 +3,19 @@
 Every reader yields one item per input row: a :class:`Row` (a caption for an image reference) or a
 :class:`Skip` (the row could not be read, with file, line and reason), so the converter can keep the
 invariant rows in = rows out + rows skipped. Lines are decoded one at a time, so one line in another
-encoding costs that line, not the file. Blank lines are not rows.
+encoding costs that line, not the file (decoding: ``data_tools/textfile.py``). Blank lines are not rows.
 """
 
 from __future__ import annotations
 
-import codecs
 import csv
 import json
 import re
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_tools.textfile import decode_text, detect_encoding, lines_of
 from thinchat.errors import DataFormatError
 from thinchat.images import IMAGE_SUFFIXES
 
@@ -24,8 +23,6 @@ FORMATS = ("auto", "tsv", "csv", "jsonl", "coco", "folder")
 IMAGE_KEYS = ("image", "image_id", "id", "file_name", "filename", "file", "path", "images")
 #: The key of a row's own slide id when another key names its images.
 ID_KEY = "id"
-#: Control characters a caption may keep: the rest (NUL, escape, ...) are removed by ``clean_text``.
-KEPT_CONTROLS = frozenset("\n\t")
 CAPTION_KEYS = ("caption", "captions", "text", "description", "sentence", "sentences", "report")
 
 
@@ -52,103 +49,8 @@ class Skip:
 
 Item = Row | Skip
 
-
-#: Byte-order marks and the codec each one means; a BOM wins over ``--encoding`` (UTF-32 before UTF-16:
-#: the UTF-32-LE mark starts with the UTF-16-LE one).
-_BOMS = (
-    (b"\xef\xbb\xbf", "utf-8"),
-    (b"\xff\xfe\x00\x00", "utf-32-le"),
-    (b"\x00\x00\xfe\xff", "utf-32-be"),
-    (b"\xff\xfe", "utf-16-le"),
-    (b"\xfe\xff", "utf-16-be"),
-)
-#: Codecs whose name leaves the byte order open: without a BOM, read them little-endian (what Windows writes).
-_NO_BOM_DEFAULT = {"utf-16": "utf-16-le", "utf-32": "utf-32-le", "utf-8-sig": "utf-8"}
 #: Lines one quoted CSV field may span; a quote left open longer than this is reported, not followed to EOF.
 MAX_RECORD_LINES = 100
-
-
-def check_encoding(encoding: str) -> str:
-    """The canonical codec name of ``encoding``, or ``DataFormatError`` (not a bare ``LookupError``)."""
-    try:
-        return codecs.lookup(encoding).name
-    except LookupError as exc:
-        raise DataFormatError(
-            f"--encoding {encoding!r}: unknown text encoding; use a codec name such as utf-8, gb18030 or utf-16"
-        ) from exc
-
-
-def clean_text(text: str) -> tuple[str, int]:
-    """``text`` without control characters other than newline and tab, and how many were removed.
-
-    Why: a NUL or an escape sequence inside a caption (pasted from a terminal, exported by a database)
-    would travel into the conversation JSON and the tokenizer; the converter counts what it removed.
-    """
-    removed = sum(1 for ch in text if unicodedata.category(ch) == "Cc" and ch not in KEPT_CONTROLS)
-    if not removed:
-        return text, 0
-    return "".join(ch for ch in text if unicodedata.category(ch) != "Cc" or ch in KEPT_CONTROLS), removed
-
-
-def detect_encoding(data: bytes, encoding: str) -> tuple[bytes, str]:
-    """``(data without its BOM, codec)``: a UTF-8/16/32 BOM decides, otherwise ``encoding`` does.
-
-    Why: spreadsheet software writes "Unicode Text" as UTF-16 with a BOM and CSV as UTF-8 with one; users
-    should not have to know which.
-    """
-    for bom, codec in _BOMS:
-        if data.startswith(bom):
-            return data[len(bom) :], codec
-    name = check_encoding(encoding)
-    return data, _NO_BOM_DEFAULT.get(name, name)
-
-
-def _split_lines(data: bytes, codec: str) -> Iterator[bytes]:
-    """Physical lines of ``data`` in ``codec``, split on the encoded newline at code-unit boundaries.
-
-    Why not ``data.split(b"\n")``: in UTF-16/32 the newline is 2 or 4 bytes and a 0x0a byte can sit inside
-    another character; splitting on bytes would tear every line after the first.
-    """
-    newline, carriage = "\n".encode(codec), "\r".encode(codec)
-    width = len(newline)
-    start, pos = 0, data.find(newline)
-    while pos != -1:
-        if pos % width:  # not on a code-unit boundary: part of another character
-            pos = data.find(newline, pos + 1)
-            continue
-        line = data[start:pos]
-        yield line[: -len(carriage)] if line.endswith(carriage) else line
-        start = pos + width
-        pos = data.find(newline, start)
-    line = data[start:]
-    yield line[: -len(carriage)] if line.endswith(carriage) else line
-
-
-def _lines(path: Path, encoding: str) -> Iterator[tuple[int, str | None, str]]:
-    """(line number, decoded text or None, error) for each physical line of ``path``."""
-    data, codec = detect_encoding(path.read_bytes(), encoding)
-    for number, raw in enumerate(_split_lines(data, codec), start=1):
-        try:
-            yield number, raw.decode(codec), ""
-        except UnicodeDecodeError as exc:
-            byte = f"byte 0x{raw[exc.start]:02x}" if exc.start < len(raw) else "an incomplete character"
-            yield (
-                number,
-                None,
-                f"not valid {codec} ({byte} at column {exc.start + 1}); "
-                f"re-save the file as UTF-8 or pass --encoding (e.g. gb18030)",
-            )
-
-
-def decode_text(path: Path, encoding: str) -> str:
-    """The whole of ``path`` decoded (BOM detected), or ``DataFormatError`` naming the file and offset."""
-    data, codec = detect_encoding(path.read_bytes(), encoding)
-    try:
-        return data.decode(codec)
-    except UnicodeDecodeError as exc:
-        raise DataFormatError(
-            f"{path}: not valid {codec} (byte offset {exc.start}); re-save as UTF-8 or pass --encoding"
-        ) from exc
 
 
 def sniff_format(path: Path, encoding: str = "utf-8") -> str:
@@ -183,7 +85,7 @@ def sniff_format(path: Path, encoding: str = "utf-8") -> str:
 
 def read_tsv(path: Path, encoding: str) -> Iterator[Item]:
     """ThinGPT captions: ``image_id<TAB>caption`` per line (repeated ids = several captions)."""
-    for number, text, error in _lines(path, encoding):
+    for number, text, error in lines_of(path, encoding):
         if text is None:
             yield Skip(str(path), number, error)
             continue
@@ -282,7 +184,7 @@ def _csv_records(
 def read_csv(path: Path, encoding: str) -> Iterator[Item]:
     """CSV with a header naming an image column and a caption column (optional ``lang``; an ``id`` column
     beside the image column is the slide's own id)."""
-    decoded = list(_lines(path, encoding))
+    decoded = list(lines_of(path, encoding))
     header: list[str] | None = None
     for number, record, reason, rest in _csv_records(decoded, width=None):
         if record is None:
@@ -344,7 +246,7 @@ def _ref_of(value: object) -> str | None:
 def read_jsonl(path: Path, encoding: str) -> Iterator[Item]:
     """One JSON object per line: ``{"image": id-or-path or [views], "caption": str or [str], "lang"?, "id"?}``
     (an ``id`` beside ``image`` is the slide's own id)."""
-    for number, text, error in _lines(path, encoding):
+    for number, text, error in lines_of(path, encoding):
         if text is None:
             yield Skip(str(path), number, error)
             continue
