@@ -240,26 +240,14 @@ def _write_part(
     return {"dir": str(out), "entries": len(entries), "embeddings": len(keep)}
 
 
-def import_clipcap(
-    path: str | Path,
-    out_dir: str | Path,
-    seed: int = 0,
-    lang: str = "auto",
-    split: str | None = None,
-    test_ids: str | Path | None = None,
-    encoder: str = "openai/clip-vit-base-patch32",
-) -> dict[str, Any]:
-    """Write the import (see module docstring) to ``out_dir``; return a summary with every skipped row.
+def _float_tensors(path: str | Path, embeds: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """Each embedding as its own contiguous float32 tensor, and their one width.
 
-    ``encoder`` is the tower that made the embeddings (hub id or directory), recorded so a trained
-    model can encode new images the same way. Raises ``DataFormatError`` for embeddings of different
-    widths or a pickle whose captions name no stored embedding at all.
+    Why check here: a pickle mixing towers (two widths) or holding arrays instead of tensors would
+    otherwise fail deep in training; copies share no storage with the pickle's tensors.
     """
     import torch
 
-    captions, embeds = load_clipcap_pickle(path)
-    parts_wanted = parse_split(split, "val" if test_ids is not None else "test") if split else None
-    wanted_test = read_test_ids(test_ids) if test_ids is not None else None
     tensors: dict[str, torch.Tensor] = {}
     widths: dict[int, str] = {}
     for key, value in embeds.items():
@@ -272,6 +260,14 @@ def import_clipcap(
     if len(widths) > 1:
         shown = ", ".join(f"{w} (e.g. {k!r})" for w, k in sorted(widths.items()))
         raise DataFormatError(f"{path}: embeddings have different widths {shown}; one tower's are expected")
+    return tensors, next(iter(widths), 0)  # no embeddings: import_clipcap raises before using it
+
+
+def _caption_entries(
+    path: str | Path, captions: list, tensors: dict[str, Any], lang: str, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+    """``(entries, skipped, captions per image)``: one conversation entry per caption with an embedding
+    (ids ``{image}_{k}``), every other caption in the skip report with its line and reason."""
     pools = load_questions()
     entries, skipped = [], []
     counts: dict[str, int] = {}
@@ -299,6 +295,49 @@ def import_clipcap(
                 "lang": code,
             }
         )
+    return entries, skipped, counts
+
+
+def _write_parts(
+    out: Path,
+    entries: list[dict[str, Any]],
+    tensors: dict[str, Any],
+    encoder: str,
+    parts_of: tuple[list[str], Any, set[str] | None, int] | None,
+) -> dict[str, str]:
+    """Write one import (``parts_of`` None) or one per split drawn by image (``parts_of`` = the captioned
+    image ids, the split ratios, the fixed test ids and the seed); returns each output's path."""
+    if parts_of is None:
+        return {"all": _write_part(out, entries, tensors, encoder)}
+    parts = assign_parts(*parts_of)
+    outputs = {}
+    for part in ("train", "val", "test"):
+        chosen = [e for e in entries if parts[e["image_embedding"]] == part]
+        if chosen:
+            outputs[part] = _write_part(out / part, chosen, tensors, encoder)
+    return outputs
+
+
+def import_clipcap(
+    path: str | Path,
+    out_dir: str | Path,
+    seed: int = 0,
+    lang: str = "auto",
+    split: str | None = None,
+    test_ids: str | Path | None = None,
+    encoder: str = "openai/clip-vit-base-patch32",
+) -> dict[str, Any]:
+    """Write the import (see module docstring) to ``out_dir``; return a summary with every skipped row.
+
+    ``encoder`` is the tower that made the embeddings (hub id or directory), recorded so a trained
+    model can encode new images the same way. Raises ``DataFormatError`` for embeddings of different
+    widths or a pickle whose captions name no stored embedding at all.
+    """
+    captions, embeds = load_clipcap_pickle(path)
+    parts_wanted = parse_split(split, "val" if test_ids is not None else "test") if split else None
+    wanted_test = read_test_ids(test_ids) if test_ids is not None else None
+    tensors, width = _float_tensors(path, embeds)
+    entries, skipped, counts = _caption_entries(path, captions, tensors, lang, seed)
     assert len(captions) == len(entries) + len(skipped)
     if not entries:
         raise DataFormatError(
@@ -306,16 +345,9 @@ def import_clipcap(
             f"({len(tensors)} embeddings, e.g. ids {sorted(tensors)[:3]}); the two lists do not match"
         )
     uncaptioned = sorted(set(tensors) - set(counts))
-    out = Path(out_dir)
-    if parts_wanted is None and wanted_test is None:
-        outputs = {"all": _write_part(out, entries, tensors, encoder)}
-    else:
-        parts = assign_parts(list(counts), parts_wanted, wanted_test, seed)
-        outputs = {}
-        for part in ("train", "val", "test"):
-            chosen = [e for e in entries if parts[e["image_embedding"]] == part]
-            if chosen:
-                outputs[part] = _write_part(out / part, chosen, tensors, encoder)
+    drawn = parts_wanted is not None or wanted_test is not None
+    parts_of = (list(counts), parts_wanted, wanted_test, seed) if drawn else None
+    outputs = _write_parts(Path(out_dir), entries, tensors, encoder, parts_of)
     return {
         "rows_in": len(captions),
         "rows_out": len(entries),
@@ -324,7 +356,7 @@ def import_clipcap(
         "embeddings": len(tensors),
         "embeddings_without_captions": len(uncaptioned),
         "uncaptioned_examples": uncaptioned[:5],
-        "embedding_width": next(iter(widths)),
+        "embedding_width": width,
         "encoder": encoder,
         "outputs": outputs,
     }
