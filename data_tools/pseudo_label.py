@@ -195,22 +195,11 @@ def _done_counts(out: Path) -> Counter[str]:
     return done
 
 
-def pseudo_label(
-    teacher: str | Teacher,
-    out: str | Path,
-    images: str | Path | None = None,
-    task: str = "describe",
-    lang: str = "zh",
-    captions: str | Path | None = None,
-    prompt_file: str | Path | None = None,
-    rate: float = 1.0,
-    retries: int = 2,
-    retry_wait: float = 2.0,
-    model: str = "default",
-    api_key: str | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> dict[str, Any]:
-    """Label every job not yet in ``out``; return counts (written, resumed, failed, skipped)."""
+def _jobs(
+    task: str, lang: str, images: str | Path | None, captions: str | Path | None
+) -> tuple[list[Job], list[str]]:
+    """``(jobs, problems)`` for ``task``: the images to describe or the captions to rewrite, and the rows
+    left out (unreadable, unsafe ids). Raises before any request for a missing input."""
     if task not in TASKS:
         raise DataFormatError(f"--task {task!r}: expected one of {', '.join(TASKS)}")
     if lang not in ("zh", "en"):
@@ -229,7 +218,66 @@ def pseudo_label(
             )
         jobs, problems = caption_jobs(Path(captions), images_dir)
     jobs, unsafe = _unsafe_ids(jobs)
-    problems = [*problems, *unsafe]
+    return jobs, [*problems, *unsafe]
+
+
+def _with_retries(attempt: Any, retries: int, retry_wait: float) -> str:
+    """Run ``attempt()`` until it succeeds: ``""``, or the last error.
+
+    Why two kinds: a thinchat error (bad image, empty answer) fails the same way again, so it is not
+    retried; anything else (network and server errors of any client library) is, with exponential waits.
+    """
+    error = ""
+    for n in range(retries + 1):
+        try:
+            attempt()
+            return ""
+        except ThinchatError as exc:  # bad image or empty answer: retrying will not help
+            return str(exc)
+        except Exception as exc:  # network and server errors of any client library
+            error = f"{type(exc).__name__}: {exc}"
+            if n < retries:
+                time.sleep(retry_wait * (2**n))
+    return error
+
+
+def _label_job(
+    job: Job, bot: Teacher, prompt: str, task: str, limiter: RateLimiter, max_pixels: int, sink: Any
+) -> None:
+    """One request for ``job`` and its answer appended to ``sink`` (flushed, so a crash keeps it)."""
+    imgs = [] if task == "translate" else [load_image(p, max_pixels=max_pixels) for p in job.images]
+    limiter.wait()
+    text = " ".join(bot.generate(imgs, prompt.replace("{caption}", job.caption)).split())
+    if not text:
+        raise DataFormatError("the teacher returned an empty answer")
+    sink.write(f"{job.id}\t{text}\n")
+    sink.flush()
+
+
+def _record_failure(fails: Any, job_id: str, error: str) -> None:
+    """Log a job that failed every try and append it to the failures file."""
+    log.warning("%s: failed: %s", job_id, error)
+    fails.write(json.dumps({"id": job_id, "error": error, "time": time.time()}, ensure_ascii=False) + "\n")
+    fails.flush()
+
+
+def pseudo_label(
+    teacher: str | Teacher,
+    out: str | Path,
+    images: str | Path | None = None,
+    task: str = "describe",
+    lang: str = "zh",
+    captions: str | Path | None = None,
+    prompt_file: str | Path | None = None,
+    rate: float = 1.0,
+    retries: int = 2,
+    retry_wait: float = 2.0,
+    model: str = "default",
+    api_key: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> dict[str, Any]:
+    """Label every job not yet in ``out``; return counts (written, resumed, failed, skipped)."""
+    jobs, problems = _jobs(task, lang, images, captions)
     template = load_prompt(task, lang, prompt_file)
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,35 +299,14 @@ def pseudo_label(
                 stats["skipped"] += 1
                 log.info("%s: caption already in %s, not translated", job.id, lang)
                 continue
-            error = ""
-            for attempt in range(retries + 1):
-                try:
-                    imgs = (
-                        []
-                        if task == "translate"
-                        else [load_image(p, max_pixels=max_pixels) for p in job.images]
-                    )
-                    limiter.wait()
-                    text = " ".join(bot.generate(imgs, template.replace("{caption}", job.caption)).split())
-                    if not text:
-                        raise DataFormatError("the teacher returned an empty answer")
-                    sink.write(f"{job.id}\t{text}\n")
-                    sink.flush()
-                    stats["written"] += 1
-                    error = ""
-                    break
-                except ThinchatError as exc:  # bad image or empty answer: retrying will not help
-                    error = str(exc)
-                    break
-                except Exception as exc:  # network and server errors of any client library
-                    error = f"{type(exc).__name__}: {exc}"
-                    if attempt < retries:
-                        time.sleep(retry_wait * (2**attempt))
+            error = _with_retries(
+                lambda job=job: _label_job(job, bot, template, task, limiter, max_pixels, sink),
+                retries,
+                retry_wait,
+            )
             if error:
                 stats["failed"] += 1
-                log.warning("%s: failed: %s", job.id, error)
-                fails.write(
-                    json.dumps({"id": job.id, "error": error, "time": time.time()}, ensure_ascii=False) + "\n"
-                )
-                fails.flush()
+                _record_failure(fails, job.id, error)
+            else:
+                stats["written"] += 1
     return {**dict(stats), "out": str(out_path), "failures": str(failures_path), "task": task, "lang": lang}
