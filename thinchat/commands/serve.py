@@ -29,15 +29,8 @@ log = logging.getLogger(__name__)
 API_KEY_ENV = "THINCHAT_API_KEY"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "serve",
-        help="OpenAI-compatible chat server (POST /v1/chat/completions, GET /v1/models, GET /health)",
-        description="Serve a base, LoRA or merged checkpoint over the OpenAI chat-completions API. Images come "
-        "as data URIs, or as paths inside --allow-dir directories; URLs are never fetched.",
-    )
-    add_checkpoint(parser, "checkpoint directory (base, stage-1, LoRA, merged or ClipCap)")
-    add_bind(parser, port=8000)
+def _add_access(parser: argparse.ArgumentParser) -> None:
+    """Who may call the server (the API key, three ways) and which image directories a request may name."""
     parser.add_argument(
         "--api-key",
         default=None,
@@ -58,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="directory whose images requests may name by path or file:// URL (repeatable)",
     )
+
+
+def _add_limits(parser: argparse.ArgumentParser) -> None:
+    """The per-request and queue limits: each bounds what one client can make the server hold or do."""
     parser.add_argument(
         "--max-concurrency",
         type=positive_int,
@@ -95,6 +92,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-stop", type=int, default=4, help="stop strings per request (default 4, as OpenAI)"
     )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="OpenAI-compatible chat server (POST /v1/chat/completions, GET /v1/models, GET /health)",
+        description="Serve a base, LoRA or merged checkpoint over the OpenAI chat-completions API. Images come "
+        "as data URIs, or as paths inside --allow-dir directories; URLs are never fetched.",
+    )
+    add_checkpoint(parser, "checkpoint directory (base, stage-1, LoRA, merged or ClipCap)")
+    add_bind(parser, port=8000)
+    _add_access(parser)
+    _add_limits(parser)
     parser.add_argument(
         "--served-model-name",
         default=None,
