@@ -64,6 +64,53 @@ def stated_proportions(
     return found
 
 
+def _sample_terms(
+    hyp: str, sample_refs: Sequence[str], lexicon: LexiconLike, kind_set: set[str]
+) -> tuple[set[str], set[str]]:
+    """``(answer terms, reference terms)``: the reference terms are the union over the sample's references,
+    since they all describe the same slide."""
+    gold: set[str] = set()
+    for r in sample_refs:
+        gold |= lexicon.find(r, kinds=kind_set)
+    return lexicon.find(hyp, kinds=kind_set), gold
+
+
+def _sample_proportions(
+    hyp: str, sample_refs: Sequence[str], lexicon: LexiconLike, kinds: frozenset[str]
+) -> dict[str, Any] | None:
+    """The proportions the answer states against the references' (per term, the mean of the values the
+    references that state one give), or None when no reference states a proportion."""
+    stated: dict[str, list[float]] = {}
+    for ref_text in sample_refs:
+        for tid, v in stated_proportions(ref_text, lexicon, kinds).items():
+            stated.setdefault(tid, []).append(v)
+    if not stated:
+        return None
+    ref_props = {t: sum(v) / len(v) for t, v in stated.items()}
+    ans_props = stated_proportions(hyp, lexicon, kinds)
+    return {
+        "reference": dict(sorted(ref_props.items())),
+        "answer": dict(sorted(ans_props.items())),
+        "abs_error": {t: abs(ans_props[t] - ref_props[t]) for t in sorted(ref_props) if t in ans_props},
+        "missing": sorted(t for t in ref_props if t not in ans_props),
+        "extra": sorted(t for t in ans_props if t not in ref_props),
+    }
+
+
+def _proportion_totals(per_sample: Mapping[str, dict]) -> dict[str, Any]:
+    """The proportion section over every sample with stated reference proportions: mean absolute error
+    of the matched terms, and how many terms the answers left out or added."""
+    sections = [e["proportions"] for e in per_sample.values() if "proportions" in e]
+    errors = [v for s in sections for v in s["abs_error"].values()]
+    return {
+        "n_samples": len(sections),
+        "mae": sum(errors) / len(errors) if errors else None,
+        "n_matched": len(errors),
+        "n_missing": sum(len(s["missing"]) for s in sections),
+        "n_extra": sum(len(s["extra"]) for s in sections),
+    }
+
+
 def domain_scores(
     hyps: Mapping[str, str],
     refs: Mapping[str, Sequence[str]],
@@ -84,13 +131,8 @@ def domain_scores(
     per_sample: dict[str, dict] = {}
     tp_sum = pred_sum = ref_sum = 0
     macro: list[tuple[float, float, float]] = []
-    errors: list[float] = []
-    n_missing = n_extra = n_prop_samples = 0
     for sid in sorted(hyps):
-        pred = lexicon.find(hyps[sid], kinds=kind_set)
-        gold: set[str] = set()
-        for r in refs[sid]:
-            gold |= lexicon.find(r, kinds=kind_set)
+        pred, gold = _sample_terms(hyps[sid], refs[sid], lexicon, kind_set)
         tp = len(pred & gold)
         tp_sum, pred_sum, ref_sum = tp_sum + tp, pred_sum + len(pred), ref_sum + len(gold)
         p, r, f = _prf(tp, len(pred), len(gold))
@@ -103,28 +145,9 @@ def domain_scores(
         }
         if gold:
             macro.append((p, r, f))
-        # Proportions: per term, the mean of the values stated by the references that state one.
-        stated: dict[str, list[float]] = {}
-        for ref_text in refs[sid]:
-            for tid, v in stated_proportions(ref_text, lexicon, kinds).items():
-                stated.setdefault(tid, []).append(v)
-        if stated:
-            n_prop_samples += 1
-            ref_props = {t: sum(v) / len(v) for t, v in stated.items()}
-            ans_props = stated_proportions(hyps[sid], lexicon, kinds)
-            abs_err = {t: abs(ans_props[t] - ref_props[t]) for t in sorted(ref_props) if t in ans_props}
-            missing = sorted(t for t in ref_props if t not in ans_props)
-            extra = sorted(t for t in ans_props if t not in ref_props)
-            errors.extend(abs_err.values())
-            n_missing += len(missing)
-            n_extra += len(extra)
-            entry["proportions"] = {
-                "reference": dict(sorted(ref_props.items())),
-                "answer": dict(sorted(ans_props.items())),
-                "abs_error": abs_err,
-                "missing": missing,
-                "extra": extra,
-            }
+        proportions = _sample_proportions(hyps[sid], refs[sid], lexicon, kinds)
+        if proportions is not None:
+            entry["proportions"] = proportions
         per_sample[sid] = entry
     micro_p, micro_r, micro_f = _prf(tp_sum, pred_sum, ref_sum)
     n_macro = len(macro)
@@ -138,12 +161,6 @@ def domain_scores(
             "n_samples": n_macro,
         },
         "n_no_reference_terms": len(hyps) - n_macro,
-        "proportions": {
-            "n_samples": n_prop_samples,
-            "mae": sum(errors) / len(errors) if errors else None,
-            "n_matched": len(errors),
-            "n_missing": n_missing,
-            "n_extra": n_extra,
-        },
+        "proportions": _proportion_totals(per_sample),
         "per_sample": per_sample,
     }
