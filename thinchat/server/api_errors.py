@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from thinchat.errors import ImageError, PromptTooLongError, ThinchatError
 from thinchat.server.schemas import error_body
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,16 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def engine_error(exc: ThinchatError) -> APIError:
+    """The 400 for an error the engine raised: a prompt over the context and a bad image get their own
+    ``code`` (``context_length_exceeded``, ``invalid_image``) so clients can tell them apart."""
+    if isinstance(exc, PromptTooLongError):
+        return APIError(400, str(exc), param="messages", code="context_length_exceeded")
+    if isinstance(exc, ImageError):
+        return APIError(400, str(exc), param="messages", code="invalid_image")
+    return APIError(400, str(exc), code="invalid_request")
 
 
 def _loc_to_param(loc: tuple) -> str:
