@@ -118,7 +118,7 @@ def test_projected_tokens_get_the_norm_the_lm_feeds_its_text_with(lm, tmp_path):
 
 
 def test_closed_form_fit_reads_the_description_not_a_shuffled_question() -> None:
-    from thinchat.train.run import _richest_answer
+    from thinchat.train.run import richest_answer
 
     messages = [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is dolomite present?"}]},
@@ -134,5 +134,14 @@ def test_closed_form_fit_reads_the_description_not_a_shuffled_question() -> None
         {"role": "user", "content": [{"type": "text", "text": "Is quartz present?"}]},
         {"role": "assistant", "content": "Yes. Quartz (about 60%)."},
     ]
-    assert _richest_answer(messages) == "Framework grains: quartz (about 60%), feldspar."
-    assert _richest_answer(messages[:1]) == ""
+    assert richest_answer(messages) == "Framework grains: quartz (about 60%), feldspar."
+    assert richest_answer(messages[:1]) == ""
+    # A labelled slide: its description is shorter than its sure-no answer; the turn types say which it is.
+    labelled = [
+        {"role": "user", "content": "Is there feldspar here?"},
+        {"role": "assistant", "content": "No, there is no feldspar in this slide."},
+        {"role": "user", "content": "Describe it."},
+        {"role": "assistant", "content": "The image shows quartz."},
+    ]
+    assert richest_answer(labelled, ["presence", "describe"]) == "The image shows quartz."
+    assert richest_answer(labelled) == "No, there is no feldspar in this slide."

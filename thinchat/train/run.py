@@ -125,7 +125,7 @@ def fit_projector(config, model, processor, train_set, cache) -> None:
     answers, features = [], []
     for sample in train_set.iter_samples():  # one sample parsed at a time
         if sample.images:
-            answers.append(_richest_answer(sample.messages))
+            answers.append(richest_answer(sample.messages, sample.turn_types))
             features.append(cache.features_for(sample.images))
     keep = [i for i, answer in enumerate(answers) if answer.strip()]
     stats = init_projector_ridge(
@@ -139,11 +139,14 @@ def fit_projector(config, model, processor, train_set, cache) -> None:
     log.info("projector fitted in closed form: %s", stats)
 
 
-def _richest_answer(messages: list[dict[str, Any]]) -> str:
-    """The longest assistant answer of a conversation: the slide's description.
+def richest_answer(messages: list[dict[str, Any]], turn_types: list[str] | None = None) -> str:
+    """The slide's description: the answer of the converter's ``describe`` exchange where the sample
+    says which one it is, else the longest assistant answer.
 
     Why not the first: grounded question turns are shuffled around the description, and fitting the
-    projector to "No, there is no dolomite in this slide." would map the slide onto words it lacks.
+    projector to "No, there is no dolomite in this slide." would map the slide onto words it lacks. Why
+    not always the longest: a labelled slide's description is one short sentence ("The image shows
+    quartz."), shorter than its sure-no answer ("No, there is no feldspar in this slide.").
     """
     answers = []
     for message in messages:
@@ -155,6 +158,8 @@ def _richest_answer(messages: list[dict[str, Any]]) -> str:
                 else "".join(part.get("text", "") for part in content if part.get("type") == "text")
             )
             answers.append(text)
+    if turn_types and len(turn_types) == len(answers) and "describe" in turn_types:
+        return answers[turn_types.index("describe")]
     return max(answers, key=len, default="")
 
 
