@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from thinchat.cli import main
 
@@ -147,9 +148,19 @@ def test_finetune_on_labels_reports_every_class_beside_the_probe(parts, tmp_path
     out = tmp_path / "mine"
     argv = [
         "finetune", "--labels", str(labels), "--images", str(images), "--out", str(out), "--vision", tower,
-        "--llm", lm, "--hardware", "cpu", "--threads", "1", *TINY,
+        "--llm", lm, "--hardware", "cpu", "--threads", "1", *TINY, "tower_config=configs/tower_cpu.yaml",
     ]  # fmt: skip
     assert main(argv) == 0
+    # Stage 0 adapted the tower on the classes and stage 1 started from it.
+    from safetensors.torch import load_file
+
+    assert json.loads((out / "tower" / "tower_adaptation.json").read_text())["terms"] == [
+        "feldspar", "quartz", "rock_fragment",
+    ]  # fmt: skip
+    weights = {name: load_file(out / name / "model.safetensors") for name in ("base", "tower", "projector")}
+    tower_keys = [k for k in weights["base"] if "vision_tower" in k and "weight" in k]
+    assert any(not torch.equal(weights["base"][k], weights["tower"][k]) for k in tower_keys)
+    assert all(torch.equal(weights["tower"][k], weights["projector"][k]) for k in tower_keys)
     test = json.loads((out / "data" / "conversations_test.json").read_text(encoding="utf-8"))
     per_class = Counter(e["labels"][0] for e in test)  # a fifth of 24 slides, drawn within each class
     assert sum(per_class.values()) == 5 and set(per_class) == {"feldspar", "lithic", "quartz"}

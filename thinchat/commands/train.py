@@ -29,12 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
+    from thinchat.config import read_yaml
     from thinchat.train.config import config_dict, load_train_config
 
     overrides = list(args.overrides)
     if isinstance(args.resume, str) and "=" in args.resume:  # `--resume key=value`: a bare --resume
         overrides.insert(0, args.resume)
         args.resume = True
+    if read_yaml(args.config, overrides).get("stage") == "tower":
+        return _run_tower(args, overrides)
     config = load_train_config(args.config, overrides)
     if args.show_config:
         print(yaml.safe_dump(config_dict(config), sort_keys=False, allow_unicode=True))
@@ -46,10 +49,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_tower(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Stage 0 (``stage: tower``): adapt the vision tower and write a Llava with it merged."""
+    import dataclasses
+
+    import yaml
+
+    from thinchat.train.tower import adapt_tower, load_tower_config
+
+    config = load_tower_config(args.config, overrides)
+    if args.show_config:
+        print(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False, allow_unicode=True))
+        return 0
+    adapt_tower(config)
+    print(f"Llava with the adapted tower written to {config.output_dir}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train a stage (projector, lora, qlora, full, clipcap) from a YAML config",
+        help="train a stage (tower, projector, lora, qlora, full, clipcap) from a YAML config",
         description="Train one stage from a YAML config. Example: thinchat train --config configs/demo_cpu.yaml",
     )
     add_arguments(parser)

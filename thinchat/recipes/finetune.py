@@ -84,6 +84,10 @@ class FinetuneConfig:
     hardware: Literal["auto", "cpu", "gpu"] = field(
         "auto", help="which recipe: cpu (budget configs) or gpu (LLaVA configs, bf16); auto: what is found"
     )
+    tower_config: str = field(
+        "",
+        help="tower adaptation before stage 1 (configs/tower_cpu.yaml: LoRA on the tower, merged); empty: frozen",
+    )
     projector_config: str = field("auto", help="stage-1 config (auto: by hardware)")
     lora_config: str = field("auto", help="stage-2 config (auto: by hardware)")
     train_overrides: list[str] = field([], help="extra key=value overrides for both stages")

@@ -49,6 +49,10 @@ class QuickstartConfig:
     n_slides: int = field(400, help="synthetic slides to generate (split 80/10/10 by slide)")
     synth_size: int = field(224, help="rendered slide size in pixels")
     seed: int = field(0, help="seed for the data and the training runs")
+    tower_config: str = field(
+        "",
+        help="tower adaptation before stage 1 (configs/tower_cpu.yaml: LoRA on the tower, merged); empty: frozen",
+    )
     projector_config: str = field("configs/demo_cpu_projector.yaml", help="stage-1 config")
     lora_config: str = field("configs/demo_cpu.yaml", help="stage-2 config")
     train_overrides: list[str] = field([], help="extra key=value overrides for both stages")

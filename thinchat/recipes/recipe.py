@@ -74,6 +74,7 @@ class RecipeSettings(Protocol):
     feature_layer: int
     pixel_shuffle: int
     seed: int
+    tower_config: str
     projector_config: str
     lora_config: str
     train_overrides: list[str]
@@ -137,6 +138,22 @@ def _make_replay_data(config: RecipeSettings, steps: Steps, llm: str, base: Path
         replay,
         lambda _: make_replay(base, replay, lang=config.lang, holdout_every=4),
     )
+
+
+def _adapt_tower(
+    config: RecipeSettings, steps: Steps, splits: dict[str, Path], base: Path, out: Path
+) -> Path:
+    """Stage 0 where ``tower_config`` is set (``thinchat.train.tower``): the Llava stage 1 starts from."""
+    if not config.tower_config:
+        return base
+    from thinchat.train.tower import TOWER_STATS, adapt_tower, load_tower_config
+
+    overrides = [f"model={base}", f"data={splits['train']}", f"output_dir={out}", f"seed={config.seed}"]
+    tower = load_tower_config(config_path(config.tower_config), overrides)
+    if tower.epochs == 0:
+        return base
+    steps.run("tower", fingerprint(asdict(tower)), out / TOWER_STATS, lambda _: adapt_tower(tower))
+    return out
 
 
 @dataclass(frozen=True)
@@ -267,7 +284,8 @@ def run_recipe(
     user_overrides = [*stage_overrides, *config.train_overrides]
     stage = _StageRunner(config, steps, splits, user_overrides)
 
-    stage("stage 1 (projector)", config.projector_config, base, projector, projector / "config.json")
+    tower = _adapt_tower(config, steps, splits, base, root / "tower")
+    stage("stage 1 (projector)", config.projector_config, tower, projector, projector / "config.json")
     lora_steps = load_train_config(lora_yaml, [*user_overrides, *stage2_overrides]).max_steps
     stage2_extra = _stage2_extra_overrides(config, stage2_overrides, lora_steps, replay)
     stage(f"stage 2 ({kind})", config.lora_config, projector, lora, done, stage2_extra)
