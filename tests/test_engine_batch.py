@@ -13,6 +13,7 @@ import torch
 
 from thinchat.conversation import llava_to_messages
 from thinchat.engine import ChatEngine
+from thinchat.errors import ConfigError, PromptTooLongError
 from thinchat.testing import LM_FAMILIES, tiny_image, tiny_llava
 
 CONVERSATIONS = [
@@ -68,3 +69,27 @@ def test_a_left_padded_batch_answers_each_row_as_alone() -> None:
     batched = engine.generate_batch(messages, _images(), 12)
     single = [engine.generate_batch([m], [i], 12)[0] for m, i in zip(messages, _images(), strict=True)]
     assert batched == single and any(batched)
+
+
+def test_a_batch_prompt_over_the_budget_is_refused_as_a_single_prompt_is() -> None:
+    """One generation path: a batch row is rendered, counted and held to the context like one prompt,
+    so eval and captioning refuse what the chat and the server refuse, with the same message."""
+    model, processor = tiny_llava(lm="gpt2", seed=0)  # 256 positions
+    engine = ChatEngine(model, processor, reuse_prefix=False)
+    short = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}]
+    long = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "quartz " * 300}]}]
+    with pytest.raises(PromptTooLongError, match=r"only \d+ fit") as single:
+        engine.generate_text(long, [tiny_image(0)], max_new_tokens=8)
+    with pytest.raises(PromptTooLongError) as batch:
+        engine.generate_batch([short, long], [[tiny_image(1)], [tiny_image(0)]], 8)
+    assert str(batch.value) == str(single.value)
+    with pytest.raises(ConfigError) as single_config:
+        engine.generate_text(short, [tiny_image(1)], max_new_tokens=256)
+    with pytest.raises(ConfigError) as batch_config:
+        engine.generate_batch([short], [[tiny_image(1)]], 256)
+    assert str(batch_config.value) == str(single_config.value)
+    assert engine.generate_batch([short], [[tiny_image(1)]], 8) == [
+        engine.generate_text(
+            short, [tiny_image(1)], max_new_tokens=8, temperature=0.0, repetition_penalty=1.0
+        ).strip()
+    ]

@@ -38,6 +38,7 @@ LAYERS: dict[int, tuple[str, tuple[str, ...]]] = {
         "train, eval, chat",
         (
             "thinchat/train/", "thinchat/eval/", "thinchat/clipcap/", "thinchat/loading.py", "thinchat/engine.py",
+            "thinchat/prompting.py",
             "thinchat/chat/__init__.py", "thinchat/chat/session.py", "thinchat/chat/history.py", "thinchat/chat/look.py",
         ),
     ),

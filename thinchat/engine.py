@@ -7,7 +7,8 @@ Here every front end calls :class:`ChatEngine`, which
 * loads any checkpoint through :func:`thinchat.loading.load_pretrained` (LoRA adapters are merged in
   memory, so decoding pays no adapter overhead);
 * renders prompts with the processor's chat template (the one training used) and expands each
-  ``<image>`` into the model's image tokens;
+  ``<image>`` into the model's image tokens (:mod:`thinchat.prompting`), the same way and within the
+  same budget for one answer and for a batch;
 * encodes each image once: projected image features are cached by a hash of the pixels and handed to
   ``generate`` as ``mm_encoder_outputs`` (transformers' own hook for pre-computed encoder outputs), so a
   follow-up question, or an OpenAI client re-sending the same image with every request, does not run
@@ -32,10 +33,11 @@ from typing import Any
 from thinchat.chat.history import Turn, fit
 from thinchat.chat.look import insert_looks, look_question
 from thinchat.compose import max_positions
-from thinchat.errors import ConfigError, ImageError, PromptTooLongError, ThinchatError
+from thinchat.errors import ImageError, ThinchatError
 from thinchat.generation import GenerationSettings, decode_attention, stop_token_ids, stream_in_thread
 from thinchat.images import image_key
 from thinchat.precision import default_device, resolve_dtype
+from thinchat.prompting import PromptBuilder, left_pad
 
 __all__ = ["ChatEngine", "GenerationSettings"]
 
@@ -72,7 +74,7 @@ class ChatEngine:
         self.image_token_id: int = config.image_token_id
         self.image_seq_length: int = int(config.image_seq_length)
         self.stop_token_ids: list[int] = stop_token_ids(model, self.tokenizer)
-        self._special_tokens = [t for t in self.tokenizer.all_special_tokens if t]
+        self.prompts = PromptBuilder(processor, self.context_limit, self.image_seq_length)
         self._lock = threading.Lock()
         self._features: OrderedDict[str, Any] = OrderedDict()
         #: Reuse the KV cache of the previous exchange for a shared prompt prefix (see module docstring).
@@ -141,8 +143,7 @@ class ChatEngine:
         inputs = self._inputs(messages, images, settings)
         with self._lock:
             output = self._run_generate(**self._generate_kwargs(inputs, settings))
-        new_tokens = output.sequences[0, inputs["input_ids"].shape[1] :]
-        return self.tokenizer.decode(new_tokens, skip_special_tokens=True)
+        return self._decode(output.sequences, inputs["input_ids"].shape[1])[0]
 
     def generate_batch(
         self,
@@ -160,32 +161,19 @@ class ChatEngine:
         comparable between checkpoints. No KV cache is kept (the next batch shares no prefix).
         """
         import torch
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         rows = [
-            self._tokenize(self.render(m, imgs))["input_ids"][0]
+            self.prompts.encode(m, imgs, max_new_tokens)
             for m, imgs in zip(conversations, images, strict=True)
         ]
-        pad = (
-            self.tokenizer.pad_token_id
-            if self.tokenizer.pad_token_id is not None
-            else self.tokenizer.eos_token_id
-        )
-        width = max(len(row) for row in rows)
-        input_ids = torch.full((len(rows), width), pad, dtype=rows[0].dtype)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, width - len(row) :] = row
-            attention_mask[i, width - len(row) :] = 1
+        pad = self._pad_id()
+        input_ids, attention_mask = left_pad(rows, pad)
         kwargs: dict[str, Any] = {
             "input_ids": input_ids.to(self.model.device),
             "attention_mask": attention_mask.to(self.model.device),
         }
-        flat = [image for row in images for image in row]
         with self._lock:
-            if flat:
-                features = self.image_features(flat)
-                kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
+            kwargs.update(self._image_inputs([image for row in images for image in row]))
             with torch.inference_mode(), decode_attention(self.model.device):
                 out = self.model.generate(
                     **kwargs,
@@ -196,8 +184,16 @@ class ChatEngine:
                     pad_token_id=pad,
                     **generate_kwargs,
                 )
-        new_tokens = out[:, width:]
-        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        return [text.strip() for text in self._decode(out, input_ids.shape[1])]
+
+    def _pad_id(self) -> int | None:
+        """The token a batch is padded with: the tokenizer's pad token, else its end of sequence."""
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
+
+    def _decode(self, sequences: Any, prompt_width: int) -> list[str]:
+        """Each row's answer: the tokens after the (padded) prompt, special tokens dropped."""
+        return self.tokenizer.batch_decode(sequences[:, prompt_width:], skip_special_tokens=True)
 
     # ----- looking first (thinchat.chat.look) --------------------------------------------------------
     def look_settings(self) -> GenerationSettings:
@@ -303,13 +299,7 @@ class ChatEngine:
     # ----- prompt building ---------------------------------------------------------------------------
     def prompt_budget(self, settings: GenerationSettings) -> int:
         """Prompt tokens that fit: the LM's positions minus room for the answer."""
-        budget = self.context_limit - settings.max_new_tokens
-        if budget <= 0:
-            raise ConfigError(
-                f"max_new_tokens={settings.max_new_tokens} leaves no room for a prompt in the model's "
-                f"{self.context_limit} positions; lower it"
-            )
-        return budget
+        return self.prompts.budget(settings.max_new_tokens)
 
     def fit_turns(
         self, turns: list[Turn], system: str | None, settings: GenerationSettings
@@ -319,55 +309,14 @@ class ChatEngine:
 
     def render(self, messages: list[dict[str, Any]], images: list[Any] | int) -> str:
         """The prompt text with each ``<image>`` expanded to the model's image tokens."""
-        self._check_messages(messages)
-        n_images = images if isinstance(images, int) else len(images)
-        n_parts = sum(
-            1
-            for m in messages
-            if not isinstance(m["content"], str)
-            for p in m["content"]
-            if p.get("type") == "image"
-        )
-        if n_parts != n_images:
-            raise ThinchatError(
-                f"the messages have {n_parts} image part(s) but {n_images} image(s) were given"
-            )
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        return text.replace(self.image_token, self.image_token * self.image_seq_length)
+        return self.prompts.render(messages, images)
 
     def _tokenize(self, text: str) -> Any:
-        # Mirror the processor's apply_chat_template(tokenize=True): no second BOS when the template has one.
-        bos = self.tokenizer.bos_token
-        add_special = not (bos is not None and text.startswith(bos))
-        return self.tokenizer(text, add_special_tokens=add_special, return_tensors="pt")
+        return self.prompts.tokenize(text)
 
     def count_tokens(self, messages: list[dict[str, Any]], images: list[Any] | int) -> int:
         """Prompt length in tokens, image tokens included (no image is encoded to count)."""
-        return int(self._tokenize(self.render(messages, images))["input_ids"].shape[1])
-
-    def _check_messages(self, messages: list[dict[str, Any]]) -> None:
-        if not messages:
-            raise ThinchatError("no messages: send at least one user message")
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant"):
-                raise ThinchatError(f"message {i}: expected a dict with role system, user or assistant")
-            content = message.get("content")
-            parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
-            if not isinstance(parts, list):
-                raise ThinchatError(f"message {i}: content must be a string or a list of parts")
-            for part in parts:
-                if not isinstance(part, dict) or part.get("type") not in ("text", "image"):
-                    raise ThinchatError(f"message {i}: content parts must be {{'type': 'text'|'image'}}")
-                if part["type"] == "text":
-                    text = part.get("text")
-                    if not isinstance(text, str):
-                        raise ThinchatError(f"message {i}: a text part needs a string 'text'")
-                    bad = next((t for t in self._special_tokens if t in text), None)
-                    if bad is not None:
-                        raise ThinchatError(
-                            f"message {i}: text contains the model's control token {bad!r}; remove it "
-                            "(images go in image parts, not as text)"
-                        )
+        return self.prompts.count_tokens(messages, images)
 
     # ----- images -----------------------------------------------------------------------------------
     def image_features(self, images: list[Any]) -> list[Any]:
@@ -402,31 +351,31 @@ class ChatEngine:
     def _inputs(
         self, messages: list[dict[str, Any]], images: list[Any], settings: GenerationSettings
     ) -> dict:
-        if messages and isinstance(messages[-1], dict) and messages[-1].get("role") != "user":
-            raise ThinchatError("the last message must be from the user (it is the question to answer)")
-        text = self.render(messages, images)
-        encoded = self._tokenize(text)
-        length = int(encoded["input_ids"].shape[1])
-        budget = self.prompt_budget(settings)
-        if length > budget:
-            raise PromptTooLongError(
-                f"the conversation needs {length} prompt tokens ({len(images)} image(s) x {self.image_seq_length} "
-                f"tokens included) but only {budget} fit ({self.context_limit} positions minus max_new_tokens="
-                f"{settings.max_new_tokens}); drop earlier turns or images, or lower max_new_tokens"
-            )
+        """One prompt's generate() inputs, encoded and checked as every batch row is (``prompts.encode``)."""
+        ids = self.prompts.encode(messages, images, settings.max_new_tokens)
+        input_ids, attention_mask = left_pad([ids], self._pad_id())
         inputs: dict[str, Any] = {
-            "input_ids": encoded["input_ids"].to(self.model.device),
-            "attention_mask": encoded["attention_mask"].to(self.model.device),
+            "input_ids": input_ids.to(self.model.device),
+            "attention_mask": attention_mask.to(self.model.device),
         }
         if images:
             inputs["images"] = list(images)
         return inputs
 
+    def _image_inputs(self, images: list[Any]) -> dict[str, Any]:
+        """generate()'s ``mm_encoder_outputs`` for ``images`` (lock held): their projected features, from
+        the cache where seen before, in place of pixels; nothing when there are no images."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        if not images:
+            return {}
+        features = self.image_features(images)
+        return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=features)}}
+
     def _generate_kwargs(self, inputs: dict[str, Any], settings: GenerationSettings) -> dict[str, Any]:
         """Called with the lock held: reuses the cached prefix, encodes (or fetches) the image features
         the uncached part needs, and assembles generate() args."""
         import torch
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         kwargs = {k: v for k, v in inputs.items() if k != "images"}
         images = inputs.get("images") or []
@@ -437,10 +386,11 @@ class ChatEngine:
         self._placed = placed
         if cache is not None:
             kwargs["past_key_values"] = cache
-        shown = [image for image, start in zip(images, starts, strict=True) if start >= reused]
-        if shown:
-            features = self.image_features(shown)
-            kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
+        kwargs.update(
+            self._image_inputs(
+                [image for image, start in zip(images, starts, strict=True) if start >= reused]
+            )
+        )
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
         kwargs.update(settings.generate_kwargs())
