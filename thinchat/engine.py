@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from thinchat.chat.history import Turn, fit
-from thinchat.chat.look import insert_looks, look_question
+from thinchat.chat.look import Descriptions, at_once, insert_looks, look_messages, look_question
 from thinchat.compose import max_positions
 from thinchat.errors import ImageError, ThinchatError
 from thinchat.generation import GenerationSettings, decode_attention, stop_token_ids, stream_in_thread
@@ -47,8 +47,6 @@ DEFAULT_CONTEXT = 4096
 MIN_PREFIX_REUSE = 16
 #: How many images' projected features the engine keeps (LRU); one slide pair costs ~100 KB-1 MB.
 FEATURE_CACHE_SIZE = 64
-#: How many slides' look-first descriptions the engine keeps (LRU); a few KB each.
-LOOK_CACHE_SIZE = 256
 
 
 class ChatEngine:
@@ -84,9 +82,8 @@ class ChatEngine:
         self._placed: dict[int, str] = {}
         #: Prompt tokens taken from the cache in the last generation (0 = full prefill), for tests/benches.
         self.last_reused_tokens = 0
-        # (look question, pixel hash of each image) -> the model's description (see ``look``)
-        self._looks: OrderedDict[tuple[str, ...], str] = OrderedDict()
-        self._looks_lock = threading.Lock()
+        #: (look question, pixel hash of each image) -> the model's description (see ``look``)
+        self.descriptions = Descriptions()
 
     @classmethod
     def from_pretrained(
@@ -202,49 +199,17 @@ class ChatEngine:
         interface asked for it first."""
         return self.settings.with_overrides(temperature=0.0, seed=None)
 
-    def _look_key(self, question: str, images: Sequence[Any]) -> tuple[str, ...]:
-        return (question, *(image_key(image) for image in images))
-
-    def _cached_look(self, key: tuple[str, ...]) -> str | None:
-        with self._looks_lock:
-            if key in self._looks:
-                self._looks.move_to_end(key)
-                return self._looks[key]
-        return None
-
-    def _remember_look(self, key: tuple[str, ...], description: str) -> None:
-        with self._looks_lock:
-            self._looks[key] = description
-            while len(self._looks) > LOOK_CACHE_SIZE:
-                self._looks.popitem(last=False)
-
     def look(self, images: list[Any], text: str) -> tuple[str, Iterator[str]]:
         """The description question asked before ``text`` about ``images``, and its answer's pieces:
         streamed the first time (and then kept), the kept description at once after that."""
         question = look_question(text)
-        key = self._look_key(question, images)
-        cached = self._cached_look(key)
+        key = self.descriptions.key(question, images)
+        cached = self.descriptions.get(key)
         if cached is not None:
-            return question, _at_once(cached)
-        settings = self.look_settings()
-        messages = [
-            {
-                "role": "user",
-                "content": [*({"type": "image"} for _ in images), {"type": "text", "text": question}],
-            }
-        ]
-        pieces = self.stream_messages(messages, images, **settings.to_dict())
-        return question, self._keep_look(key, pieces)
-
-    def _keep_look(self, key: tuple[str, ...], pieces: Iterator[str]) -> Iterator[str]:
-        parts: list[str] = []
-        try:
-            for piece in pieces:
-                parts.append(piece)
-                yield piece
-        finally:
-            pieces.close()  # type: ignore[attr-defined]  (cancels the generation when stopped early)
-        self._remember_look(key, "".join(parts).strip())  # only a description streamed to its end
+            return question, at_once(cached)
+        messages = look_messages(question, len(images))
+        pieces = self.stream_messages(messages, images, **self.look_settings().to_dict())
+        return question, self.descriptions.keep(key, pieces)
 
     def description(self, images: list[Any], text: str) -> str:
         """The model's description of ``images`` asked before ``text`` (kept per image, see :meth:`look`)."""
@@ -265,31 +230,22 @@ class ChatEngine:
         for messages, imgs in zip(conversations, images, strict=True):
 
             def note(first: int, n: int, text: str, imgs=imgs) -> str:
-                key = self._look_key(text, imgs[first : first + n])
-                if self._cached_look(key) is None:
+                key = self.descriptions.key(text, imgs[first : first + n])
+                if self.descriptions.get(key) is None:
                     wanted[key] = (text, imgs[first : first + n])
                 return ""
 
             insert_looks(messages, note)
         if wanted:
             settings = self.look_settings()
-            asks = [
-                [
-                    {
-                        "role": "user",
-                        "content": [*({"type": "image"} for _ in imgs), {"type": "text", "text": q}],
-                    }
-                ]
-                for q, imgs in wanted.values()
-            ]
             texts = self.generate_batch(
-                asks,
+                [look_messages(q, len(imgs)) for q, imgs in wanted.values()],
                 [imgs for _, imgs in wanted.values()],
                 settings.max_new_tokens,
                 repetition_penalty=settings.repetition_penalty,
             )
             for key, text in zip(wanted, texts, strict=True):
-                self._remember_look(key, text)
+                self.descriptions.put(key, text)
         return [self.looked(m, imgs) for m, imgs in zip(conversations, images, strict=True)]
 
     def resolve(self, **overrides: Any) -> GenerationSettings:
@@ -443,8 +399,3 @@ class ChatEngine:
             length = cache.get_seq_length()
             self._prefix = (output.sequences[0, :length].clone(), cache, self._placed)
         return output
-
-
-def _at_once(text: str) -> Iterator[str]:
-    """A kept answer as a closable stream of one piece (callers close what they stream)."""
-    yield text
