@@ -161,6 +161,7 @@ def test_finetune_on_labels_reports_every_class_beside_the_probe(parts, tmp_path
     tower_keys = [k for k in weights["base"] if "vision_tower" in k and "weight" in k]
     assert any(not torch.equal(weights["base"][k], weights["tower"][k]) for k in tower_keys)
     assert all(torch.equal(weights["tower"][k], weights["projector"][k]) for k in tower_keys)
+    assert (out / "tower" / "vision_tower" / "config.json").is_file()  # the adapted tower on its own
     test = json.loads((out / "data" / "conversations_test.json").read_text(encoding="utf-8"))
     per_class = Counter(e["labels"][0] for e in test)  # a fifth of 24 slides, drawn within each class
     assert sum(per_class.values()) == 5 and set(per_class) == {"feldspar", "lithic", "quartz"}
@@ -172,6 +173,7 @@ def test_finetune_on_labels_reports_every_class_beside_the_probe(parts, tmp_path
         "finetuned",
     }
     assert 0.0 <= classes["probe"]["class_accuracy"] <= 1.0 and classes["probe"]["n_test"] == 5
+    assert classes["probe"]["detail"].startswith(str(out / "tower" / "vision_tower"))  # the tower it reads
     text = (out / "report" / "report.md").read_text(encoding="utf-8")
     assert (
         "| linear probe on the tower's features (ceiling) |" in text

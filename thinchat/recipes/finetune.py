@@ -249,10 +249,11 @@ def _convert_step(
 
 
 def _class_probe_step(
-    config: FinetuneConfig, steps: Steps, splits: dict[str, Path], report_dir: Path
+    config: FinetuneConfig, steps: Steps, splits: dict[str, Path], report_dir: Path, vision: str
 ) -> None:
     """Labelled slides: the linear-probe ceiling of the class on the tower's features the model reads
-    (its input size and layer), put into the report beside the models (``thinchat.eval.classes``)."""
+    (``vision``: the frozen spec or stage 0's adapted tower; its input size and layer), put into the report
+    beside the models (``thinchat.eval.classes``)."""
     from thinchat.eval.feature_probe import run_probe
 
     probe_file = Path(config.out) / "class_probe.json"
@@ -262,19 +263,17 @@ def _class_probe_step(
         result = run_probe(
             splits["train"],
             splits["test"],
-            config.vision,
+            vision,
             (config.image_size,),
             (config.feature_layer,),
             pool=pool,
         )[0]
-        detail = (
-            f"{config.vision} at {config.image_size} px, layer {config.feature_layer}, {pool}-pooled views"
-        )
+        detail = f"{vision} at {config.image_size} px, layer {config.feature_layer}, {pool}-pooled views"
         probe_file.write_text(json.dumps({**result, "detail": detail}, indent=1), encoding="utf-8")
 
     steps.run(
         "class probe",
-        fingerprint(config.vision, config.image_size, config.feature_layer, pool),
+        fingerprint(vision, config.image_size, config.feature_layer, pool),
         probe_file,
         probe,
     )
@@ -344,7 +343,7 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     stage2 = (f"max_steps={config.stage2_steps}",) if config.stage2_steps > 0 else ()
     result = run_recipe(config, steps, llm, splits, hardware_overrides, stage2)
     if config.labels or config.image_folder:
-        _class_probe_step(config, steps, splits, result.report_dir)
+        _class_probe_step(config, steps, splits, result.report_dir, result.vision)
     summary: dict[str, Any] = {
         "lang": lang,
         "stage2_steps": result.budget,

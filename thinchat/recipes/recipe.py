@@ -96,6 +96,8 @@ class RecipeResult:
     report_dir: Path
     report: dict[str, Any]
     budget: dict[str, Any]
+    #: the vision tower the model reads: the configured spec, or stage 0's adapted tower directory
+    vision: str = ""
 
 
 def config_path(path: str) -> str:
@@ -142,18 +144,19 @@ def _make_replay_data(config: RecipeSettings, steps: Steps, llm: str, base: Path
 
 def _adapt_tower(
     config: RecipeSettings, steps: Steps, splits: dict[str, Path], base: Path, out: Path
-) -> Path:
-    """Stage 0 where ``tower_config`` is set (``thinchat.train.tower``): the Llava stage 1 starts from."""
+) -> tuple[Path, str]:
+    """Stage 0 where ``tower_config`` is set (``thinchat.train.tower``): the Llava stage 1 starts from,
+    and the vision tower it reads (the configured spec, or the adapted tower's own directory)."""
     if not config.tower_config:
-        return base
-    from thinchat.train.tower import TOWER_STATS, adapt_tower, load_tower_config
+        return base, config.vision
+    from thinchat.train.tower import TOWER_STATS, VISION_TOWER_DIR, adapt_tower, load_tower_config
 
     overrides = [f"model={base}", f"data={splits['train']}", f"output_dir={out}", f"seed={config.seed}"]
     tower = load_tower_config(config_path(config.tower_config), overrides)
     if tower.epochs == 0:
-        return base
+        return base, config.vision
     steps.run("tower", fingerprint(asdict(tower)), out / TOWER_STATS, lambda _: adapt_tower(tower))
-    return out
+    return out, str(out / VISION_TOWER_DIR)
 
 
 @dataclass(frozen=True)
@@ -284,7 +287,7 @@ def run_recipe(
     user_overrides = [*stage_overrides, *config.train_overrides]
     stage = _StageRunner(config, steps, splits, user_overrides)
 
-    tower = _adapt_tower(config, steps, splits, base, root / "tower")
+    tower, vision = _adapt_tower(config, steps, splits, base, root / "tower")
     stage("stage 1 (projector)", config.projector_config, tower, projector, projector / "config.json")
     lora_steps = load_train_config(lora_yaml, [*user_overrides, *stage2_overrides]).max_steps
     stage2_extra = _stage2_extra_overrides(config, stage2_overrides, lora_steps, replay)
@@ -294,7 +297,7 @@ def run_recipe(
     report = _evaluate_checkpoints(config, steps, base, lora, replay, splits["test"], report_dir)
     budget = stage2_budget(lora, config.stage2_seconds, lora_steps)
     log.info("%s: stage 2 trained %d steps (%s)", steps.name, budget["steps"], budget["reason"])
-    return RecipeResult(base, lora, report_dir, report, budget)
+    return RecipeResult(base, lora, report_dir, report, budget, vision)
 
 
 #: Room each stage needs, in copies of the base model: stage 1 saves a whole checkpoint; a LoRA stage 2

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 #: Written beside the adapted checkpoint: the settings, the targets and the training curve.
 TOWER_STATS = "tower_adaptation.json"
+#: The adapted tower on its own (a plain DINOv2 / CLIP / SigLIP checkpoint with its image processor), for
+#: ``thinchat build --vision`` with another LM and ``thinchat probe --vision``.
+VISION_TOWER_DIR = "vision_tower"
 
 
 @dataclass
@@ -120,6 +123,7 @@ def adapt_tower(config: TowerConfig) -> dict[str, Any]:
     import torch
 
     from thinchat.images import load_image
+    from thinchat.train.embeds import vision_tower
     from thinchat.train.model_setup import load_base_dir
 
     torch.manual_seed(config.seed)
@@ -142,6 +146,8 @@ def adapt_tower(config: TowerConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    vision_tower(model).save_pretrained(out / VISION_TOWER_DIR)
+    processor.image_processor.save_pretrained(out / VISION_TOWER_DIR)
     (out / TOWER_STATS).write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
     log.info("tower: adapted in %.0f s, loss %s -> %s; wrote %s", stats["seconds"], curve[0], curve[-1], out)
     return stats
