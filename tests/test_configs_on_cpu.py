@@ -48,6 +48,9 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 def _tiny_overrides(data: dict, tiny: dict[str, Path], out: Path) -> list[str]:
     """Point a stage config at the tiny model and data, one step; its GPU settings stay as written."""
     stage = data.get("stage", "lora")
+    if stage == "tower":  # stage 0: one pass, every mineral the tiny captions name is a target
+        values = {"model": tiny["base"], "data": tiny["data"], "output_dir": out, "epochs": 1}
+        return [f"{k}={v}" for k, v in {**values, "batch_size": 2, "min_term_count": 1}.items()]
     values = {
         "model": tiny["base"],
         "data": tiny["clipcap"] if stage == "clipcap" else tiny["data"],
@@ -93,7 +96,9 @@ def test_every_config_runs_one_step_on_the_cpu_or_refuses_in_one_line(path, tiny
     assert status == 0, err[-3000:]
     assert any((out / name).is_file() for name in ("model.safetensors", "adapter_model.safetensors"))
     said = [r.getMessage() for r in caplog.records if r.name == "thinchat.train.host"]
-    if not data.get("cpu"):  # written for a GPU: runs on the CPU and says so
+    if data["stage"] == "tower":  # stage 0 has no GPU settings: it takes a GPU where there is one
+        assert not said
+    elif not data.get("cpu"):  # written for a GPU: runs on the CPU and says so
         assert any("no GPU on this machine: training on the CPU" in m for m in said), said
         if data.get("bf16") is True or data.get("fp16"):
             assert any("bf16: auto instead of" in m for m in said), said

@@ -133,8 +133,10 @@ def adapt_tower(config: TowerConfig) -> dict[str, Any]:
               for paths in images]  # fmt: skip
     log.info("tower: %d slides, %d target terms (%s)", len(pixels), len(terms), ", ".join(terms))
     started = time.perf_counter()
-    model, curve = _train_lora(model, pixels, presence, config)
-    model = model.merge_and_unload()
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU where there is one, else the CPU
+    log.info("tower: training on the %s", device)
+    model, curve = _train_lora(model.to(device), pixels, presence, config)
+    model = model.merge_and_unload().to("cpu")
     stats = {
         "settings": asdict(config),
         "slides": len(pixels),
@@ -165,8 +167,10 @@ def _train_lora(model: Any, pixels: list[Any], presence: Any, config: TowerConfi
                       target_modules=target_regex(model, ["all-linear"], TOWER_PREFIX))  # fmt: skip
     model = get_peft_model(model, lora)
     with torch.no_grad():  # the projector's input width (several layers' width where it joins them)
-        width = slide_features(model, pixels[0], [len(pixels[0])]).shape[-1]
-    head = torch.nn.Linear(width, presence.shape[1])
+        width = slide_features(model, pixels[0].to(model.device), [len(pixels[0])]).shape[-1]
+    device = next(model.parameters()).device
+    head = torch.nn.Linear(width, presence.shape[1]).to(device)
+    presence = presence.to(device)
     lora_params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         [{"params": lora_params, "lr": config.learning_rate}, {"params": head.parameters(), "lr": 10 * config.learning_rate}],
@@ -188,7 +192,7 @@ def _train_lora(model: Any, pixels: list[Any], presence: Any, config: TowerConfi
             batch = order[start : start + config.batch_size]
             k = int(torch.randint(8, (1,), generator=generator)) if config.rotations else 0
             counts = [len(pixels[i]) for i in batch]
-            x = dihedral(torch.cat([pixels[i] for i in batch]), k)
+            x = dihedral(torch.cat([pixels[i] for i in batch]).to(device), k)
             logits = head(slide_features(model, x, counts))
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, presence[batch])
             optimizer.zero_grad()
