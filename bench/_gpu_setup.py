@@ -55,7 +55,7 @@ def export_tokenizer(out: Path) -> Path:
     """Save the offline preset's tokenizer (no weights) into ``out``: the only file the GPU run needs."""
     from transformers import AutoTokenizer
 
-    from thinchat.presets import materialize
+    from thinchat.model.presets import materialize
 
     tokenizer = AutoTokenizer.from_pretrained(materialize(TOKENIZER_PRESET))
     tokenizer.save_pretrained(out)
@@ -77,7 +77,7 @@ def build_model(out: Path, tiny: bool, tokenizer_dir: Path | None, device: str) 
     """Write a Llava directory to ``out`` (random weights) and return its shape summary."""
     import torch
 
-    from thinchat.compose import compose_llava
+    from thinchat.model.compose import compose_llava
 
     torch.manual_seed(0)
     if tiny:

@@ -56,11 +56,11 @@ def machine() -> dict[str, object]:
 
 def default_model_dir(vision: str, llm: str, image_size: int) -> Path:
     """Build (once) and return the offline default Llava used by the benchmarks, under thinchat's cache."""
-    from thinchat.presets import cache_root
+    from thinchat.model.presets import cache_root
 
     out = cache_root() / "bench" / f"{vision}_{llm}_{image_size}"
     if not (out / "config.json").is_file():
-        from thinchat.compose import build
+        from thinchat.model.compose import build
 
         build(vision, llm, out, image_size=image_size)
     return out

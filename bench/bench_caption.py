@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_flush_denormal(True)
     if args.from_pretrained:
-        from thinchat.loading import load_pretrained
+        from thinchat.model.loading import load_pretrained
 
         model, processor = load_pretrained(args.from_pretrained, device=args.device)
         model_name = args.from_pretrained

@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     path = Path(args.from_pretrained) if args.from_pretrained else DEFAULT_BASE
     if not args.from_pretrained and not (path / "config.json").is_file():
-        from thinchat.compose import build
+        from thinchat.model.compose import build
 
         build("dinov2-small", "smollm2-135m-instruct", path, image_size=112)
     bandwidth = Bandwidth()

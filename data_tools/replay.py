@@ -63,7 +63,7 @@ def make_replay(
     from thinchat.engine import ChatEngine
     from thinchat.eval.data import EvalSample
     from thinchat.eval.runner import generate_for_samples
-    from thinchat.loading import load_pretrained
+    from thinchat.model.loading import load_pretrained
 
     pool = load_replay_questions(questions, lang)
     model, processor = load_pretrained(model_dir, merge=True)

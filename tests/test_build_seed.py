@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
-from thinchat.compose import build
+from thinchat.model.compose import build
 
 
 def _saved_tiny_parts(root):

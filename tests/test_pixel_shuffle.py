@@ -1,4 +1,4 @@
-"""Pixel shuffle before the projector (thinchat.projector): shapes, token counts, save/load, refusals."""
+"""Pixel shuffle before the projector (thinchat.model.projector): shapes, token counts, save/load, refusals."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from thinchat.errors import ModelSpecError
-from thinchat.projector import CONFIG_KEY, pixel_shuffle, shuffle_factor
+from thinchat.model.projector import CONFIG_KEY, pixel_shuffle, shuffle_factor
 from thinchat.testing import tiny_image, tiny_llava
 
 
@@ -33,7 +33,7 @@ def test_a_factor_that_does_not_divide_the_grid_is_refused_with_the_valid_ones()
 @pytest.mark.parametrize("tower", ["dinov2", "siglip"])
 def test_a_shuffled_view_costs_the_lm_a_quarter_of_the_tokens_and_round_trips(tower, tmp_path):
     from thinchat.engine import ChatEngine
-    from thinchat.loading import load_pretrained
+    from thinchat.model.loading import load_pretrained
 
     model, processor = tiny_llava("llama", tower, image_size=56, pixel_shuffle=2)
     assert model.config.image_seq_length == 4 and shuffle_factor(model.config) == 2  # 4x4 patches -> 2x2
@@ -80,7 +80,7 @@ def test_stage_2_trains_a_shuffled_model_from_cached_features(tmp_path):
 
     from train_helpers import tiny_overrides, write_dataset
 
-    from thinchat.loading import load_pretrained
+    from thinchat.model.loading import load_pretrained
     from thinchat.train.config import load_train_config
     from thinchat.train.run import train
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from thinchat.compose import check_fits, compose_llava, max_positions
 from thinchat.errors import PromptTooLongError
+from thinchat.model.compose import check_fits, compose_llava, max_positions
 from thinchat.testing import tiny_lm, tiny_tokenizer, tiny_tower
 
 

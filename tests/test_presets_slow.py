@@ -34,7 +34,7 @@ PLAIN_TRANSFORMERS_SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def default_base(tmp_path_factory):
-    from thinchat.compose import build
+    from thinchat.model.compose import build
 
     out = tmp_path_factory.mktemp("base")
     info = build("dinov2-small", "smollm2-135m-instruct", out, image_size=112)
@@ -58,7 +58,7 @@ def test_default_base_loads_and_generates_with_plain_transformers(default_base):
 
 
 def test_preset_cache_is_reused(default_base):
-    from thinchat.presets import materialize
+    from thinchat.model.presets import materialize
 
     path = materialize("smollm2-135m-instruct")
     before = (path / "model.safetensors").stat().st_mtime_ns
@@ -69,7 +69,7 @@ def test_preset_cache_is_reused(default_base):
 def test_gemma3_preset_builds_with_gemma_template(tmp_path):
     from transformers import AutoProcessor
 
-    from thinchat.compose import build
+    from thinchat.model.compose import build
 
     info = build("dinov2-small", "gemma3-270m", tmp_path, image_size=112)
     assert info.chat_template == "gemma" and info.lm_model_type == "gemma3_text"

@@ -7,10 +7,11 @@ import torch
 from train_helpers import MINERALS, save_tiny, tiny_overrides, write_dataset
 
 from thinchat.errors import ConfigError
-from thinchat.loading import load_pretrained
+from thinchat.model.loading import load_pretrained
+from thinchat.model.unwrap import llava_parts
 from thinchat.testing import tiny_llava
 from thinchat.train.config import load_train_config
-from thinchat.train.embeds import llava_parts, project_features, tower_features
+from thinchat.train.embeds import project_features, tower_features
 from thinchat.train.projector_init import caption_embeddings, fit_ridge, load_linear
 from thinchat.train.run import train
 

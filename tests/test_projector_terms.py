@@ -7,9 +7,10 @@ import torch
 from train_helpers import tiny_overrides
 
 from thinchat.errors import ConfigError
+from thinchat.model.unwrap import llava_parts
 from thinchat.testing import tiny_llava
 from thinchat.train.config import load_train_config
-from thinchat.train.embeds import llava_parts, project_features
+from thinchat.train.embeds import project_features
 from thinchat.train.projector_init import embedding_norm, init_projector_ridge, load_linear
 from thinchat.train.projector_terms import load_term_units, term_directions, term_presence
 

@@ -10,7 +10,7 @@ import pytest
 from data_tools.replay import load_replay_questions, make_replay
 from thinchat.errors import DataFormatError
 from thinchat.eval.text_retention import load_text_entries, text_retention
-from thinchat.loading import load_pretrained
+from thinchat.model.loading import load_pretrained
 from thinchat.train.data import load_samples, mix_text_only
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from thinchat.errors import ModelSpecError
-from thinchat.resolve import classify, load_language_model, load_vision_tower
+from thinchat.model.resolve import classify, load_language_model, load_vision_tower
 
 
 def test_presets_classify_by_kind():

@@ -54,7 +54,7 @@ def test_dihedral_gives_eight_distinct_views_and_undoes_itself():
 def test_adapt_tower_changes_only_the_tower_and_saves_a_plain_llava(tiny_llava_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from thinchat.llava_checkpoint import load_llava
+    from thinchat.model.checkpoint import load_llava
 
     out = tmp_path / "tower"
     config = TowerConfig(

@@ -7,9 +7,9 @@ import json
 import pytest
 from train_helpers import typed_slide_entry, write_typed_slide
 
-from thinchat.chat_templates import choose_template, end_of_turn_token
 from thinchat.conversation import count_images, llava_to_messages
 from thinchat.errors import DataFormatError
+from thinchat.model.chat_templates import choose_template, end_of_turn_token
 from thinchat.testing import LM_FAMILIES, tiny_image, tiny_llava
 from thinchat.train.data import Sample, first_turns, load_samples, mix_text_only, split_turns
 from thinchat.train.dataset import IGNORE_INDEX, Collator, SupervisedDataset, tokenize_messages

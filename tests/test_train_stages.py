@@ -91,7 +91,7 @@ def two_stages(tmp_path_factory):
 def test_stage1_trains_only_the_projector_and_lowers_the_loss(two_stages):
     from safetensors.torch import load_file
 
-    from thinchat.loading import load_pretrained
+    from thinchat.model.loading import load_pretrained
 
     base = load_file(two_stages["base"] / "model.safetensors")
     after = load_file(two_stages["stage1"] / "model.safetensors")
@@ -107,7 +107,7 @@ def test_stage1_trains_only_the_projector_and_lowers_the_loss(two_stages):
 def test_stage2_writes_a_loadable_adapter_with_projector_and_falling_loss(two_stages):
     from safetensors.torch import load_file
 
-    from thinchat.loading import load_pretrained
+    from thinchat.model.loading import load_pretrained
 
     out = two_stages["stage2"]
     meta = json.loads((out / "thinchat_checkpoint.json").read_text())
@@ -134,7 +134,7 @@ def test_export_merge_equals_the_unmerged_model(two_stages, tmp_path):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from thinchat.cli import main
-    from thinchat.loading import load_pretrained
+    from thinchat.model.loading import load_pretrained
 
     out = tmp_path / "merged"
     assert main(["export", "--from_pretrained", str(two_stages["stage2"]), "--merge", "--out", str(out)]) == 0

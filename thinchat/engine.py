@@ -4,7 +4,7 @@ Why one engine: the projects thinchat learns from each had a loader and a prompt
 and they drifted (fine-tuned weights that did not load in the web demo, images re-encoded every turn).
 Here every front end calls :class:`ChatEngine`, which
 
-* loads any checkpoint through :func:`thinchat.loading.load_pretrained` (LoRA adapters are merged in
+* loads any checkpoint through :func:`thinchat.model.loading.load_pretrained` (LoRA adapters are merged in
   memory, so decoding pays no adapter overhead);
 * renders prompts with the processor's chat template (the one training used) and expands each
   ``<image>`` into the model's image tokens (:mod:`thinchat.prompting`), the same way and within the
@@ -32,10 +32,10 @@ from typing import Any
 
 from thinchat.chat.history import Turn, fit
 from thinchat.chat.look import Descriptions, at_once, insert_looks, look_messages, look_question
-from thinchat.compose import max_positions
 from thinchat.errors import ImageError, ThinchatError
 from thinchat.generation import GenerationSettings, decode_attention, stop_token_ids, stream_in_thread
 from thinchat.images import image_key
+from thinchat.model.compose import max_positions
 from thinchat.precision import default_device, resolve_dtype
 from thinchat.prompting import PromptBuilder, left_pad
 
@@ -99,7 +99,7 @@ class ChatEngine:
         ``device`` None: the GPU when there is one (a model left on the CPU of a GPU machine decodes
         several times slower); ``dtype`` None / "auto": bf16 there, fp32 on CPU.
         """
-        from thinchat.loading import load_pretrained
+        from thinchat.model.loading import load_pretrained
 
         device = device or default_device()
         dtype = resolve_dtype(dtype, device)

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from thinchat.chat_templates import choose_template, end_of_turn_token
 from thinchat.errors import ConfigError
+from thinchat.model.chat_templates import choose_template, end_of_turn_token
 
 
 @dataclass(frozen=True)

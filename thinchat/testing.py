@@ -125,7 +125,7 @@ def tiny_tower(tower: str, image_size: int = 28):
         SiglipVisionModel,
     )
 
-    from thinchat.dinov2_onnx import dinov2_image_processor
+    from thinchat.model.dinov2_onnx import dinov2_image_processor
 
     common = {
         "hidden_size": 32,
@@ -154,7 +154,7 @@ def tiny_llava(
     """``(LlavaForConditionalGeneration, LlavaProcessor)``: tiny, random, deterministic under ``seed``."""
     import torch
 
-    from thinchat.compose import compose_llava
+    from thinchat.model.compose import compose_llava
 
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer(lm)

@@ -52,7 +52,7 @@ def write_pickle(work: Path, slides: int, image_size: int, layer: int, seed: int
 
     from data_tools.synth import generate
     from thinchat.eval.feature_probe import mean_features
-    from thinchat.resolve import load_vision_tower
+    from thinchat.model.resolve import load_vision_tower
 
     pkl = work / "thingpt_features.pkl"
     if pkl.is_file():
@@ -177,7 +177,7 @@ def main() -> int:
     from thinchat.clipcap.evaldata import load_clipcap_eval_set
     from thinchat.engine import ChatEngine
     from thinchat.eval.runner import generate_for_samples
-    from thinchat.loading import load_pretrained
+    from thinchat.model.loading import load_pretrained
 
     test_json = data / "test" / "conversations.json"
     samples, _ = load_clipcap_eval_set(test_json)

@@ -7,7 +7,7 @@ frozen LM) plus a prefix mapping from one pooled image embedding to ``k`` LM inp
 * :mod:`thinchat.clipcap.data`: the directory ``thinchat data import-clipcap`` writes, tokenisation;
 * :mod:`thinchat.clipcap.encoder`: the tower that turns a new image into the pooled embedding;
 * :mod:`thinchat.clipcap.model`: the adapter that presents the whole as a Llava + processor pair, so
-  ``thinchat.loading.load_pretrained`` returns it and the chat engine, ``thinchat eval`` and
+  ``thinchat.model.loading.load_pretrained`` returns it and the chat engine, ``thinchat eval`` and
   ``thinchat caption`` drive it through their one generation path.
 """
 

@@ -25,6 +25,7 @@ from thinchat.clipcap.data import StoredEmbedding
 from thinchat.clipcap.encoder import PooledImageEncoder
 from thinchat.clipcap.prefix import ClipCapPrefix
 from thinchat.errors import ModelSpecError
+from thinchat.model.unwrap import unwrap_llava
 
 
 class ClipCapModel(nn.Module):
@@ -32,8 +33,6 @@ class ClipCapModel(nn.Module):
 
     def __init__(self, llava: Any, prefix: ClipCapPrefix, stop_ids: Sequence[int] = ()) -> None:
         super().__init__()
-        from thinchat.train.embeds import unwrap_llava
-
         self.llava = llava
         self.prefix = prefix
         base = unwrap_llava(llava)
@@ -168,13 +167,13 @@ def load_clipcap(
 ) -> tuple[ClipCapModel, ClipCapProcessor]:
     """``(ClipCapModel, ClipCapProcessor)`` for a ``clipcap`` stage output, in eval mode.
 
-    The Llava part loads through :func:`thinchat.llava_checkpoint.load_llava` (a LoRA adapter is wrapped or
+    The Llava part loads through :func:`thinchat.model.checkpoint.load_llava` (a LoRA adapter is wrapped or
     merged as for any LoRA checkpoint; a frozen-LM run loads its base), so the two cannot drift.
     """
     from transformers import AutoProcessor
 
     from thinchat.generation import stop_token_ids
-    from thinchat.llava_checkpoint import CHECKPOINT_META, base_model_path, is_adapter_dir, load_llava
+    from thinchat.model.checkpoint import CHECKPOINT_META, base_model_path, is_adapter_dir, load_llava
 
     path = Path(path).expanduser()
     prefix = ClipCapPrefix.load(path)

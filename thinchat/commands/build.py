@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from thinchat.compose import build
+    from thinchat.model.compose import build
 
     info = build(
         args.vision,

@@ -12,7 +12,7 @@ from thinchat.eval.caption import DEFAULT_PROMPT
 
 def _run(args: argparse.Namespace) -> int:
     from thinchat.eval.caption import CaptionWriter, caption_slides, discover_slides
-    from thinchat.loading import load_pretrained
+    from thinchat.model.loading import load_pretrained
 
     if args.batch_size < 1 or args.max_new_tokens < 1:
         raise ThinchatError("--batch-size and --max-new-tokens must be at least 1")

@@ -14,12 +14,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from thinchat.presets import PRESETS, cache_root, materialize
+    from thinchat.model.presets import PRESETS, cache_root, materialize
 
     if args.prepare is not None:
         for name in args.prepare or list(PRESETS):
             if name not in PRESETS:
-                from thinchat.resolve import classify
+                from thinchat.model.resolve import classify
 
                 classify(name, "lm")  # raises the standard unknown-model error
             print(f"{name}: {materialize(name)}")

@@ -199,8 +199,8 @@ def run_probe(
     pool: str = "mean",
 ) -> list[dict[str, Any]]:
     """Probe every (input size, layer) pair with features pooled as ``pool``; one result dict per pair."""
-    from thinchat.compose import check_feature_layer
-    from thinchat.resolve import TOWER_FEATURES, load_vision_tower
+    from thinchat.model.compose import check_feature_layer
+    from thinchat.model.resolve import TOWER_FEATURES, load_vision_tower
 
     splits = _probe_splits(train_path, test_path)
     check_pool(pool, [paths for images, _, _ in splits.values() for paths in images])

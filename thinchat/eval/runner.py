@@ -198,7 +198,7 @@ def _run_checkpoints(
     """Generate, ask the probes and measure with each checkpoint, loading one model at a time (memory)."""
     from thinchat.clipcap.prefix import is_clipcap_dir
     from thinchat.engine import ChatEngine
-    from thinchat.loading import load_pretrained
+    from thinchat.model.loading import load_pretrained
 
     outputs = _CheckpointOutputs()
     for name, path in checkpoints.items():

@@ -110,7 +110,7 @@ def config_path(path: str) -> str:
 
 def _build_base(config: RecipeSettings, steps: Steps, llm: str, base: Path) -> None:
     """The untrained Llava (tower, projector, LM) that stage 1 starts from and the report compares."""
-    from thinchat.compose import build
+    from thinchat.model.compose import build
 
     steps.run(
         "build",

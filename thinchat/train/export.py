@@ -29,8 +29,8 @@ def export(
     """Write ``checkpoint`` (LoRA or standard) to ``out`` as a standard Llava directory."""
     import torch
 
-    from thinchat.llava_checkpoint import is_adapter_dir
-    from thinchat.loading import load_pretrained
+    from thinchat.model.checkpoint import is_adapter_dir
+    from thinchat.model.loading import load_pretrained
 
     checkpoint, out = Path(checkpoint), Path(out)
     if dtype not in DTYPE_NAMES:

@@ -105,7 +105,7 @@ def qlora_skip_modules(base: str | Path) -> list[str]:
     import torch
     from transformers import LlavaConfig
 
-    from thinchat.projector import llava_class
+    from thinchat.model.projector import llava_class
 
     config = LlavaConfig.from_pretrained(base)
     with torch.device("meta"):
@@ -137,7 +137,7 @@ def load_base_dir(base: str | Path, **kwargs: Any) -> tuple[Any, Any]:
     dtype, QLoRA's quantisation: ``thinchat.train.stages``)."""
     from transformers import AutoProcessor
 
-    from thinchat.projector import load_llava_model
+    from thinchat.model.projector import load_llava_model
 
     base = Path(base)
     if not (base / "config.json").is_file():

@@ -136,8 +136,8 @@ def init_projector_ridge(
     """
     import torch
 
-    from thinchat.projector import pixel_shuffle, shuffle_factor
-    from thinchat.train.embeds import llava_parts
+    from thinchat.model.projector import pixel_shuffle, shuffle_factor
+    from thinchat.model.unwrap import llava_parts
 
     if len(answers) != len(features) or len(answers) < 2:
         raise DataFormatError(

@@ -4,7 +4,7 @@ Why this order: every mistake a user can make (bad config, a GPU recipe on a CPU
 directory from another model) is found before the model is loaded, so nothing is lost and no time wasted.
 Outputs: stage 1 and full fine-tuning write a standard Llava directory; LoRA writes a peft adapter
 (projector in ``modules_to_save``), the processor and ``thinchat_checkpoint.json`` naming the base model,
-which ``thinchat.loading.load_pretrained`` reads.
+which ``thinchat.model.loading.load_pretrained`` reads.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def _datasets(
     val_samples: Sequence[Sample] | None,
 ) -> tuple[SupervisedDataset, SupervisedDataset | None]:
     """The tokenized train and validation sets, cut to the LM's context if it is shorter than max_length."""
-    from thinchat.compose import max_positions
+    from thinchat.model.compose import max_positions
     from thinchat.train.dataset import SupervisedDataset
 
     limit = max_positions(model.config.text_config)

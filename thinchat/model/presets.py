@@ -53,7 +53,7 @@ def _package_dir(module: str, requirement: str) -> Path:
 
 def save_gguf_as_safetensors(gguf_path: Path, out_dir: Path) -> None:
     """Dequantise a ``.gguf`` causal LM once into a safetensors directory (the offline presets and any
-    ``.gguf`` spec in ``thinchat.resolve`` share it), so later loads skip the 20-60 s conversion."""
+    ``.gguf`` spec in ``thinchat.model.resolve`` share it), so later loads skip the 20-60 s conversion."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -90,7 +90,7 @@ def _materialize_gemma3(out_dir: Path) -> None:
 
 
 def _materialize_dinov2(out_dir: Path) -> None:
-    from thinchat.dinov2_onnx import convert_dinov2_small, find_onnx_file
+    from thinchat.model.dinov2_onnx import convert_dinov2_small, find_onnx_file
 
     convert_dinov2_small(out_dir, find_onnx_file())
 

@@ -1,7 +1,7 @@
 """The Llava checkpoint directory format: a standard Llava directory, or a LoRA adapter on one.
 
-Why apart from :mod:`thinchat.loading`: the ClipCap adapter (:mod:`thinchat.clipcap.model`) loads its
-Llava part through this same code, and :func:`thinchat.loading.load_pretrained` dispatches to ClipCap,
+Why apart from :mod:`thinchat.model.loading`: the ClipCap adapter (:mod:`thinchat.clipcap.model`) loads its
+Llava part through this same code, and :func:`thinchat.model.loading.load_pretrained` dispatches to ClipCap,
 so the shared part sits below both.
 """
 
@@ -50,7 +50,7 @@ def load_llava(path: str | Path, device: str | None = None, dtype: Any = None, m
     import torch
     from transformers import AutoProcessor
 
-    from thinchat.projector import load_llava_model
+    from thinchat.model.projector import load_llava_model
 
     path = Path(path).expanduser()
     if not path.is_dir():

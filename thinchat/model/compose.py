@@ -11,9 +11,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from thinchat.chat_templates import TEMPLATES, choose_template, end_of_turn_token
 from thinchat.errors import ModelSpecError, PromptTooLongError
-from thinchat.resolve import TOWER_FEATURES
+from thinchat.model.chat_templates import TEMPLATES, choose_template, end_of_turn_token
+from thinchat.model.resolve import TOWER_FEATURES
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def max_positions(text_config) -> int | None:
 
 def image_seq_length(vision_config, image_processor, pixel_shuffle: int = 1) -> int:
     """Image tokens per image: the tower's patches (less the CLS token it drops), over ``pixel_shuffle``^2."""
-    from thinchat.projector import check_shuffle
+    from thinchat.model.projector import check_shuffle
 
     size = (
         image_processor.crop_size
@@ -110,11 +110,11 @@ def compose_llava(
 
     ``feature_layer`` overrides the tower family's default hidden layer (``TOWER_FEATURES``);
     ``pixel_shuffle`` > 1 folds each ``f x f`` block of patches into one image token
-    (:mod:`thinchat.projector`).
+    (:mod:`thinchat.model.projector`).
     """
     from transformers import LlavaConfig, LlavaProcessor
 
-    from thinchat.projector import CONFIG_KEY, llava_class
+    from thinchat.model.projector import CONFIG_KEY, llava_class
 
     vision_config = vision_model.config
     if vision_config.model_type not in TOWER_FEATURES:
@@ -199,7 +199,7 @@ def build(
     """
     import torch
 
-    from thinchat.resolve import classify, load_language_model, load_vision_tower
+    from thinchat.model.resolve import classify, load_language_model, load_vision_tower
 
     classify(vision, "vision")  # fail on a bad spec before loading anything
     classify(llm, "lm")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from thinchat.errors import ModelSpecError
-from thinchat.presets import PRESETS, cache_root, check_gguf_architecture, materialize, preset_names
+from thinchat.model.presets import PRESETS, cache_root, check_gguf_architecture, materialize, preset_names
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def local_directory(source: ModelSource) -> str:
 
 
 def _dequantised_gguf(gguf_path: Path) -> Path:
-    from thinchat.presets import save_gguf_as_safetensors
+    from thinchat.model.presets import save_gguf_as_safetensors
 
     stat = gguf_path.stat()
     key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]

@@ -3,7 +3,7 @@
 Why: VisualGLM's fine-tuned weights did not load in its own web demo because each entry point had
 its own loader. Here the CLI, the web demo, the server, evaluation and export all call
 ``load_pretrained``, which recognises a ClipCap stage output by its ``clipcap_prefix.json`` and
-otherwise loads a Llava directory or a peft adapter on one (:mod:`thinchat.llava_checkpoint`).
+otherwise loads a Llava directory or a peft adapter on one (:mod:`thinchat.model.checkpoint`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from thinchat.llava_checkpoint import load_llava
+from thinchat.model.checkpoint import load_llava
 
 
 def load_pretrained(
