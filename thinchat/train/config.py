@@ -93,6 +93,13 @@ class TrainConfig:
     feature_cache_dir: str | None = field(
         None, help="feature cache folder (default: <data dir>/.feature_cache)"
     )
+    rotations: bool = field(
+        False,
+        help="train on random 90-degree rotations and flips of each slide's images (a thin section has no "
+        "up): one of the 8 per slide and step, drawn from seed and step, all its views turned alike; the "
+        "feature cache holds all 8 of each training image (8x its one-off precompute), and the closed-form "
+        "projector fit gets 8 rows per slide (thinchat.train.augment)",
+    )
     save_steps: int = field(200, help="write a checkpoint every N optimizer steps")
     save_total_limit: int = field(
         2, help="complete checkpoints to keep (the newest complete one is never deleted)"
@@ -297,6 +304,8 @@ class ClipCapStageConfig(TrainConfig):
         _check_range("sample_max_new_tokens", self.sample_max_new_tokens, 1, 4096)
         if self.max_steps < 1:
             raise ConfigError(f"max_steps={self.max_steps}: the clipcap stage needs a positive step count")
+        if self.rotations:
+            raise ConfigError("rotations: true turns images; the clipcap stage reads stored embeddings")
         if self.gradient_accumulation_steps != 1:
             raise ConfigError("the clipcap stage steps once per batch: set gradient_accumulation_steps: 1")
         for key in ("data", "val_data"):

@@ -7,7 +7,9 @@ projector stays trainable; ``thinchat.train.embeds.merge_image_features`` finish
 
 Keys (``thinchat.train.feature_keys``). One safetensors file per image under
 ``ROOT/<tower key>/<aa>/<image sha256>.safetensors``:
-- the image key is sha256 of the file bytes (paths) or of mode + size + pixels (PIL images);
+- the image key is sha256 of the file bytes (paths) or of mode + size + pixels (PIL images); a turned or
+  mirrored view k = 1..7 of it (``rotations: true``, ``thinchat.train.augment``) is ``<image sha256>.d<k>``,
+  the tower's features of ``dihedral(pixel_values, k)``; view 0 is the image key alone, as always;
 - the tower key hashes the tower config, a sha256 fingerprint of every tower weight, the feature
   layer / select strategy, the image processor settings (size, crop, normalisation...) and the storage
   dtype. Change any of them and the lookup lands in a fresh directory: stale features are never used.
@@ -34,8 +36,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from thinchat.errors import ConfigError
+from thinchat.train.augment import check_square, dihedral, rotate_rows
 from thinchat.train.embeds import tower_features, vision_tower
-from thinchat.train.feature_keys import image_key, image_processor_of, pixel_key, tower_identity, tower_key
+from thinchat.train.feature_keys import (
+    image_key,
+    image_processor_of,
+    pixel_key,
+    tower_identity,
+    tower_key,
+    view_key,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -141,8 +151,10 @@ class FeatureCache:
         pils = [load_image(im) if isinstance(im, (str, Path)) else im.convert("RGB") for im in images]
         return self.image_processor(images=pils, return_tensors="pt")["pixel_values"]
 
-    def _compute(self, images: list[Image | str | Path]) -> list[torch.Tensor]:
-        return self._tower(self._pixels(images))
+    def _compute(self, items: list[tuple[Image | str | Path, int]]) -> list[torch.Tensor]:
+        """Tower features of ``(image, view)`` items: the view's turn of the image's pixels."""
+        pixel_values = self._pixels([image for image, _ in items])
+        return self._tower(rotate_rows(pixel_values, [view for _, view in items]))
 
     def _tower(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """Tower features in ``compute_dtype``, whatever autocast the caller runs under.
@@ -199,21 +211,28 @@ class FeatureCache:
         self.stats.misses += len(todo)
         return found, todo
 
-    def features_for(self, images: Sequence[Image | str | Path]) -> torch.Tensor:
+    def features_for(
+        self, images: Sequence[Image | str | Path], views: Sequence[int] | None = None
+    ) -> torch.Tensor:
         """Tower features for ``images`` in order, shape (n_images, n_tokens, vision_hidden), stored dtype.
 
-        Hits are read from disk; misses go through the tower in batches of ``batch_size`` and are saved.
-        Feed the result to ``merge_image_features`` (it casts to the projector's dtype).
+        ``views``: per image, which of its 8 rotations / flips (``thinchat.train.augment.dihedral``) the
+        features are of; None: each image as it is (view 0). Hits are read from disk; misses go through
+        the tower in batches of ``batch_size`` and are saved. Feed the result to ``merge_image_features``
+        (it casts to the projector's dtype).
         """
         import torch
 
         self.check_frozen()
-        keys = [self.image_key(im) for im in images]
-        found, todo = self._lookup(keys, list(images))
+        views = [0] * len(images) if views is None else list(views)
+        if len(views) != len(images):
+            raise ValueError(f"features_for: {len(images)} images but {len(views)} views")
+        keys = [view_key(self.image_key(im), v) for im, v in zip(images, views, strict=True)]
+        found, todo = self._lookup(keys, list(zip(images, views, strict=True)))
         pending = list(todo.items())
         for start in range(0, len(pending), self.batch_size):
             chunk = pending[start : start + self.batch_size]
-            for (key, _), features in zip(chunk, self._compute([image for _, image in chunk]), strict=True):
+            for (key, _), features in zip(chunk, self._compute([item for _, item in chunk]), strict=True):
                 self._store(key, features)
                 found[key] = features
         if not keys:
@@ -238,29 +257,50 @@ class FeatureCache:
                 found[key] = features
         return torch.stack([found[key] for key in keys])
 
-    def precompute(self, images: Sequence[str | Path], batch_size: int | None = None) -> CacheStats:
-        """Fill the cache for ``images`` (skipping those already there); see the module docstring."""
+    def precompute(
+        self, images: Sequence[str | Path], batch_size: int | None = None, views: Sequence[int] = (0,)
+    ) -> CacheStats:
+        """Fill the cache for ``views`` of ``images`` (skipping those already there); see the module
+        docstring. Each image is decoded once for all its missing views."""
+        import torch
         from tqdm import tqdm
 
         self.check_frozen()
         size = batch_size or self.batch_size
         unique = list(dict.fromkeys(images))
-        missing = [im for im in unique if not self.path_for(self.image_key(im)).is_file()]
-        self.stats.hits += len(unique) - len(missing)
+        missing: list[tuple[str | Path, list[int]]] = []
+        for image in unique:
+            key = self.image_key(image)
+            todo = [v for v in views if not self.path_for(view_key(key, v)).is_file()]
+            if todo:
+                missing.append((image, todo))
+        self.stats.hits += len(unique) * len(views) - sum(len(todo) for _, todo in missing)
         rank, world = rank_and_world()
         mine = missing[rank::world]
         if mine and self.device is not None:
             vision_tower(self.model).to(self.device)
-        chunks = [mine[start : start + size] for start in range(0, len(mine), size)]
+        per_chunk = max(1, size // max(1, len(views)))
+        chunks = [mine[start : start + per_chunk] for start in range(0, len(mine), per_chunk)]
         on_cpu = next(vision_tower(self.model).parameters()).device.type == "cpu"
         workers = 0 if on_cpu or len(chunks) < 2 else min(4, os.cpu_count() or 1)
         desc = "caching tower features" + (f" (rank {rank} of {world})" if world > 1 else "")
+
+        def decode(chunk: list[tuple[str | Path, list[int]]]) -> torch.Tensor:
+            return self._pixels([image for image, _ in chunk])
+
         with tqdm(total=len(mine), desc=desc, unit="img", disable=not mine) as bar:
-            pixels = _prefetch(self._pixels, chunks, workers) if workers else map(self._pixels, chunks)
+            pixels = _prefetch(decode, chunks, workers) if workers else map(decode, chunks)
             for chunk, pixel_values in zip(chunks, pixels, strict=True):
-                for image, features in zip(chunk, self._tower(pixel_values), strict=True):
-                    self._store(self.image_key(image), features)
-                self.stats.misses += len(chunk)
+                if any(any(todo) for _, todo in chunk):
+                    check_square(pixel_values)
+                keys, rows = [], []
+                for (image, todo), row in zip(chunk, pixel_values, strict=True):
+                    key = self.image_key(image)
+                    keys += [view_key(key, v) for v in todo]
+                    rows += [dihedral(row, v) if v else row for v in todo]
+                for key, features in zip(keys, self._tower(torch.stack(rows)), strict=True):
+                    self._store(key, features)
+                self.stats.misses += len(keys)
                 bar.update(len(chunk))
         if world > 1:
             barrier()  # the other ranks' shards are on disk after this

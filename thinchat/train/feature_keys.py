@@ -4,7 +4,9 @@ Why apart from the cache: the keys are the cache's correctness argument (a stale
 used), and they are read on their own. The tower key hashes everything that changes the tower's
 output for the same pixels: the tower config, a sha256 of every tower weight, the feature layer and
 select strategy, the image processor settings, the storage dtype and, off the CPU, the compute dtype.
-An image is keyed by its file bytes, its decoded pixels, or the preprocessed tensor itself.
+An image is keyed by its file bytes, its decoded pixels, or the preprocessed tensor itself; a turned or
+mirrored view of it (``rotations: true``) by that key and the view's number, the unturned view by the
+image key alone, as before views existed.
 """
 
 from __future__ import annotations
@@ -112,3 +114,14 @@ def pixel_key(pixel_values: torch.Tensor) -> str:
     digest = hashlib.sha256(f"pixels:{tuple(tensor.shape)};".encode())
     digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def view_key(key: str, view: int) -> str:
+    """The key of view ``view`` (0-7, ``thinchat.train.augment.dihedral``) of the image keyed ``key``.
+
+    View 0 is the image as it is and keeps the image's own key: a cache filled without rotations
+    serves a run with them, and the other way round.
+    """
+    if not 0 <= view < 8:
+        raise ValueError(f"view {view}: expected 0..7")
+    return key if view == 0 else f"{key}.d{view}"

@@ -126,10 +126,13 @@ def init_projector_ridge(
     features: Sequence[Any],
     alpha: float = 1.0,
     terms_alpha: float | None = None,
+    rows_per_answer: int = 1,
 ) -> dict[str, Any]:
     """Fit and load the projector from ``features[i]`` (tower features of sample i's images) and ``answers[i]``.
 
-    The fitted outputs are rescaled so a projected token has the median norm of the LM's token
+    ``rows_per_answer`` > 1: ``features`` holds that many rows per answer, answer i's at
+    ``i * rows_per_answer ...`` (a slide's rotations and flips, ``rotations: true``); the answers' own
+    statistics (caption weights, which terms) stay those of the distinct answers. The fitted outputs are rescaled so a projected token has the median norm of the LM's token
     embeddings as the LM receives them (``embedding_norm``). With ``terms_alpha`` set, hidden units are
     also given to gated per-term classifiers fitted with that penalty (``projector_terms``). Returns the
     fit statistics (samples, R^2, rank, scale, terms) for the log.
@@ -139,9 +142,10 @@ def init_projector_ridge(
     from thinchat.model.projector import pixel_shuffle, shuffle_factor
     from thinchat.model.unwrap import llava_parts
 
-    if len(answers) != len(features) or len(answers) < 2:
+    if len(answers) * rows_per_answer != len(features) or len(answers) < 2:
         raise DataFormatError(
-            f"ridge projector init needs at least 2 samples with images and an answer, got {len(answers)}"
+            f"ridge projector init needs at least 2 samples with images and an answer, got {len(answers)} "
+            f"answers and {len(features)} feature rows ({rows_per_answer} per answer)"
         )
     llava, inner = llava_parts(model)
     factor = shuffle_factor(llava.config)
@@ -149,7 +153,7 @@ def init_projector_ridge(
         features = [pixel_shuffle(f.float().reshape(-1, *f.shape[-2:]), factor) for f in features]
     embeddings = llava.get_input_embeddings().weight
     token_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
-    targets = caption_embeddings(token_ids, embeddings)
+    targets = caption_embeddings(token_ids, embeddings).repeat_interleave(rows_per_answer, dim=0)
     pooled = torch.stack([f.float().reshape(-1, f.shape[-1]).mean(0) for f in features])
     weight, x_mean, r2 = fit_ridge(pooled, targets, alpha)
     tokens = torch.cat([f.float().reshape(-1, f.shape[-1]) for f in features[:64]])
@@ -166,6 +170,7 @@ def init_projector_ridge(
     rank = load_linear(projector, weight * scale, x_mean, units=units)
     stats: dict[str, Any] = {
         "samples": len(answers),
+        "rows": len(features),
         "r2": round(r2, 4),
         "rank": rank,
         "scale": round(scale, 4),
@@ -174,6 +179,7 @@ def init_projector_ridge(
         from thinchat.domain.lexicon import load_lexicon
         from thinchat.train.projector_terms import load_term_units, term_directions
 
+        presence = presence.repeat_interleave(rows_per_answer, dim=0)
         classifier, _, _ = fit_ridge(pooled, presence, terms_alpha)
         directions = term_directions(term_ids, answers, load_lexicon(), tokenizer, embeddings)
         load_term_units(projector, classifier, x_mean, presence.mean(0), directions, token_norm, units)

@@ -91,8 +91,10 @@ def training_arguments(config: TrainConfig, output_dir: Path, has_eval: bool):
 def attach_feature_cache(config: TrainConfig, model, processor, datasets: list[Any], device=None):
     """A ``FeatureCache`` filled for every image of ``datasets`` (which then skip pixels), or None.
 
-    ``device``: the training device (``TrainingArguments.device``); the tower runs there in the
-    training precision, each rank on its shard of the images (``FeatureCache.precompute``).
+    ``datasets``: the training set first, then the others. ``device``: the training device
+    (``TrainingArguments.device``); the tower runs there in the training precision, each rank on its
+    shard of the images (``FeatureCache.precompute``). With ``rotations`` the training images' eight
+    views are cached (``thinchat.train.augment``), the others' as they are.
     """
     if not config.feature_cache or stage_for(config).tower_trainable(config):
         return None
@@ -109,32 +111,50 @@ def attach_feature_cache(config: TrainConfig, model, processor, datasets: list[A
     cache = FeatureCache(
         root, model, processor, dtype=config.feature_cache_dtype, device=device, compute_dtype=compute
     )
-    paths = [p for ds in datasets if ds is not None for sample in ds.iter_samples() for p in sample.images]
-    cache.precompute(paths)
-    for ds in datasets:
+    from thinchat.train.augment import VIEWS
+
+    paths: list[Any] = []
+    for index, ds in enumerate(datasets):
         if ds is not None:
+            mine = [p for sample in ds.iter_samples() for p in sample.images]
+            views = tuple(range(VIEWS)) if config.rotations and index == 0 else (0,)
+            cache.precompute(mine, views=views)
             ds.load_pixels = False
-    log.info("feature cache %s: %d images ready", cache.dir, len(set(paths)))
+            paths += mine
+    log.info(
+        "feature cache %s: %d images ready%s",
+        cache.dir,
+        len(set(paths)),
+        f" (training images in {VIEWS} views)" if config.rotations else "",
+    )
     return cache
 
 
 def fit_projector(config, model, processor, train_set, cache) -> None:
-    """Stage 1 in closed form (``init: ridge``): see ``thinchat.train.projector_init``."""
+    """Stage 1 in closed form (``init: ridge``): see ``thinchat.train.projector_init``.
+
+    With ``rotations`` each slide gives eight rows, the tower features of its eight views.
+    """
+    from thinchat.train.augment import VIEWS
     from thinchat.train.projector_init import init_projector_ridge
 
+    views = range(VIEWS) if config.rotations else range(1)
     answers, features = [], []
     for sample in train_set.iter_samples():  # one sample parsed at a time
         if sample.images:
-            answers.append(richest_answer(sample.messages, sample.turn_types))
-            features.append(cache.features_for(sample.images))
-    keep = [i for i, answer in enumerate(answers) if answer.strip()]
+            answer = richest_answer(sample.messages, sample.turn_types)
+            if answer.strip():
+                answers.append(answer)
+                n = len(sample.images)
+                features += [cache.features_for(sample.images, [v] * n) for v in views]
     stats = init_projector_ridge(
         model,
         processor.tokenizer,
-        [answers[i] for i in keep],
-        [features[i] for i in keep],
+        answers,
+        features,
         alpha=config.ridge_alpha,
         terms_alpha=config.terms_alpha if config.ridge_terms else None,
+        rows_per_answer=len(views),
     )
     log.info("projector fitted in closed form: %s", stats)
 
@@ -280,6 +300,7 @@ def _build_trainer(
         group_by_length=config.group_by_length,
         feature_cache=feature_cache,
         step_budget=budget,
+        rotation_seed=config.seed if config.rotations else None,
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(TokensPerSecond())

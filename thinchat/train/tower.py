@@ -26,6 +26,7 @@ from typing import Any
 
 from thinchat.config import field, from_dict, read_yaml
 from thinchat.errors import ConfigError, DataFormatError
+from thinchat.train.augment import dihedral
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +74,6 @@ def load_tower_config(path: str | Path | None, overrides: list[str] | None = Non
         return from_dict(TowerConfig, read_yaml(path, overrides))
     except ConfigError as exc:
         raise ConfigError(f"{path or 'tower config'}: {exc}") from exc
-
-
-def dihedral(pixels: Any, k: int) -> Any:
-    """The ``k``-th (0-7) of the eight rotations and flips of the last two (spatial) dimensions."""
-    import torch
-
-    out = torch.rot90(pixels, k % 4, dims=(-2, -1))
-    return out.flip(-1) if k >= 4 else out
 
 
 def slide_targets(data: str | Path, min_count: int) -> tuple[list[list[Path]], list[str], Any]:

@@ -26,7 +26,7 @@ from thinchat.train.exchanges import isolate_exchanges
 
 log = logging.getLogger(__name__)
 
-EXTRA_KEYS = ("image_paths", "label_weights")
+EXTRA_KEYS = ("image_paths", "label_weights", "image_views")
 IGNORE_INDEX = -100
 
 
@@ -83,8 +83,33 @@ def embed_cached_features(model: Any, inputs: dict[str, Any], feature_cache: Any
         from thinchat.train.embeds import merge_image_features
 
         paths = extra.get("image_paths") or []
-        features = feature_cache.features_for(paths) if paths else None
+        features = feature_cache.features_for(paths, extra.get("image_views")) if paths else None
         inputs["inputs_embeds"] = merge_image_features(model, inputs.pop("input_ids"), features)
+    return inputs
+
+
+def turn_images(model: Any, inputs: dict[str, Any], seed: int, step: int) -> dict[str, Any]:
+    """``inputs`` with each sample's images turned by the view ``rotations: true`` draws for it at ``step``.
+
+    One view per sample, for all its images (PPL and XPL show one field), drawn from ``seed``, ``step``
+    and the sample's first image (``thinchat.train.augment.view_for``), so a resumed run turns alike. The
+    pixel path turns ``pixel_values``; the cached path adds ``image_views`` for ``FeatureCache.features_for``.
+    """
+    from thinchat.model.unwrap import unwrap_llava
+    from thinchat.train.augment import batch_views, rotate_rows
+
+    paths = inputs.get("image_paths") or []
+    if not paths:
+        return inputs
+    image_token = inputs["input_ids"] == unwrap_llava(model).config.image_token_id
+    per_row = image_token.sum(dim=1).tolist()
+    per_image = sum(per_row) // len(paths)
+    views = batch_views(seed, step, paths, [n // per_image for n in per_row])
+    inputs = dict(inputs)
+    if inputs.get("pixel_values") is not None:
+        inputs["pixel_values"] = rotate_rows(inputs["pixel_values"], views)
+    else:
+        inputs["image_views"] = views
     return inputs
 
 
@@ -116,7 +141,8 @@ class ThinchatTrainer(Trainer):
 
     With ``feature_cache`` (a ``thinchat.train.feature_cache.FeatureCache``) batches carry no pixels:
     the tower features of ``image_paths`` come from the cache and ``merge_image_features`` runs the
-    model's own projector, so the projector and the LM train exactly as on the pixel path.
+    model's own projector, so the projector and the LM train exactly as on the pixel path. With
+    ``rotation_seed`` each training sample's images are turned (``turn_images``) on either path.
     """
 
     def __init__(
@@ -128,9 +154,12 @@ class ThinchatTrainer(Trainer):
         group_by_length: bool = False,
         feature_cache: Any = None,
         step_budget: Any = None,
+        rotation_seed: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        #: ``rotations: true``: the seed of each training sample's view (None: images as they are)
+        self.rotation_seed = rotation_seed
         self.step_budget = step_budget
         self.projector_lr = projector_lr
         self.keep_checkpoints = keep_checkpoints
@@ -178,6 +207,8 @@ class ThinchatTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         weights = inputs.get("label_weights")
+        if self.rotation_seed is not None and model.training:  # evaluation sees the images as they are
+            inputs = turn_images(model, inputs, self.rotation_seed, self.state.global_step)
         inputs = model_inputs(model, inputs, self.feature_cache)
         if weights is not None and not return_outputs:
             return weighted_lm_loss(model, inputs, weights, num_items_in_batch)
