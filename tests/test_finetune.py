@@ -5,6 +5,7 @@ model loads."""
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def parts(tmp_path_factory) -> tuple[str, str]:
     return str(root / "tower"), str(root / "lm")
 
 
-def _slides(root: Path, n: int = 16) -> tuple[Path, Path]:
+def _slides(root: Path, n: int = 16, captions: list[str] = CAPTIONS) -> tuple[Path, Path]:
     from thinchat.testing import tiny_image
 
     images = root / "slides"
@@ -59,7 +60,7 @@ def _slides(root: Path, n: int = 16) -> tuple[Path, Path]:
     lines = []
     for i in range(n):
         tiny_image(seed=i).save(images / f"s{i:02d}.png")
-        lines.append(f"s{i:02d}\t{CAPTIONS[i % len(CAPTIONS)]}")
+        lines.append(f"s{i:02d}\t{captions[i % len(captions)]}")
     captions = root / "captions.tsv"
     captions.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return captions, images
@@ -94,6 +95,23 @@ def test_finetune_end_to_end_then_reuses_every_step(parts, tmp_path, capsys):
     stamp = (out / "report" / "report.json").stat().st_mtime_ns
     assert main(argv) == 0  # nothing changed: every step is reused
     assert (out / "report" / "report.json").stat().st_mtime_ns == stamp
+
+
+def test_stage0_is_skipped_with_a_warning_where_no_caption_names_a_term(parts, tmp_path, caplog):
+    """Stage 0 learns the lexicon terms the descriptions name; captions naming none leave it nothing to
+    learn, so the recipe says so and goes on from the tower as built instead of failing."""
+    tower, lm = parts
+    captions, images = _slides(tmp_path, captions=["A dim slide.", "A bright slide.", "Grey and blurred."])
+    out = tmp_path / "plain"
+    argv = [
+        "finetune", "--captions", str(captions), "--images", str(images), "--out", str(out), "--vision",
+        tower, "--llm", lm, "--lang", "en", "--hardware", "cpu", "--threads", "1", *TINY,
+        "tower_config=configs/tower_cpu.yaml",
+    ]  # fmt: skip
+    caplog.set_level(logging.WARNING, logger="thinchat.recipes.recipe")
+    assert main(argv) == 0
+    assert any("stage 0 (tower) skipped: no lexicon term" in r.getMessage() for r in caplog.records)
+    assert not (out / "tower").exists() and (out / "lora" / "adapter_config.json").is_file()
 
 
 def test_finetune_reads_a_saved_datasetdict(parts, tmp_path, capsys):

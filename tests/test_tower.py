@@ -85,7 +85,7 @@ def test_adapt_tower_changes_only_the_tower_and_saves_a_plain_llava(tiny_llava_d
 def test_no_term_named_often_enough_is_refused_with_the_way_out(tiny_llava_dir, tmp_path):
     data = _write_set(tmp_path, ["A thin section.", "Another one.", "Quartz."])
     config = TowerConfig(model=str(tiny_llava_dir), data=str(data), output_dir=str(tmp_path / "t"), epochs=1)
-    with pytest.raises(DataFormatError, match=r"no lexicon term .* set tower_epochs=0"):
+    with pytest.raises(DataFormatError, match=r"no lexicon term .* set epochs=0"):
         adapt_tower(config)
 
 

@@ -149,11 +149,24 @@ def _adapt_tower(
     and the vision tower it reads (the configured spec, or the adapted tower's own directory)."""
     if not config.tower_config:
         return base, config.vision
-    from thinchat.train.tower import TOWER_STATS, VISION_TOWER_DIR, adapt_tower, load_tower_config
+    from thinchat.train.tower import (
+        TOWER_STATS,
+        VISION_TOWER_DIR,
+        adapt_tower,
+        described_slides,
+        load_tower_config,
+    )
 
     overrides = [f"model={base}", f"data={splits['train']}", f"output_dir={out}", f"seed={config.seed}"]
     tower = load_tower_config(config_path(config.tower_config), overrides)
     if tower.epochs == 0:
+        return base, config.vision
+    if not described_slides(splits["train"], tower.min_term_count)[1]:
+        log.warning(
+            "%s: stage 0 (tower) skipped: no lexicon term or class is named in at least %d of the "
+            "training descriptions, so the tower has nothing to learn; stage 1 reads the tower as built",
+            steps.name, tower.min_term_count,
+        )  # fmt: skip
         return base, config.vision
     steps.run("tower", fingerprint(asdict(tower)), out / TOWER_STATS, lambda _: adapt_tower(tower))
     return out, str(out / VISION_TOWER_DIR)

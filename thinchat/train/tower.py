@@ -76,11 +76,12 @@ def load_tower_config(path: str | Path | None, overrides: list[str] | None = Non
         raise ConfigError(f"{path or 'tower config'}: {exc}") from exc
 
 
-def slide_targets(data: str | Path, min_count: int) -> tuple[list[list[Path]], list[str], Any]:
-    """Each slide's images, the term ids that are targets, and the slides' 0/1 term matrix.
+def described_slides(data: str | Path, min_count: int) -> tuple[list[list[Path]], list[str], Any]:
+    """Each slide's images, the term ids named in at least ``min_count`` (and not all) of their
+    descriptions (the longest answer), and the slides' 0/1 term matrix (``None`` without a slide).
 
-    The terms are those its description (the longest answer) names, as the closed-form projector's term
-    units read them (``projector_terms.term_presence``), so the tower learns what stage 1 reads out.
+    The terms are read as the closed-form projector's term units read them
+    (``projector_terms.term_presence``), so the tower learns what stage 1 reads out.
     """
     from thinchat.train.projector_terms import term_presence
     from thinchat.train.run import richest_answer
@@ -93,10 +94,17 @@ def slide_targets(data: str | Path, min_count: int) -> tuple[list[list[Path]], l
             images.append(list(sample.images))
             answers.append(answer)
     terms, presence = term_presence(answers, min_count=min_count) if answers else ([], None)
+    return images, terms, presence
+
+
+def slide_targets(data: str | Path, min_count: int) -> tuple[list[list[Path]], list[str], Any]:
+    """:func:`described_slides`, refused where no term is a target (the tower would learn nothing)."""
+    images, terms, presence = described_slides(data, min_count)
     if not terms:
         raise DataFormatError(
             f"{data}: no lexicon term is named in at least {min_count} (and not all) of the "
-            f"{len(answers)} descriptions, so the tower has nothing to learn; set tower_epochs=0"
+            f"{len(images)} descriptions, so the tower has nothing to learn; set epochs=0 (or leave "
+            "the recipe's tower_config empty)"
         )
     return images, terms, presence
 
