@@ -38,16 +38,22 @@ def peak_rss_mib() -> float:
 def machine() -> dict[str, object]:
     """CPU model and core count, for the record next to every number."""
     cpu = platform.processor() or platform.machine()
+    flags: list[str] = []
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):  # what decides the bf16 rate: AMX tiles, AVX-512 bf16, AVX2 only
+                flags = sorted(
+                    {"amx_bf16", "avx512_bf16", "avx512f", "avx2"} & set(line.split(":", 1)[1].split())
+                )
                 break
     import torch
 
     return {
         "cpu": cpu,
+        "cpu_flags": flags,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -13,6 +13,8 @@ stopped on a missing ``mpi4py``. Here every such case is decided from the config
   ``deepspeed`` and ``cpu=true``. An offload config on the CPU (nothing to offload to) and a DeepSpeed run
   started without a launcher stop with one line too.
 * ``bf16: true`` on a GPU without bf16 (older than Ampere) stops with one line naming ``bf16``.
+* ``torch_compile: true`` on a CPU where inductor cannot build its kernels (no C++ compiler) trains
+  uncompiled and says why in one log line, instead of failing at the first step.
 """
 
 from __future__ import annotations
@@ -104,10 +106,32 @@ def check_deepspeed(config: Any, host: Host) -> None:
         )
 
 
+def cpu_compiler() -> str | None:
+    """The C++ compiler inductor's CPU backend builds its kernels with (``$CXX``, else g++ / c++ / clang++)."""
+    import shutil
+
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _fit_compile(config: Any, on_cpu: bool) -> Any:
+    """``torch_compile`` off, with one log line, where inductor cannot build CPU kernels."""
+    if not getattr(config, "torch_compile", False) or not on_cpu or cpu_compiler():
+        return config
+    log.warning(
+        "torch_compile: no C++ compiler found ($CXX, g++, c++, clang++), which torch.compile needs on "
+        "the CPU: training uncompiled (install g++ to compile)"
+    )
+    return dataclasses.replace(config, torch_compile=False)
+
+
 def fit_to_host(config: Any, host: Host | None = None) -> Any:
     """``config`` as it can run here: see the module docstring. Raises ``ConfigError`` (one line) or
     returns the config, with ``cpu: true`` and ``bf16: auto`` where a GPU recipe falls back to the CPU."""
     host = host or Host.current()
+    config = _fit_compile(config, on_cpu=config.cpu or not host.gpu)
     if config.deepspeed:
         check_deepspeed(config, host)
     if host.gpu and not config.cpu:

@@ -67,6 +67,7 @@ def training_arguments(config: TrainConfig, output_dir: Path, has_eval: bool):
         bf16=config.bf16,
         fp16=config.fp16,
         use_cpu=config.cpu,
+        torch_compile=config.torch_compile,
         activation_checkpointing=config.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         save_strategy="steps",
