@@ -103,3 +103,37 @@ def test_cli_eval_and_clear_error(tmp_path, checkpoints, capsys):
     argv[argv.index("--data") + 1] = str(empty)
     assert main(argv) == 2
     assert "empty reference set" in capsys.readouterr().err
+
+
+def test_a_prompt_over_the_positions_is_answered_empty_and_the_rest_are_kept(caplog):
+    """Looking first can put an untrained model's long description into the prompt; one such prompt is
+    answered empty (scored wrong) and named in the log instead of failing the whole report."""
+    from types import SimpleNamespace
+
+    from thinchat.eval.data import EvalSample
+    from thinchat.eval.runner import generate_for_samples
+
+    samples = [
+        EvalSample(i, [], [], f"Is there quartz? {i}", ["Yes."], "en", [i]) for i in ("a", "long", "b")
+    ]
+    asked = []
+
+    class Engine:
+        prompts = SimpleNamespace(
+            count_tokens=lambda messages, images: 900 if "long" in str(messages) else 20
+        )
+
+        def resolve(self, **overrides):
+            return overrides
+
+        def prompt_budget(self, settings):
+            return 512 - settings["max_new_tokens"]
+
+        def generate_batch(self, messages, images, max_new_tokens):
+            asked.extend(messages)
+            return [f"answer {i}" for i in range(len(messages))]
+
+    caplog.set_level("WARNING", logger="thinchat.eval.runner")
+    answers = generate_for_samples(Engine(), samples, batch_size=3, max_new_tokens=4)
+    assert answers == {"a": "answer 0", "long": "", "b": "answer 1"} and len(asked) == 2
+    assert "1 of 3 prompts do not fit the LM's 508 prompt tokens (long)" in caplog.text

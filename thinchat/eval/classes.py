@@ -153,7 +153,7 @@ def class_lines(section: dict | None, names: Sequence[str]) -> list[str]:
     if probe:
         lines += [
             "",
-            f"Linear probe: ridge classifiers on the frozen tower's features ({probe.get('detail', '')}), fitted on "
+            f"Linear probe: ridge classifiers on the features of the tower the model reads ({probe.get('detail', '')}), fitted on "
             f"the training slides and scored on {probe.get('n_test', '?')} held-out slides.",
         ]
     return lines

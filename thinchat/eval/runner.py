@@ -83,9 +83,36 @@ def generate_for_samples(
             messages = [llava_to_messages(s.conversation()) for s in batch]
             if look_first:
                 messages = engine.looked_batch(messages, images)
-            outs = engine.generate_batch(messages, images, max_new_tokens)
-            answers.update({s.id: a for s, a in zip(batch, outs, strict=True)})
+            answers.update(_answers_that_fit(engine, batch, messages, images, max_new_tokens))
             bar.update(len(batch))
+    return answers
+
+
+def _answers_that_fit(
+    engine: Any, batch: list[EvalSample], messages: list[Any], images: list[Any], max_new_tokens: int
+) -> dict[str, str]:
+    """The batch's answers; a prompt over the LM's positions is answered empty (scored wrong) and
+    logged, instead of failing the whole report.
+
+    Why: looking first puts the model's own description into the prompt, and an untrained model's
+    description can tokenise far longer than it was generated (broken UTF-8 decodes to U+FFFD, several
+    tokens each), so a base model's looking-first prompt can overflow where its direct one fits.
+    """
+    budget = engine.prompt_budget(engine.resolve(max_new_tokens=max_new_tokens))
+    fits = [engine.prompts.count_tokens(m, imgs) <= budget for m, imgs in zip(messages, images, strict=True)]
+    kept = [i for i, ok in enumerate(fits) if ok]
+    outs = (
+        engine.generate_batch([messages[i] for i in kept], [images[i] for i in kept], max_new_tokens)
+        if kept
+        else []
+    )
+    answers = {batch[i].id: "" for i, ok in enumerate(fits) if not ok}
+    answers.update({batch[i].id: out for i, out in zip(kept, outs, strict=True)})
+    if len(kept) < len(batch):
+        log.warning(
+            "%d of %d prompts do not fit the LM's %d prompt tokens (%s): answered empty, scored wrong",
+            len(batch) - len(kept), len(batch), budget, ", ".join(batch[i].id for i, ok in enumerate(fits) if not ok),
+        )  # fmt: skip
     return answers
 
 
