@@ -42,17 +42,21 @@ def max_positions(text_config) -> int | None:
     return None
 
 
-def image_seq_length(vision_config, image_processor, pixel_shuffle: int = 1) -> int:
-    """Image tokens per image: the tower's patches (less the CLS token it drops), over ``pixel_shuffle``^2."""
-    from thinchat.model.projector import check_shuffle
-
+def input_size(image_processor) -> tuple[int, int]:
+    """``(height, width)`` of the images the processor hands the tower (its crop where it crops)."""
     size = (
         image_processor.crop_size
         if getattr(image_processor, "do_center_crop", False)
         else image_processor.size
     )
-    height = size.get("height") or size.get("shortest_edge")
-    width = size.get("width") or size.get("shortest_edge")
+    return size.get("height") or size.get("shortest_edge"), size.get("width") or size.get("shortest_edge")
+
+
+def image_seq_length(vision_config, image_processor, pixel_shuffle: int = 1) -> int:
+    """Image tokens per image: the tower's patches (less the CLS token it drops), over ``pixel_shuffle``^2."""
+    from thinchat.model.projector import check_shuffle
+
+    height, width = input_size(image_processor)
     _, strategy, extra = TOWER_FEATURES[vision_config.model_type]
     if pixel_shuffle > 1:
         grid = height // vision_config.patch_size

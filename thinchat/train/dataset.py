@@ -61,14 +61,9 @@ def blank_images(processor, count: int) -> list[Any]:
     """Stand-in images at the processor's input size: they expand to the same number of image tokens."""
     from PIL import Image
 
-    image_processor = processor.image_processor
-    size = (
-        image_processor.crop_size
-        if getattr(image_processor, "do_center_crop", False)
-        else image_processor.size
-    )
-    height = size.get("height") or size.get("shortest_edge")
-    width = size.get("width") or size.get("shortest_edge")
+    from thinchat.model.compose import input_size
+
+    height, width = input_size(processor.image_processor)
     return [Image.new("RGB", (width, height)) for _ in range(count)]
 
 
