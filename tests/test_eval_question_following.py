@@ -15,6 +15,7 @@ from thinchat.eval.question_following import (
     build_probes,
     parse_yes_no,
     score_probes,
+    which_reading,
 )
 from thinchat.eval.report import render_markdown, write_report
 
@@ -332,6 +333,33 @@ def test_build_probes_name_the_term_asked() -> None:
         assert probe.term is not None
         if probe.type == "presence":
             assert lex.name(probe.term, "en").lower() in probe.question.lower()
+
+
+def test_build_probes_ask_several_which_of_questions_per_slide() -> None:
+    samples = [_sample("a", EN, "en"), _sample("b", EN2, "en")]
+    default = build_probes(samples)
+    one = build_probes(samples, which=1)
+    which = [p for p in default if p.type == "which"]
+    assert len(which) > len([p for p in one if p.type == "which"])
+    assert all(p.expected in p.options and len(p.options) >= 2 for p in which)
+    assert len({(p.sample.id, p.expected) for p in which}) == len(which)  # never the same term twice
+    # More which-of questions leave the presence questions (drawn first) as they were.
+    assert [p for p in default if p.type == "presence"] == [p for p in one if p.type == "presence"]
+
+
+def test_which_reading_uses_the_first_which_of_question_that_offered_the_term() -> None:
+    en = _sample("a", EN, "en")
+    probes = [
+        _probe(en, 0, "presence", "yes", term="calcite"),
+        _probe(en, 1, "presence", "yes", term="quartz"),
+        _probe(en, 2, "presence", "no", term="pyrite"),
+        _probe(en, 3, "which", "calcite", ("dolomite", "calcite")),
+        _probe(en, 4, "which", "quartz", ("quartz", "calcite")),
+    ]
+    answers = {"a#q3": "Dolomite.", "a#q4": "Quartz."}
+    # calcite: q3 offered it first and picked dolomite (no), though q4 picked quartz over it too;
+    # quartz: only q4 offered it (yes); pyrite: offered by none, no reading.
+    assert which_reading(probes, answers, load_lexicon()) == {"a#q0": "no", "a#q1": "yes"}
 
 
 def test_answers_asked_directly_are_held_against_the_models_own_reading() -> None:

@@ -56,15 +56,15 @@ def test_thresholds_cover_question_following() -> None:
     config = QuickstartConfig()
     ok = check_thresholds(_report(0.72, 0.9, 1.0, 0.85), config)
     assert all(item["ok"] for item in ok.values())
-    low = check_thresholds(_report(0.72, 0.6, 1.0, 0.85), config)
+    low = check_thresholds(_report(0.72, 0.55, 1.0, 0.85), config)
     assert not low["yes_no_accuracy"]["ok"] and low["mineral_f1"]["ok"]
     missing = check_thresholds(_report(0.72, None, 0.9, 0.85), config)
     assert not missing["yes_no_accuracy"]["ok"] and not missing["answer_form"]["ok"]
     assert missing["yes_no_accuracy"]["base"] is None
     # The answers after the model's own description (what the chat demos ask) have their own floor.
-    after = check_thresholds(_report(0.72, 0.9, 1.0, 0.85, followup=0.65), config)
+    after = check_thresholds(_report(0.72, 0.9, 1.0, 0.85, followup=0.6), config)
     assert not after["followup_yes_no_accuracy"]["ok"] and after["yes_no_accuracy"]["ok"]
-    assert after["followup_yes_no_accuracy"]["threshold"] == config.min_followup_yes_no == 0.7
+    assert after["followup_yes_no_accuracy"]["threshold"] == config.min_followup_yes_no == 0.65
     assert not check_thresholds(_report(0.72, 0.9, 1.0, 0.85, followup=None), config)[
         "followup_yes_no_accuracy"
     ]["ok"]

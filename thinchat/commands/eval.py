@@ -79,8 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="question_probes",
         type=int,
         default=4,
-        help="grounded yes/no questions per held-out slide (half 'yes', half 'no') plus one which-of "
-        "question, scored in the report's question-following section (0: off)",
+        help="grounded yes/no questions per held-out slide (half 'yes', half 'no') plus up to three "
+        "which-of questions, scored in the report's question-following section (0: off)",
     )
     add_look_first(parser)  # the questions are also asked as every interface asks them
     parser.add_argument(

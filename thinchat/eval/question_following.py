@@ -41,9 +41,11 @@ from typing import Any
 
 from thinchat.eval.data import EvalSample
 
-#: Presence and which-of questions per held-out slide.
+#: Presence and which-of questions per held-out slide. Three which-of questions (where the report has
+#: that many askable terms) make 40 slides ~100 questions, not 36: the standard error of an accuracy
+#: near 0.65 falls from 0.08 to 0.05, so a ``--check`` floor can sit under it without flaking.
 DEFAULT_PRESENCE = 4
-DEFAULT_WHICH = 1
+DEFAULT_WHICH = 3
 #: Answers are judged on their first words; the rest of a longer answer need not be generated.
 DEFAULT_MAX_NEW_TOKENS = 24
 
@@ -318,15 +320,20 @@ def agreement(
 
 
 def which_reading(probes: Sequence[Probe], answers: Mapping[str, str], lexicon: Any) -> dict[str, str]:
-    """Per presence probe whose term the same slide's which-of question offered: "yes" when the model's
-    which-of answer picked that term, "no" when it picked another (no reading when it named none)."""
+    """Per presence probe whose term one of the same slide's which-of questions offered (the first that
+    did): "yes" when the model's answer to it picked that term, "no" when it picked another (no reading
+    when it named none)."""
     lexicon = _default_lexicon(lexicon)
-    which = {p.sample.id: p for p in probes if p.type == "which"}
+    which: dict[str, list[Probe]] = {}
+    for p in probes:
+        if p.type == "which":
+            which.setdefault(p.sample.id, []).append(p)
     out: dict[str, str] = {}
     for p in probes:
-        w = which.get(p.sample.id)
-        if p.type != "presence" or w is None or p.term not in w.options:
+        offered = [w for w in which.get(p.sample.id, []) if p.term in w.options]
+        if p.type != "presence" or not offered:
             continue
+        w = offered[0]
         picked = first_option(answers[w.id], w.options, lexicon)
         if picked is not None:
             out[p.id] = "yes" if picked == p.term else "no"

@@ -68,7 +68,7 @@ class QuickstartConfig:
         "thinchat data convert --qa-turns)",
     )
     question_probes: int = field(
-        4, help="grounded yes/no questions per held-out slide in the report (plus one which-of)"
+        4, help="grounded yes/no questions per held-out slide in the report (plus up to three which-of)"
     )
     text_only_ratio: float = field(
         0.1,
@@ -86,11 +86,11 @@ class QuickstartConfig:
     )
     min_mineral_f1: float = field(0.6, help="threshold: finetuned mineral-term F1")
     min_cider_ratio: float = field(2.0, help="threshold: finetuned CIDEr-D / base CIDEr-D")
-    min_yes_no: float = field(0.65, help="threshold: balanced yes/no accuracy on grounded presence questions")
+    min_yes_no: float = field(0.6, help="threshold: balanced yes/no accuracy on grounded presence questions")
     min_answer_form: float = field(0.95, help="threshold: share of yes/no questions answered with yes or no")
-    min_which: float = field(0.65, help="threshold: which-of accuracy")
+    min_which: float = field(0.55, help="threshold: which-of accuracy")
     min_followup_yes_no: float = field(
-        0.7,
+        0.65,
         help="threshold: balanced yes/no accuracy asked after the model's own description, as the chat "
         "demos ask a new slide's first question (looking first)",
     )
