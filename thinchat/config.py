@@ -3,7 +3,8 @@
 Why not a dict: a typo in a YAML key or an override must fail before any model is loaded, with the
 closest valid key suggested, and values must arrive with the type the code expects.
 Dataclass fields carry their help text in ``metadata["help"]`` (as peft's ``LoraConfig`` does), which
-``describe()`` prints for ``--help``-style listings.
+``describe()`` prints for ``--help``-style listings and ``add_arguments()`` turns into a command's options:
+a setting is declared once, on its field, and the command line, YAML and Python callers share it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,14 +24,28 @@ from thinchat.errors import ConfigError
 T = TypeVar("T")
 
 
-def field(default: Any = dataclasses.MISSING, *, help: str, **kwargs: Any) -> Any:  # noqa: A002
-    """A dataclass field with help text; mutable defaults go through ``default_factory``."""
+def field(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,  # noqa: A002
+    flags: tuple[str, ...] = (),
+    metavar: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A dataclass field with help text; mutable defaults go through ``default_factory``.
+
+    ``flags`` and ``metavar`` are for ``add_arguments``: the option's spellings where they are not
+    ``--the-field-name`` (``("--format",)`` for ``fmt``), and the placeholder ``--help`` shows.
+    """
+    metadata: dict[str, Any] = {"help": help}
+    if flags:
+        metadata["flags"] = tuple(flags)
+    if metavar is not None:
+        metadata["metavar"] = metavar
     if isinstance(default, (list, dict)):
         value = default
-        return dataclasses.field(
-            default_factory=lambda: type(value)(value), metadata={"help": help}, **kwargs
-        )
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -204,3 +220,83 @@ def describe(cls: type) -> str:
         type_name = getattr(hints[f.name], "__name__", str(hints[f.name]))
         lines.append(f"{f.name} ({type_name}, default {default!r}): {f.metadata.get('help', '')}")
     return "\n".join(lines)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    """The field's default value (a fresh one for a factory), or ``MISSING`` for a required field."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _flags(f: dataclasses.Field, annotation: Any) -> tuple[str, ...]:
+    """The option strings: the field's ``flags``, else ``--name-with-dashes`` (``--no-name`` for a switch
+    that is on by default, since giving the flag turns it off)."""
+    if "flags" in f.metadata:
+        return f.metadata["flags"]
+    name = f.name.replace("_", "-")
+    return (f"--no-{name}",) if _scalar(annotation) is bool and f.default is True else (f"--{name}",)
+
+
+def _scalar(annotation: Any) -> Any:
+    """The type a command-line value has: ``int`` for ``int | None``, the first of a union otherwise."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+    return annotation
+
+
+def _takes_value(annotation: Any) -> bool:
+    """Whether the option is followed by a value named by a metavar: not a switch, not a choice."""
+    scalar = _scalar(annotation)
+    return scalar is not bool and typing.get_origin(scalar) is not typing.Literal
+
+
+def _argument(f: dataclasses.Field, annotation: Any, unset: bool) -> dict[str, Any]:
+    """``add_argument`` keywords for field ``f``; ``unset``: default None (the option overrides a file)."""
+    default = _default(f)
+    kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help")}
+    if "metavar" in f.metadata:
+        kwargs["metavar"] = f.metadata["metavar"]
+    elif "flags" in f.metadata and _takes_value(annotation):
+        # named as argparse names a value of that flag, not after the field (choices show as {a,b})
+        kwargs["metavar"] = f.metadata["flags"][0].lstrip("-").replace("-", "_").upper()
+    if unset or default is not dataclasses.MISSING:
+        kwargs["default"] = None if unset else default
+    else:
+        kwargs["required"] = True
+    scalar = _scalar(annotation)
+    if scalar is bool and default is True:  # the flag turns it off
+        kwargs.update({"action": "store_const", "const": False} if unset else {"action": "store_false"})
+    elif scalar is bool:
+        kwargs["action"] = "store_true"
+    elif typing.get_origin(scalar) is typing.Literal:
+        kwargs["choices"] = list(typing.get_args(scalar))
+    elif scalar in (int, float):
+        kwargs["type"] = scalar
+    elif scalar is not str and scalar is not Any:
+        raise TypeError(f"{f.name}: no command-line option for a {annotation} field")
+    return kwargs
+
+
+def add_arguments(parser: Any, cls: type, names: Iterable[str] | None = None, *, unset: bool = False) -> None:
+    """Add one option per field of ``cls`` to an ``argparse`` parser (``names``: those fields, in that
+    order), spelled and documented as the field says (``field(help=, flags=, metavar=)``).
+
+    Why: a setting declared on its config field reaches the command line without a second declaration of
+    its default, type, choices or help, and ``from_args`` reads it back by the field name.
+    Types map as ``int``/``float`` -> ``type``, ``Literal`` -> ``choices``, ``bool`` -> a switch
+    (``store_false`` when on by default), ``X | None`` -> ``X``; a field without a default is required.
+    ``unset=True`` makes every default None, for options that override a config file only when given.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in names if names is not None else fields:
+        f = fields[name]
+        parser.add_argument(*_flags(f, hints[name]), **_argument(f, hints[name], unset))
+
+
+def from_args(cls: type[T], args: Any) -> T:
+    """``cls`` from the parsed options ``add_arguments`` added (attributes named as the fields), coerced
+    and validated as a YAML config is; fields the parser lacks keep their defaults."""
+    names = [f.name for f in dataclasses.fields(cls) if hasattr(args, f.name)]
+    return from_dict(cls, {name: getattr(args, name) for name in names})

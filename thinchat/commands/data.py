@@ -6,38 +6,17 @@ Work modules are imported inside each handler so ``thinchat --help`` stays insta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
-from thinchat.images import DEFAULT_MAX_PIXELS
+from data_tools.configs import ConvertConfig
+from thinchat.config import add_arguments, from_args
 
 
 def _convert(args: argparse.Namespace) -> int:
     from data_tools.convert import convert, format_summary
 
-    summary = convert(
-        args.captions,
-        args.images,
-        args.out,
-        fmt=args.format,
-        lang=args.lang,
-        multi_turn=args.multi_turn,
-        split=args.split,
-        seed=args.seed,
-        strict=args.strict,
-        max_pixels=args.max_pixels,
-        encoding=args.encoding,
-        allow_outside_images=args.allow_outside_images,
-        qa_turns=args.qa_turns,
-        qa_negatives=args.qa_negatives,
-        lexicon_path=args.lexicon,
-        questions_path=args.questions,
-        test_ids=args.test_ids,
-        val_ids=args.val_ids,
-        format_out=args.format_out,
-        labels=args.labels,
-        image_folder=args.image_folder,
-        multi_label=args.multi_label,
-    )
+    summary = convert(**dataclasses.asdict(from_args(ConvertConfig, args)))
     print(format_summary(summary))
     return 0
 
@@ -102,97 +81,13 @@ def _pseudo_label(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
-def _add_convert_source_arguments(conv: argparse.ArgumentParser) -> None:
-    """Where ``data convert`` reads slides from: captions, a labels table or class folders."""
-    conv.add_argument(
-        "--captions", help="captions file (TSV/CSV/JSONL/COCO) or folder of .txt (default: --images)"
-    )
-    conv.add_argument("--images", default=None, help="directory holding the images")
-    conv.add_argument(
-        "--labels",
-        default=None,
-        metavar="FILE",
-        help="instead of --captions: a CSV/TSV/JSONL of classes per image (an id or image column, a class "
-        "column or one 0/1 column per class, optional view columns ppl/xpl); images under --images",
-    )
-    conv.add_argument(
-        "--image-folder",
-        default=None,
-        metavar="DIR",
-        help="instead of --captions/--images: one sub-folder of images per class",
-    )
-    conv.add_argument(
-        "--multi-label",
-        default=None,
-        action="store_true",
-        help="labels: an image listed under two classes is one image with both (default: told from the "
-        "file; in a single-label set such an image is left out and reported)",
-    )
-
-
-def _add_convert_split_and_check_arguments(conv: argparse.ArgumentParser) -> None:
-    """``data convert``'s split, seed and input checks; added last so --help keeps its order."""
-    conv.add_argument("--split", default=None, help="train,val,test ratios by image, e.g. 0.8,0.1,0.1")
-    conv.add_argument(
-        "--test-ids",
-        default=None,
-        metavar="FILE",
-        help="slide ids held out as OUT_test.json (one a line); the rest is train (with --split, train/val)",
-    )
-    conv.add_argument(
-        "--val-ids", default=None, metavar="FILE", help="slide ids for OUT_val.json (one a line)"
-    )
-    conv.add_argument("--seed", type=int, default=0, help="seed for questions and splits")
-    conv.add_argument("--strict", action="store_true", help="fail (write nothing) if any row is skipped")
-    conv.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
-    conv.add_argument(
-        "--encoding",
-        default="utf-8",
-        help="captions file encoding when it has no BOM (e.g. gb18030); UTF-8/16/32 BOMs are detected",
-    )
-    conv.add_argument(
-        "--allow-outside-images",
-        action="store_true",
-        help="let captions name images outside --images (absolute paths, '..', symlinks); default: refused",
-    )
-
-
 def _add_convert_parser(sub: argparse._SubParsersAction) -> None:
-    """``data convert``: image-caption pairs (or class labels) -> LLaVA conversation JSON."""
+    """``data convert``: image-caption pairs (or class labels) -> LLaVA conversation JSON; its options are
+    the fields of ``ConvertConfig``."""
     conv = sub.add_parser(
         "convert", help="image-caption pairs -> LLaVA conversation JSON (with a skip report)"
     )
-    _add_convert_source_arguments(conv)
-    conv.add_argument(
-        "--out", required=True, help="output JSON; with --split, OUT_train.json, OUT_val.json, ..."
-    )
-    conv.add_argument("--format", default="auto", choices=["auto", "tsv", "csv", "jsonl", "coco", "folder"])
-    conv.add_argument(
-        "--format-out",
-        default="json",
-        choices=["json", "hf"],
-        help="json: LLaVA JSON files; hf: a datasets.DatasetDict folder at OUT (save_to_disk, Image features)",
-    )
-    conv.add_argument(
-        "--lang", default="auto", choices=["auto", "zh", "en"], help="caption language (auto: per caption)"
-    )
-    conv.add_argument("--multi-turn", action="store_true", help="add follow-up turns per report facet")
-    conv.add_argument(
-        "--qa-turns",
-        type=int,
-        default=0,
-        help="grounded question-answer turns per slide (presence yes/no, which-of, attribute; "
-        "turns are then shuffled); 0: none",
-    )
-    conv.add_argument(
-        "--no-qa-negatives",
-        dest="qa_negatives",
-        action="store_false",
-        help="presence questions only about terms the report names (no 'no' answers)",
-    )
-    conv.add_argument("--lexicon", default=None, help="lexicon YAML (default: the bundled lexicon.yaml)")
-    conv.add_argument("--questions", default=None, help="question pools YAML (default: questions.yaml)")
-    _add_convert_split_and_check_arguments(conv)
+    add_arguments(conv, ConvertConfig)
     conv.set_defaults(func=_convert)
 
 
