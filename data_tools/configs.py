@@ -85,3 +85,76 @@ class ConvertConfig:
         False,
         help="let captions name images outside --images (absolute paths, '..', symlinks); default: refused",
     )
+
+
+@dataclass(kw_only=True)
+class SynthConfig:
+    """``data_tools.synth.generate``: procedural thin sections with ground-truth labels and captions."""
+
+    out_dir: str = field(flags=("--out",), help="output directory")
+    n: int = field(100, help="number of slides (each: a PPL and an XPL image)")
+    seed: int = field(0, help="seed for the slides drawn")
+    lang: Literal["zh", "en", "both"] = field("both", help="caption language(s) written")
+    size: int = field(224, help="image side in pixels")
+    workers: int | None = field(None, help="processes (default: one per CPU)")
+
+
+@dataclass(kw_only=True)
+class ImportClipcapConfig:
+    """``data_tools.clipcap.import_clipcap`` (beside its positional pickle file): a ThinGPT/ClipCap
+    feature pickle -> JSON + safetensors."""
+
+    out_dir: str = field(flags=("--out",), help="output directory")
+    seed: int = field(0, help="seed for questions and splits")
+    lang: Literal["auto", "zh", "en"] = field("auto", help="caption language (auto: per caption)")
+    split: str | None = field(
+        None,
+        help="train,test or train,val,test ratios by image (e.g. 0.9,0.1): writes OUT/train, OUT/val, OUT/test",
+    )
+    test_ids: str | None = field(
+        None,
+        metavar="FILE|ID,ID",
+        help="image ids held out as OUT/test (a file, one id a line, or a comma list); the rest is OUT/train "
+        "(with --split train,val: also OUT/val)",
+    )
+    encoder: str = field(
+        "openai/clip-vit-base-patch32",
+        help="tower the embeddings came from (hub id or directory), recorded for encoding new images "
+        "(default: ThinGPT's CLIP ViT-B/32)",
+    )
+
+
+@dataclass(kw_only=True)
+class ReplayConfig:
+    """``data_tools.replay.make_replay``: the base model's own answers, as text-only data against
+    forgetting."""
+
+    model_dir: str = field(flags=("--model",), help="checkpoint that answers (the base you finetune)")
+    out: str = field(help="output LLaVA JSON (text-only entries)")
+    lang: Literal["zh", "en", "both"] = field("both", help="language(s) of the questions asked")
+    questions: str | None = field(None, help="question pool YAML (default: replay_questions.yaml)")
+    max_new_tokens: int = field(96, help="answer length cap")
+    batch_size: int = field(8, help="generation batch size")
+    holdout_every: int = field(
+        0,
+        help="write every k-th answer to OUT_heldout.json instead (for thinchat eval --text-data); 0: none",
+    )
+
+
+@dataclass(kw_only=True)
+class PseudoLabelConfig:
+    """``data_tools.pseudo_label.pseudo_label``: captions written, translated or expanded by a teacher."""
+
+    images: str | None = field(None, help="directory of slides ({id}.jpg or {id}_ppl/_xpl views)")
+    teacher: str = field(help="OpenAI-compatible base URL or local checkpoint directory")
+    out: str = field(help="captions TSV to append to (resumable)")
+    task: Literal["describe", "translate", "expand"] = field(
+        "describe", help="describe slides, or translate / expand existing captions"
+    )
+    captions: str | None = field(None, help="existing captions TSV (translate, expand)")
+    prompt_file: str | None = field(None, help="prompt template file ({caption} is replaced)")
+    lang: Literal["zh", "en"] = field("zh", help="language of the output captions")
+    rate: float = field(1.0, help="max requests per second (0 = unlimited)")
+    retries: int = field(2, help="retries of a failed request")
+    model: str = field("default", help="model name sent to the endpoint")
+    api_key: str | None = field(None, help="API key (default: $OPENAI_API_KEY, else none)")
