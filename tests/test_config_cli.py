@@ -68,3 +68,23 @@ def test_unset_mode_leaves_every_option_none_until_given() -> None:
     assert vars(parser.parse_args([])) == {"fmt": None, "negatives": None, "strict": None}
     given = vars(parser.parse_args(["--no-negatives", "--strict", "--format", "b"]))
     assert given == {"fmt": "b", "negatives": False, "strict": True}
+
+
+def test_eval_options_are_evaluates_defaults_and_probes_are_declared_once() -> None:
+    """``thinchat eval`` passes ``EvalOptions`` to ``evaluate``: same names, same defaults; the recipes'
+    ``question_probes`` is the same field (default and help) as the eval command's."""
+    import dataclasses
+    import inspect
+
+    from thinchat.commands.eval import EvalOptions
+    from thinchat.eval import evaluate
+    from thinchat.recipes.finetune import FinetuneConfig
+    from thinchat.recipes.quickstart import QuickstartConfig
+
+    parameters = inspect.signature(evaluate).parameters
+    for f in dataclasses.fields(EvalOptions):
+        assert f.default == parameters[f.name].default, f.name
+    probes = {cls: cls.__dataclass_fields__["question_probes"] for cls in (FinetuneConfig, QuickstartConfig)}
+    expected = EvalOptions.__dataclass_fields__["question_probes"]
+    for field_ in probes.values():
+        assert (field_.default, field_.metadata) == (expected.default, expected.metadata)

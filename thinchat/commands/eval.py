@@ -3,9 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from thinchat.commands.options import add_checkpoint, add_device, add_look_first
+from thinchat.config import add_arguments, field, from_args
+from thinchat.eval.question_following import question_probes_field
+
+
+@dataclass(kw_only=True)
+class EvalOptions:
+    """What ``thinchat eval`` passes on to ``evaluate`` as keyword arguments, with ``evaluate``'s defaults
+    (tests/test_config_cli.py checks them); ``question_probes`` is the recipes' field."""
+
+    batch_size: int = field(8, help="generation batch size (default 8)")
+    max_new_tokens: int = field(256, help="answer length cap (default 256)")
+    limit: int | None = field(
+        None,
+        help="score a seeded sample of N samples spread over the classes / terms (thinchat/eval/sampling.py)",
+    )
+    reliance_samples: int = field(
+        16,
+        help="samples for the image-reliance check (answer loss with own vs another slide's images; 0: off)",
+    )
+    question_probes: int = question_probes_field()
+    text_data: str | None = field(
+        None,
+        help="text-only LLaVA JSON (e.g. held-out `thinchat data replay` answers of the base model): "
+        "reports each model's answer loss on it, the general chat retention",
+    )
+    meteor: Literal["auto", "java", "nltk"] = field(
+        "auto", help="METEOR 1.5 via java (auto: when java is on PATH) or the labelled nltk approximation"
+    )
 
 
 def checkpoint_names(paths: list[str]) -> dict[str, str]:
@@ -27,15 +58,9 @@ def _run(args: argparse.Namespace) -> int:
         checkpoint_names(args.from_pretrained),
         args.data,
         args.out,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        limit=args.limit,
-        reliance_samples=args.reliance_samples,
-        question_probes=args.question_probes,
-        text_data=args.text_data,
         look_first=args.look_first,
-        meteor=args.meteor,
         device=args.device,
+        **dataclasses.asdict(from_args(EvalOptions, args)),
     )
     out = Path(args.out)
     print(f"scored {report['counts']['scored']} samples, skipped {report['counts']['skipped']}")
@@ -59,41 +84,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--data", required=True, help="test set in LLaVA JSON format (first human/gpt turn)")
     parser.add_argument("--out", required=True, help="output directory for the report")
-    parser.add_argument("--batch-size", type=int, default=8, help="generation batch size (default 8)")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="answer length cap (default 256)")
-    parser.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        help="score a seeded sample of N samples spread over the classes / terms (thinchat/eval/sampling.py)",
-    )
-    parser.add_argument(
-        "--reliance-samples",
-        dest="reliance_samples",
-        type=int,
-        default=16,
-        help="samples for the image-reliance check (answer loss with own vs another slide's images; 0: off)",
-    )
-    parser.add_argument(
-        "--question-probes",
-        dest="question_probes",
-        type=int,
-        default=4,
-        help="grounded yes/no questions per held-out slide (half 'yes', half 'no') plus up to three "
-        "which-of questions, scored in the report's question-following section (0: off)",
+    add_arguments(
+        parser, EvalOptions, ["batch_size", "max_new_tokens", "limit", "reliance_samples", "question_probes"]
     )
     add_look_first(parser)  # the questions are also asked as every interface asks them
-    parser.add_argument(
-        "--text-data",
-        default=None,
-        help="text-only LLaVA JSON (e.g. held-out `thinchat data replay` answers of the base model): "
-        "reports each model's answer loss on it, the general chat retention",
-    )
-    parser.add_argument(
-        "--meteor",
-        choices=("auto", "java", "nltk"),
-        default="auto",
-        help="METEOR 1.5 via java (auto: when java is on PATH) or the labelled nltk approximation",
-    )
+    add_arguments(parser, EvalOptions, ["text_data", "meteor"])
     add_device(parser, "torch device (default: the loader's choice)")
     parser.set_defaults(func=_run)

@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from thinchat.config import field
 from thinchat.eval.data import EvalSample
 
 #: Presence and which-of questions per held-out slide. Three which-of questions (where the report has
@@ -46,6 +47,18 @@ from thinchat.eval.data import EvalSample
 #: near 0.65 falls from 0.08 to 0.05, so a ``--check`` floor can sit under it without flaking.
 DEFAULT_PRESENCE = 4
 DEFAULT_WHICH = 3
+
+
+def question_probes_field() -> Any:
+    """The ``question_probes`` setting, declared once for ``thinchat eval --question-probes`` and the
+    recipes' configs (finetune, quickstart), which pass it to ``evaluate``: same default, same help."""
+    return field(
+        DEFAULT_PRESENCE,
+        help="grounded yes/no questions per held-out slide (half 'yes', half 'no') plus up to three "
+        "which-of questions, scored in the report's question-following section (0: off)",
+    )
+
+
 #: Answers are judged on their first words; the rest of a longer answer need not be generated.
 DEFAULT_MAX_NEW_TOKENS = 24
 

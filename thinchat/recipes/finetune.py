@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 
 from thinchat.config import field
 from thinchat.errors import ConfigError
+from thinchat.eval.question_following import question_probes_field
 from thinchat.recipes.recipe import LANG_PRESETS, Steps, chat_commands, config_path, fingerprint, run_recipe
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class FinetuneConfig:
     qa_turns: int = field(
         6, help="grounded question-answer turns per training slide (data convert --qa-turns)"
     )
-    question_probes: int = field(4, help="grounded yes/no questions per held-out slide in the report")
+    question_probes: int = question_probes_field()
     text_only_ratio: float = field(
         0.1, help="share of stage-2 samples replaying the base model's own general answers; 0: none"
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from thinchat.config import field
+from thinchat.eval.question_following import question_probes_field
 from thinchat.recipes.recipe import (
     LANG_PRESETS,
     Steps,
@@ -67,9 +68,7 @@ class QuickstartConfig:
         help="grounded question-answer turns per training slide (presence yes/no, which-of, attribute; "
         "thinchat data convert --qa-turns)",
     )
-    question_probes: int = field(
-        4, help="grounded yes/no questions per held-out slide in the report (plus up to three which-of)"
-    )
+    question_probes: int = question_probes_field()
     text_only_ratio: float = field(
         0.1,
         help="share of stage-2 samples that replay the base model's own answers to general questions "
