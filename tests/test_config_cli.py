@@ -68,6 +68,7 @@ def test_unset_mode_leaves_every_option_none_until_given() -> None:
     assert vars(parser.parse_args([])) == {"fmt": None, "negatives": None, "strict": None}
     given = vars(parser.parse_args(["--no-negatives", "--strict", "--format", "b"]))
     assert given == {"fmt": "b", "negatives": False, "strict": True}
+    assert "choices from the Literal (default a)" in " ".join(parser.format_help().split())
 
 
 def test_eval_options_are_evaluates_defaults_and_probes_are_declared_once() -> None:

@@ -255,6 +255,12 @@ def _argument(f: dataclasses.Field, annotation: Any, unset: bool) -> dict[str, A
     """``add_argument`` keywords for field ``f``; ``unset``: default None (the option overrides a file)."""
     default = _default(f)
     kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help")}
+    if (
+        unset
+        and default not in (dataclasses.MISSING, None, "", False, [])
+        and "default" not in kwargs["help"]
+    ):
+        kwargs["help"] += f" (default {default})"  # the option's own default (None) says nothing
     if "metavar" in f.metadata:
         kwargs["metavar"] = f.metadata["metavar"]
     elif "flags" in f.metadata and _takes_value(annotation):

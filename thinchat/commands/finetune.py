@@ -6,33 +6,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-#: CLI flag -> FinetuneConfig key (flags override the --config file, KEY=VALUE overrides both).
-FLAGS = {
-    "captions": "captions",
-    "images": "images",
-    "labels": "labels",
-    "image_folder": "image_folder",
-    "multi_label": "multi_label",
-    "dataset": "dataset",
-    "out": "out",
-    "test_ids": "test_ids",
-    "val_ids": "val_ids",
-    "split": "split",
-    "lang": "lang",
-    "vision": "vision",
-    "llm": "llm",
-    "hardware": "hardware",
-}
-
-
-def _help(key: str) -> str:
-    """The help text of a ``FinetuneConfig`` key: declared once, on the config field."""
-    from thinchat.recipes.finetune import FinetuneConfig
-
-    return FinetuneConfig.__dataclass_fields__[key].metadata["help"]
+#: FinetuneConfig keys that are also options (``--image-folder`` for ``image_folder``): given, they override
+#: the --config file; KEY=VALUE overrides both. Spelling, choices and help come from the config's fields.
+FLAGS = (
+    "captions", "images", "labels", "image_folder", "multi_label", "dataset", "out", "test_ids", "val_ids",
+    "split", "lang", "vision", "llm", "hardware",
+)  # fmt: skip
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from thinchat.config import add_arguments
+    from thinchat.recipes.finetune import FinetuneConfig
+
     parser = subparsers.add_parser(
         "finetune",
         help="your captions + images (or a datasets dataset) -> finetuned model + held-out report, resumable",
@@ -40,26 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "report base vs finetuned on held-out slides; a re-run reuses every unchanged step. "
         "See docs/own-data.md.",
     )
-    parser.add_argument("--captions", default=None, help="captions file (TSV/CSV/JSONL/COCO) or .txt folder")
-    parser.add_argument("--images", default=None, help="directory holding the images")
-    parser.add_argument("--labels", default=None, metavar="FILE", help=_help("labels"))
-    parser.add_argument("--image-folder", default=None, metavar="DIR", help=_help("image_folder"))
-    parser.add_argument("--multi-label", default=None, action="store_true", help=_help("multi_label"))
-    parser.add_argument(
-        "--dataset",
-        default=None,
-        help="a saved datasets.DatasetDict, an imagefolder folder with metadata, or a hub id (network)",
-    )
-    parser.add_argument("--out", default=None, help="output folder (default checkpoints/mine)")
-    parser.add_argument("--test-ids", default=None, metavar="FILE", help="slide ids held out for the report")
-    parser.add_argument("--val-ids", default=None, metavar="FILE", help="slide ids for the validation loss")
-    parser.add_argument("--split", default=None, help="train,val,test ratios (default 0.9,0.05,0.05)")
-    parser.add_argument("--lang", choices=["auto", "en", "zh"], default=None, help="caption language")
-    parser.add_argument("--vision", default=None, help="vision tower (default dinov2-small)")
-    parser.add_argument("--llm", default=None, help="LM (default: the offline preset for the language)")
-    parser.add_argument(
-        "--hardware", choices=["auto", "cpu", "gpu"], default=None, help="recipe to use (default: auto)"
-    )
+    add_arguments(parser, FinetuneConfig, FLAGS, unset=True)
     parser.add_argument("--config", default=None, help="YAML with FinetuneConfig keys (a recipe)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys")
     parser.set_defaults(func=run)
@@ -82,7 +48,7 @@ def load(args: argparse.Namespace):
             "stage YAML as projector_config=... / lora_config=..., or single keys as "
             "train_overrides=[key=value]"
         )
-    data.update({key: value for flag, key in FLAGS.items() if (value := getattr(args, flag)) is not None})
+    data.update({key: value for key in FLAGS if (value := getattr(args, key)) is not None})
     return from_dict(FinetuneConfig, apply_overrides(data, args.overrides))
 
 

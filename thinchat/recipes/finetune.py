@@ -47,10 +47,13 @@ class FinetuneConfig:
     images: str = field("", help="directory holding the images (with --captions or --labels)")
     labels: str = field(
         "",
+        metavar="FILE",
         help="instead of captions: a CSV/TSV/JSONL of classes per image (an id or image column, a class column "
         "or one 0/1 column per class, optional view columns ppl/xpl), images under --images",
     )
-    image_folder: str = field("", help="instead of captions + images: one sub-folder of images per class")
+    image_folder: str = field(
+        "", metavar="DIR", help="instead of captions + images: one sub-folder of images per class"
+    )
     multi_label: bool = field(
         False,
         help="labels: an image listed under two classes is one image with both classes (default: a "
@@ -62,8 +65,8 @@ class FinetuneConfig:
         "metadata, or a hub id (needs network); its test/validation splits become the fixed splits",
     )
     out: str = field("checkpoints/mine", help="where models, data and the report go")
-    test_ids: str = field("", help="file of slide ids held out for the report (one a line)")
-    val_ids: str = field("", help="file of slide ids for the validation loss (one a line)")
+    test_ids: str = field("", metavar="FILE", help="file of slide ids held out for the report (one a line)")
+    val_ids: str = field("", metavar="FILE", help="file of slide ids for the validation loss (one a line)")
     split: str = field(
         "auto",
         help="train,val,test ratios by slide (with test_ids: train,val of the rest); auto: 0.9,0.05,0.05 for "
