@@ -1,8 +1,9 @@
 """Turn a LLaVA-format test JSON into evaluation samples: one prompt, its images, and its references.
 
-Each entry contributes its description exchange: the first human turn and first gpt turn, or, where the
-converter shuffled grounded questions around it (``turn_types``), the exchange typed "describe", asked
-with the entry's ``<image>`` placeholders in front as a user opening the chat would. Entries that show the same images with the same question are one
+Each entry (read by ``thinchat.conversation.parse_entry``) contributes its description exchange: its
+first exchange, or, where the converter shuffled grounded questions around it (``turn_types``), the
+exchange typed "describe", asked with the entry's ``<image>`` placeholders in front as a user opening the
+chat would (``Entry.description``). Entries that show the same images with the same question are one
 sample with several references, the multi-reference setting caption metrics are defined for. Samples
 whose images are missing or unreadable are skipped and reported with the reason, never silently dropped.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from thinchat.conversation import entry_images, read_llava_json
+from thinchat.conversation import Entry, Exchange, parse_entry, read_llava_json
 from thinchat.domain.language import language_of
 from thinchat.errors import DataFormatError, ImageError
 from thinchat.images import load_image
@@ -50,44 +51,17 @@ class Skipped:
     reason: str
 
 
-def _describe_turns(entry: dict, where: str) -> tuple[str, str]:
-    convs = entry.get("conversations")
-    if not isinstance(convs, list) or not convs:
-        raise DataFormatError(f"{where}: missing or empty 'conversations' list")
-    types = entry.get("turn_types")
-    if isinstance(types, list) and "describe" in types:
-        k = types.index("describe")
-        if 2 * k + 1 >= len(convs) or not all(isinstance(t, dict) for t in convs[2 * k : 2 * k + 2]):
-            raise DataFormatError(f"{where}: 'turn_types' names exchange {k} but 'conversations' is shorter")
-        human, gpt = convs[2 * k].get("value"), convs[2 * k + 1].get("value")
-        first = convs[0].get("value") if isinstance(convs[0], dict) else None
-        if not isinstance(human, str) or not isinstance(gpt, str) or not isinstance(first, str):
-            raise DataFormatError(f"{where}: turn values must be strings")
-        images = IMAGE_TOKEN + "\n"
-        question = images * first.count(IMAGE_TOKEN) + human.replace(images, "").replace(IMAGE_TOKEN, "")
-        return question, gpt
-    return _first_turns(convs, where)
-
-
-def _first_turns(convs: list, where: str) -> tuple[str, str]:
-    human = next((t for t in convs if isinstance(t, dict) and t.get("from") == "human"), None)
-    gpt = next((t for t in convs if isinstance(t, dict) and t.get("from") == "gpt"), None)
-    if human is None or not isinstance(human.get("value"), str):
-        raise DataFormatError(f"{where}: no human turn with a text 'value' to use as the question")
-    if gpt is None or not isinstance(gpt.get("value"), str) or not gpt["value"].strip():
+def reference_exchange(entry: Entry) -> Exchange:
+    """The exchange a test entry is scored on (``Entry.description``): its question, and its answer as the
+    reference; an entry without both cannot be scored, so it is refused rather than skipped."""
+    exchange = entry.description()
+    if exchange is not None and not exchange.question:
+        raise DataFormatError(f"{entry.where}: no human turn with a text 'value' to use as the question")
+    if exchange is None or not exchange.answer.strip():
         raise DataFormatError(
-            f"{where}: no non-empty gpt turn to use as the reference answer; every test entry needs one"
+            f"{entry.where}: no non-empty gpt turn to use as the reference answer; every test entry needs one"
         )
-    return human["value"], gpt["value"]
-
-
-def _entry_labels(entry: dict) -> tuple[str, ...]:
-    """An entry's class labels: its ``labels`` list of class names; any other ``labels`` value is one of
-    the extra keys an entry may carry for other tools, and leaves the slide unlabelled."""
-    labels = entry.get("labels")
-    if isinstance(labels, list) and labels and all(isinstance(c, str) and c for c in labels):
-        return tuple(labels)
-    return ()
+    return exchange
 
 
 def load_eval_set(
@@ -117,30 +91,26 @@ def load_eval_sample(
     base = path.parent
     groups: dict[tuple, EvalSample] = {}
     used_ids: set[str] = set()
-    for index, entry in enumerate(entries):
-        where = f"{path}: entry {index}" + (f" (id {entry.get('id')!r})" if isinstance(entry, dict) else "")
-        if not isinstance(entry, dict):
-            raise DataFormatError(f"{where}: expected an object with 'conversations'")
-        question, reference = _describe_turns(entry, where)
-        image_list = entry_images(entry, where)
-        if question.count(IMAGE_TOKEN) != len(image_list):
+    for index, raw in enumerate(entries):
+        entry = parse_entry(raw, index, str(path))
+        exchange = reference_exchange(entry)
+        question, reference = exchange.question, exchange.answer
+        if question.count(IMAGE_TOKEN) != len(entry.images):
             raise DataFormatError(
-                f"{where}: the question has {question.count(IMAGE_TOKEN)} {IMAGE_TOKEN} placeholders but "
-                f"{len(image_list)} images; they must match"
+                f"{entry.where}: the question has {question.count(IMAGE_TOKEN)} {IMAGE_TOKEN} placeholders "
+                f"but {len(entry.images)} images; they must match"
             )
-        images = [base / p for p in image_list]
+        images = [base / p for p in entry.images]
         key = (tuple(str(p) for p in images), question.strip())
-        entry_id = str(entry.get("id", index))
         if key in groups:
             groups[key].references.append(reference)
-            groups[key].entry_ids.append(entry_id)
+            groups[key].entry_ids.append(entry.id)
             continue
-        lang = entry.get("lang") if entry.get("lang") in ("zh", "en") else language_of(reference)
-        sample_id = entry_id if entry_id not in used_ids else f"{entry_id}#{index}"
+        sample_id = entry.id if entry.id not in used_ids else f"{entry.id}#{index}"
         used_ids.add(sample_id)
         groups[key] = EvalSample(
-            sample_id, images, list(image_list), question, [reference], lang, [entry_id],
-            labels=_entry_labels(entry),
+            sample_id, images, list(entry.images), question, [reference],
+            entry.lang or language_of(reference), [entry.id], labels=entry.labels,
         )  # fmt: skip
 
     samples, drawn = draw_sample(list(groups.values()), limit, seed)
