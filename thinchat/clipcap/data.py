@@ -2,8 +2,9 @@
 
 Layout: ``conversations.json`` (LLaVA entries whose one ``<image>`` stands for the embedding named by
 ``image_embedding``), ``clip_embeddings.safetensors`` (one tensor per image id) and ``clipcap_import.json``
-(which tower made the embeddings). Everything is checked when read (every entry names a stored
-embedding, one ``<image>`` per entry, one embedding width) so a bad directory fails before a model loads.
+(which tower made the embeddings). Everything is checked when read (every entry's turns, by
+``thinchat.conversation.parse_entry``; every entry names a stored embedding, one ``<image>`` per entry,
+one embedding width) so a bad directory fails before a model loads.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from thinchat.conversation import read_llava_json
+from thinchat.conversation import Entry, parse_entry, read_llava_json
 from thinchat.errors import DataFormatError
 
 CONVERSATIONS = "conversations.json"
@@ -38,9 +39,10 @@ class StoredEmbedding:
 
 @dataclass
 class ClipCapData:
-    """One import directory: entries, their embeddings, the embedding width and the tower that made them."""
+    """One import directory: entries (parsed and checked), their embeddings, the embedding width and the
+    tower that made them."""
 
-    entries: list[dict[str, Any]]
+    entries: list[Entry]
     embeddings: dict[str, torch.Tensor]
     width: int
     encoder: str | None
@@ -77,23 +79,18 @@ def load_clipcap_dir(data_dir: str | Path) -> ClipCapData:
             f"{conv_file}: missing; run `thinchat data import-clipcap FEATURES.pkl --out {data_dir}`"
         )
     embeddings = load_embeddings(data_dir / EMBEDDINGS)
-    _, entries = read_llava_json(
-        conv_file, f"run `thinchat data import-clipcap FEATURES.pkl --out {data_dir}`"
-    )
-    if not entries:
+    _, raw = read_llava_json(conv_file, f"run `thinchat data import-clipcap FEATURES.pkl --out {data_dir}`")
+    if not raw:
         raise DataFormatError(f"{conv_file}: expected a non-empty JSON list of conversation entries")
-    for index, entry in enumerate(entries):
-        key = entry.get("image_embedding") if isinstance(entry, dict) else None
-        if key not in embeddings:
+    entries = [parse_entry(entry, index, str(conv_file)) for index, entry in enumerate(raw)]
+    for entry in entries:
+        if entry.image_embedding not in embeddings:
             raise DataFormatError(
-                f"{conv_file}: entry {index} ({entry.get('id', '?') if isinstance(entry, dict) else entry!r}) "
-                f"names image_embedding {key!r}, which {EMBEDDINGS} does not hold"
+                f"{entry.where}: names image_embedding {entry.image_embedding!r}, "
+                f"which {EMBEDDINGS} does not hold"
             )
-        n_images = sum(turn.get("value", "").count("<image>") for turn in entry.get("conversations", []))
-        if n_images != 1:
-            raise DataFormatError(
-                f"{conv_file}: entry {index} has {n_images} <image> placeholders; expected 1"
-            )
+        if entry.placeholders != 1:
+            raise DataFormatError(f"{entry.where}: has {entry.placeholders} <image> placeholders; expected 1")
     meta_file = data_dir / IMPORT_META
     meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
     width = int(next(iter(embeddings.values())).numel())
@@ -140,10 +137,10 @@ def encode_samples(data: ClipCapData, processor: Any, prefix_tokens: int) -> lis
     """Every entry tokenised (first question and answer kept whole), with its embedding."""
     samples = []
     for entry in data.entries:
-        ids, labels = tokenize_entry(processor, entry["conversations"], prefix_tokens)
-        answer = next((t["value"] for t in entry["conversations"] if t.get("from") == "gpt"), "")
-        embedding = data.embeddings[entry["image_embedding"]].reshape(-1).float()
-        samples.append(ClipCapSample(str(entry.get("id", "")), ids, labels, embedding, answer))
+        ids, labels = tokenize_entry(processor, entry.conversations, prefix_tokens)
+        answer = entry.exchanges[0].answer if entry.exchanges else ""
+        embedding = data.embeddings[str(entry.image_embedding)].reshape(-1).float()
+        samples.append(ClipCapSample(entry.id, ids, labels, embedding, answer))
     return samples
 
 

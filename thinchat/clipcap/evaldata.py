@@ -2,8 +2,9 @@
 
 Why its own reader: ``thinchat.eval.data`` resolves ``image`` paths and loads pixels; an imported
 ThinGPT test set has no images, only ``image_embedding`` keys into ``clip_embeddings.safetensors``
-beside the JSON. Entries with the same embedding and question are one sample with several references,
-as in ``thinchat.eval.data``; an entry whose embedding is missing is skipped with the reason.
+beside the JSON. Entries are read and their reference exchange taken as in ``thinchat.eval.data``
+(``thinchat.conversation.parse_entry``), and those with the same embedding and question are one sample
+with several references; an entry whose embedding is missing is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from thinchat.clipcap.data import EMBEDDINGS, StoredEmbedding, load_embeddings
-from thinchat.conversation import read_llava_json
+from thinchat.conversation import parse_entry, read_llava_json
 from thinchat.domain.language import language_of
 from thinchat.errors import DataFormatError
-from thinchat.eval.data import IMAGE_TOKEN, EvalSample, Skipped
+from thinchat.eval.data import IMAGE_TOKEN, EvalSample, Skipped, reference_exchange
 
 
 @dataclass
@@ -37,16 +38,6 @@ def is_clipcap_eval_file(path: str | Path) -> bool:
     return any(isinstance(e, dict) and "image_embedding" in e for e in entries)
 
 
-def _first_exchange(entry: dict, where: str) -> tuple[str, str]:
-    convs = entry.get("conversations")
-    turns = [t for t in convs if isinstance(t, dict)] if isinstance(convs, list) else []
-    human = next((t.get("value") for t in turns if t.get("from") == "human"), None)
-    gpt = next((t.get("value") for t in turns if t.get("from") == "gpt"), None)
-    if not isinstance(human, str) or not isinstance(gpt, str) or not gpt.strip():
-        raise DataFormatError(f"{where}: needs a human turn and a non-empty gpt turn (the reference)")
-    return human, gpt
-
-
 def load_clipcap_eval_set(
     data_path: str | Path, limit: int | None = None
 ) -> tuple[list[EmbeddingEvalSample], list[Skipped]]:
@@ -58,26 +49,26 @@ def load_clipcap_eval_set(
         raise DataFormatError(f"{path}: expected a non-empty JSON list of entries")
     groups: dict[tuple[str, str], EmbeddingEvalSample] = {}
     missing: dict[str, str] = {}
-    for index, entry in enumerate(entries):
-        where = f"{path}: entry {index}"
-        if not isinstance(entry, dict):
-            raise DataFormatError(f"{where}: expected an object with 'conversations'")
-        question, reference = _first_exchange(entry, where)
-        key = str(entry.get("image_embedding"))
+    for index, raw in enumerate(entries):
+        entry = parse_entry(raw, index, str(path))
+        exchange = reference_exchange(entry)
+        question, reference = exchange.question, exchange.answer
+        key = str(entry.image_embedding)
         if question.count(IMAGE_TOKEN) != 1:
-            raise DataFormatError(f"{where}: the question needs exactly one {IMAGE_TOKEN} (the embedding)")
-        entry_id = str(entry.get("id", index))
+            raise DataFormatError(
+                f"{entry.where}: the question needs exactly one {IMAGE_TOKEN} (the embedding)"
+            )
         group = (key, question.strip())
         if group in groups:
             groups[group].references.append(reference)
-            groups[group].entry_ids.append(entry_id)
+            groups[group].entry_ids.append(entry.id)
             continue
-        lang = entry.get("lang") if entry.get("lang") in ("zh", "en") else language_of(reference)
+        lang = entry.lang or language_of(reference)
         stored = [StoredEmbedding(key, embeddings[key])] if key in embeddings else []
         if not stored:
-            missing[entry_id] = f"no embedding {key!r} in {EMBEDDINGS}"
+            missing[entry.id] = f"no embedding {key!r} in {EMBEDDINGS}"
         groups[group] = EmbeddingEvalSample(
-            entry_id, [], [key], question, [reference], lang, [entry_id], embeddings=stored
+            entry.id, [], [key], question, [reference], lang, [entry.id], embeddings=stored
         )
     samples = list(groups.values())[:limit] if limit is not None else list(groups.values())
     kept = [s for s in samples if s.embeddings]
