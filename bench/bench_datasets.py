@@ -11,7 +11,7 @@ measures, each in a fresh process (peak RSS, and anonymous / file-backed RSS at 
 - reading: ``json.load`` of the list, iterating every row of the DatasetDict (memory-mapped Arrow,
   images undecoded), and streaming it to JSON + image files (thinchat/hfdata.py ``as_llava_json``);
 - the trainer: building ``SupervisedDataset`` (thinchat/train/dataset.py: every sample checked and
-  tokenised once, lengths kept) on ``load_samples``' list of samples, on ``open_samples`` of the
+  tokenised once, lengths kept) on a list of every entry parsed, on ``open_samples`` of the
   DatasetDict split and of the JSON (thinchat/train/sources.py), then ``dataset[i]`` (tokens + pixels) for
   300 items spread over the set, with the tiny llama + DINOv2 processor of ``thinchat.testing`` (28 px
   images: few image tokens per sample). ``--before TREE``: the list case again with another checkout of
@@ -55,15 +55,28 @@ _TRAINER = (
     "import datasets\nfrom thinchat.testing import tiny_llava\nfrom thinchat.train.dataset import SupervisedDataset\n"
     "_, processor = tiny_llava('llama', 'dinov2', image_size=28)\n"
 )
+LIST_CASE = "trainer, list of samples (every entry parsed)"
 _ITERATE = (
     "ds = SupervisedDataset(samples, processor, 2048)\n"
     "n = sum(len(ds[i]['input_ids']) for i in range(0, len(ds), max(1, len(ds) // 300)))\n"
 )
+#: Every entry parsed into one list; a tree from before the one reader of the format (``--before``) has
+#: ``load_samples``, which built the same list.
+_LIST = """\
+try:
+    from thinchat.conversation import parse_entry, read_llava_json
+    from thinchat.train.data import as_sample
+except ImportError:
+    from thinchat.train.data import load_samples
+    samples = load_samples(sys.argv[1] + '/train.json')
+else:
+    path, entries = read_llava_json(sys.argv[1] + '/train.json', '')
+    samples = [as_sample(parse_entry(e, i, str(path)), path.parent) for i, e in enumerate(entries)]
+    del entries
+"""
 TRAINER_CASES = {
     "trainer baseline (imports + tiny processor)": _TRAINER,
-    "trainer, list of samples (load_samples)": _TRAINER
-    + "from thinchat.train.data import load_samples\nsamples = load_samples(sys.argv[1] + '/train.json')\n"
-    + _ITERATE,
+    LIST_CASE: _TRAINER + _LIST + _ITERATE,
     "trainer, lazy: DatasetDict split (open_samples)": _TRAINER
     + "from thinchat.train.sources import open_samples\nsamples = open_samples(sys.argv[1] + '/hf')\n"
     + _ITERATE,
@@ -193,9 +206,8 @@ def main() -> None:
             for name, code in TRAINER_CASES.items():
                 report[name] = measure(code, root)
             if args.before:
-                name = "trainer, list of samples (load_samples)"
-                report[f"{name}, --before {args.before}"] = measure(
-                    TRAINER_CASES[name], root, str(Path(args.before).resolve())
+                report[f"{LIST_CASE}, --before {args.before}"] = measure(
+                    TRAINER_CASES[LIST_CASE], root, str(Path(args.before).resolve())
                 )
     print(json.dumps(report, indent=1))
 

@@ -186,8 +186,8 @@ def precompute(paths: dict[str, Path], n_images: int) -> dict[str, Any]:
     import torch
     from transformers import LlavaForConditionalGeneration
 
-    from thinchat.train.data import load_samples
     from thinchat.train.feature_cache import FeatureCache
+    from thinchat.train.sources import open_samples
 
     on_gpu = torch.cuda.is_available()
     model = LlavaForConditionalGeneration.from_pretrained(
@@ -197,7 +197,7 @@ def precompute(paths: dict[str, Path], n_images: int) -> dict[str, Any]:
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(paths["model"])
-    images = [p for s in load_samples(paths["data"]) for p in s.images][:n_images]
+    images = [p for s in open_samples(paths["data"]) for p in s.images][:n_images]
     device = "cuda" if on_gpu else "cpu"
     cache = FeatureCache(
         Path(tempfile.mkdtemp(dir=paths["work"])),
@@ -245,11 +245,11 @@ def mean_sample_tokens(paths: dict[str, Path]) -> int:
     """Mean tokens per training sample (image tokens included): the plain loop's sequence length."""
     from transformers import AutoProcessor
 
-    from thinchat.train.data import load_samples
     from thinchat.train.dataset import SupervisedDataset
+    from thinchat.train.sources import open_samples
 
     processor = AutoProcessor.from_pretrained(paths["model"])
-    lengths = SupervisedDataset(load_samples(paths["data"]), processor, 4096).lengths
+    lengths = SupervisedDataset(open_samples(paths["data"]), processor, 4096).lengths
     return round(sum(lengths) / len(lengths))
 
 

@@ -256,7 +256,7 @@ def test_probe_is_attached_beside_the_models(tmp_path: Path) -> None:
 
 def test_train_and_eval_data_can_be_a_saved_split(tmp_path):
     from thinchat.eval.data import load_eval_set
-    from thinchat.train.data import load_samples
+    from thinchat.train.sources import open_samples
 
     captions, images = _slides(tmp_path, n=6)
     hf_dir = tmp_path / "hf"
@@ -264,7 +264,7 @@ def test_train_and_eval_data_can_be_a_saved_split(tmp_path):
         "data", "convert", "--captions", str(captions), "--images", str(images), "--out", str(hf_dir),
         "--format-out", "hf", "--split", "0.5,0.5",
     ]) == 0  # fmt: skip
-    samples = load_samples(hf_dir / "train")
+    samples = list(open_samples(hf_dir / "train"))
     assert len(samples) == 3 and all(s.images[0].is_file() for s in samples)
     kept, skipped = load_eval_set(hf_dir / "val")
     assert len(kept) == 3 and not skipped

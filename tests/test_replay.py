@@ -11,7 +11,8 @@ from data_tools.replay import load_replay_questions, make_replay
 from thinchat.errors import DataFormatError
 from thinchat.eval.text_retention import load_text_entries, text_retention
 from thinchat.model.loading import load_pretrained
-from thinchat.train.data import load_samples, mix_text_only
+from thinchat.train.data import mix_text_only
+from thinchat.train.sources import open_samples
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_replay_answers_are_the_models_own(talking_llava_dir: Path, tmp_path: Pa
     for entry in kept + held:
         assert answers[entry["id"]] == entry["conversations"][1]["value"]
     # The entries train as text-only samples and mix in at a ratio.
-    samples = load_samples(out)
+    samples = list(open_samples(out))
     assert all(not s.images for s in samples)
     assert len(mix_text_only([], samples, None, 0)) == len(samples)
     # Their loss under the model that wrote them is what chat retention reports.

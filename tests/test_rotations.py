@@ -101,13 +101,13 @@ def test_non_square_inputs_are_refused_only_when_turned():
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory):
     """A batch of 4 two-view slides (PPL + XPL) and one text-only sample, collated, with the dataset."""
-    from thinchat.train.data import load_samples
     from thinchat.train.dataset import Collator, SupervisedDataset
+    from thinchat.train.sources import open_samples
 
     root = tmp_path_factory.mktemp("slides")
     data = write_dataset(root, n=4, two_images=True, text_only=1)
     model, processor = _frozen()
-    dataset = SupervisedDataset(load_samples(data), processor, max_length=256)
+    dataset = SupervisedDataset(list(open_samples(data)), processor, max_length=256)
     collate = Collator(processor.tokenizer.pad_token_id)
     pixel_batch = collate([dataset[i] for i in range(len(dataset))])
     cache = FeatureCache(root / "cache", model, processor, dtype="float32")

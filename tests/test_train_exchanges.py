@@ -11,7 +11,7 @@ from train_helpers import save_tiny, tiny_overrides, write_dataset, write_typed_
 
 from thinchat.errors import ConfigError, DataFormatError
 from thinchat.testing import tiny_llava
-from thinchat.train.data import Sample, load_samples, split_turns
+from thinchat.train.data import Sample, split_turns
 from thinchat.train.dataset import IGNORE_INDEX, Collator, SupervisedDataset
 from thinchat.train.exchanges import (
     exchange_attention_mask,
@@ -19,6 +19,7 @@ from thinchat.train.exchanges import (
     isolate_exchanges,
     pack_exchanges,
 )
+from thinchat.train.sources import open_samples
 from thinchat.train.trainer import logits_only_where_scored
 
 IMG = 9
@@ -87,7 +88,7 @@ def _slide(tmp_path):
         "id": "t1",
         "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}],
     }
-    return load_samples(write_typed_slide(tmp_path, extra=(text,)))
+    return list(open_samples(write_typed_slide(tmp_path, extra=(text,))))
 
 
 def _scored_logits(model, batch):

@@ -11,8 +11,9 @@ from thinchat.conversation import count_images, llava_to_messages
 from thinchat.errors import DataFormatError
 from thinchat.model.chat_templates import choose_template, end_of_turn_token
 from thinchat.testing import LM_FAMILIES, tiny_image, tiny_llava
-from thinchat.train.data import Sample, first_turns, load_samples, mix_text_only, split_turns
+from thinchat.train.data import Sample, first_turns, mix_text_only, split_turns
 from thinchat.train.dataset import IGNORE_INDEX, Collator, SupervisedDataset, tokenize_messages
+from thinchat.train.sources import open_samples
 
 ANSWERS = ["Quartz grains are subrounded.", "zircon 锆石."]
 
@@ -155,7 +156,7 @@ def test_image_count_mismatch_names_file_and_entry(tmp_path):
     with pytest.raises(
         DataFormatError, match=r"bad\.json: entry 0 \(id x7\): 1 <image> placeholder\(s\) but 2"
     ):
-        load_samples(path)
+        list(open_samples(path))
 
 
 @pytest.mark.parametrize(
@@ -177,7 +178,7 @@ def test_malformed_datasets_fail_before_training(tmp_path, content, message):
     path = tmp_path / "bad.json"
     path.write_text(content, encoding="utf-8")
     with pytest.raises(DataFormatError, match=message):
-        load_samples(path)
+        list(open_samples(path))
 
 
 def test_text_only_ratio_sets_the_share_of_text_entries(tmp_path):
@@ -219,7 +220,7 @@ def test_max_turns_keeps_the_turn_types_of_the_kept_exchanges(tmp_path):
 
 
 def _typed_sample(tmp_path):
-    (sample,) = load_samples(write_typed_slide(tmp_path))
+    (sample,) = list(open_samples(write_typed_slide(tmp_path)))
     assert sample.turn_types == ["presence", "describe", "which"]
     return sample
 
@@ -287,4 +288,4 @@ def test_turn_types_must_match_the_answers(tmp_path):
     with pytest.raises(
         DataFormatError, match=r"entry 0 \(id s1\): 'turn_types' must list one type per answer \(3\)"
     ):
-        load_samples(path)
+        list(open_samples(path))

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from train_helpers import save_tiny, tiny_overrides, write_dataset
 
+from thinchat.conversation import parse_entry, read_llava_json
 from thinchat.errors import DataFormatError
-from thinchat.train.data import first_turns, load_samples, mix_text_only, split_turns
+from thinchat.train.data import as_sample, first_turns, mix_text_only, split_turns
 from thinchat.train.sources import open_samples
 
 QUESTIONS = [
@@ -62,11 +63,17 @@ def typed_dataset(root: Path) -> tuple[Path, Path]:
     return path, text
 
 
+def read_all(path):
+    """Every entry of ``path`` parsed at once into a list of samples, by the one reader of the format."""
+    path, entries = read_llava_json(path, "", split="train")
+    return [as_sample(parse_entry(entry, i, str(path)), path.parent) for i, entry in enumerate(entries)]
+
+
 def list_path(path, text, max_turns, layout, ratio):
     """The trainer's data as it was built before the lazy sources: lists of samples."""
-    samples = [first_turns(s, max_turns) for s in load_samples(path)]
+    samples = [first_turns(s, max_turns) for s in read_all(path)]
     samples = [part for s in samples for part in split_turns(s, layout)]
-    return list(mix_text_only(samples, load_samples(text), ratio, seed=3))
+    return list(mix_text_only(samples, read_all(text), ratio, seed=3))
 
 
 def same(a, b, where=True) -> None:
@@ -107,7 +114,7 @@ def test_lazy_datasetdict_source_equals_the_list_path_and_the_lengths_agree(tmp_
     path, _ = typed_dataset(tmp_path)
     entries = json.loads(path.read_text(encoding="utf-8"))
     hf = write_datasetdict({"train": entries, "val": entries[:4]}, tmp_path, tmp_path / "hf", {})
-    listed = [part for s in load_samples(hf) for part in split_turns(s, "per_exchange")]  # via as_llava_json
+    listed = [part for s in read_all(hf) for part in split_turns(s, "per_exchange")]  # via as_llava_json
     lazy = open_samples(hf, layout="per_exchange")
     same(lazy, listed, where=False)
     assert "(split train): entry 1 (id s001)" in lazy[1].where

@@ -15,10 +15,10 @@ from thinchat.train.run import train
 
 def fixed_batch_loss(model, processor, data_path) -> float:
     """Mean loss of ``model`` over the whole tiny training set (pixel path, eval mode)."""
-    from thinchat.train.data import load_samples
     from thinchat.train.dataset import Collator, SupervisedDataset
+    from thinchat.train.sources import open_samples
 
-    dataset = SupervisedDataset(load_samples(data_path), processor, max_length=256)
+    dataset = SupervisedDataset(list(open_samples(data_path)), processor, max_length=256)
     batch = Collator(processor.tokenizer.pad_token_id)([dataset[i] for i in range(len(dataset))])
     batch.pop("image_paths")
     with torch.no_grad():
@@ -143,10 +143,10 @@ def test_export_merge_equals_the_unmerged_model(two_stages, tmp_path):
     processor = AutoProcessor.from_pretrained(out)
     unmerged, _ = load_pretrained(two_stages["stage2"])
     stage1, _ = load_pretrained(two_stages["stage1"])
-    from thinchat.train.data import load_samples
     from thinchat.train.dataset import Collator, SupervisedDataset
+    from thinchat.train.sources import open_samples
 
-    dataset = SupervisedDataset(load_samples(two_stages["data"]), processor, max_length=256)
+    dataset = SupervisedDataset(list(open_samples(two_stages["data"])), processor, max_length=256)
     batch = Collator(processor.tokenizer.pad_token_id)([dataset[0], dataset[1]])
     kwargs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
     with torch.no_grad():

@@ -12,8 +12,8 @@ from train_helpers import save_tiny, tiny_overrides, write_typed_slide
 from thinchat.errors import ConfigError
 from thinchat.testing import tiny_llava
 from thinchat.train.config import load_train_config
-from thinchat.train.data import load_samples
 from thinchat.train.dataset import IGNORE_INDEX, Collator, SupervisedDataset, verdict_weights
+from thinchat.train.sources import open_samples
 from thinchat.train.trainer import logits_only_where_scored, model_inputs, weighted_lm_loss
 
 X = IGNORE_INDEX
@@ -32,7 +32,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("verdict")
     model, processor = tiny_llava("llama", "dinov2")
     model.eval()
-    samples = load_samples(write_typed_slide(root))
+    samples = list(open_samples(write_typed_slide(root)))
     return model, processor, samples, root
 
 

@@ -15,13 +15,16 @@ from thinchat.errors import DataFormatError
 
 
 def load_text_entries(path: str | Path) -> list[list[dict[str, Any]]]:
-    """Chat messages of every entry of a text-only LLaVA JSON file (entries with images are refused)."""
-    from thinchat.train.data import load_samples
+    """Chat messages of every entry of a text-only LLaVA JSON file (entries with images are refused).
 
-    samples = load_samples(path, check_files=False)
-    with_images = [s for s in samples if s.images]
-    if with_images:
-        raise DataFormatError(f"{with_images[0].where}: expected a text-only entry (no 'image')")
+    Read as the trainer reads its text data (``open_samples``), so a file that trains also scores.
+    """
+    from thinchat.train.sources import open_samples
+
+    samples = open_samples(path, check_files=False)
+    with_images = next((i for i in range(len(samples)) if samples.has_images(i)), None)
+    if with_images is not None:
+        raise DataFormatError(f"{samples[with_images].where}: expected a text-only entry (no 'image')")
     return [s.messages for s in samples]
 
 

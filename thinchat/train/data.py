@@ -1,10 +1,10 @@
-"""Read and check a LLaVA conversation JSON before training, and mix in text-only entries.
+"""Training samples from converted entries: their checks, their layouts, and text-only entries mixed in.
 
 Why check everything up front: a malformed turn or an ``<image>`` count that does not match the images
 would otherwise surface hours into a run (or, worse, silently shift image features onto the wrong tokens).
-``parse_entry`` turns one entry into chat messages, with errors naming the file, the entry index and id;
-``load_samples`` parses a whole file into a list, and the trainer's lazy sources
-(``thinchat/train/sources.py``) run the same checks up front and parse again on access.
+``as_sample`` turns an entry read by ``thinchat.conversation.parse_entry`` into a sample, with errors
+naming the file, the entry index and id; the trainer's lazy sources (``thinchat/train/sources.py``) run
+both on every entry up front and again on access.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thinchat.conversation import count_images, entry_images, llava_to_messages, read_llava_json
+from thinchat.conversation import Entry
 from thinchat.errors import DataFormatError
 
 log = logging.getLogger(__name__)
@@ -36,42 +36,19 @@ class Sample:
     )
 
 
-def load_samples(path: str | Path, max_images: int = 4, check_files: bool = True) -> list[Sample]:
-    """Parse ``path`` into samples; raises ``DataFormatError`` naming file and entry on any problem.
+def as_sample(entry: Entry, image_root: Path, max_images: int = 4, check_files: bool = True) -> Sample:
+    """``entry`` (from ``thinchat.conversation.parse_entry``; images relative to ``image_root``) as a
+    training sample, checked for what training needs beyond the format.
 
-    Every sample is held at once: for a large set the trainer reads ``thinchat.train.sources`` instead.
+    Raises ``DataFormatError`` naming ``entry.where`` for an entry without an answer to learn from, an
+    ``<image>`` count that is not the image count (image features would land on the wrong tokens),
+    more than ``max_images`` images, or (``check_files``) an image file that is missing.
     """
-    path, entries = read_llava_json(
-        path, "make one with `thinchat data synth` / `data convert`", split="train"
-    )
-    samples = [
-        parse_entry(entry, index, str(path), path.parent, max_images, check_files)
-        for index, entry in enumerate(entries)
-    ]
-    if not samples:
-        raise DataFormatError(f"{path}: the dataset is empty")
-    return samples
-
-
-def parse_entry(
-    entry: Any, index: int, source: str, image_root: Path, max_images: int = 4, check_files: bool = True
-) -> Sample:
-    """One LLaVA entry (``index`` of ``source``; image paths relative to ``image_root``) as a checked sample.
-
-    Raises ``DataFormatError`` starting ``<source>: entry <index> (id <id>)``: the one set of checks
-    that the list reader and the lazy sources share, so both fail with the same message.
-    """
-    entry_id = str(entry.get("id", index)) if isinstance(entry, dict) else str(index)
-    where = f"{source}: entry {index} (id {entry_id})"
-    if not isinstance(entry, dict) or "conversations" not in entry:
-        raise DataFormatError(
-            f"{where}: expected an object with 'conversations' (and 'image' for image entries)"
-        )
-    messages = llava_to_messages(entry["conversations"], where=where)
-    if not any(m["role"] == "assistant" for m in messages):
+    where = entry.where
+    if not entry.exchanges:
         raise DataFormatError(f"{where}: has no 'gpt' turn, so there is nothing to learn from it")
-    images = [image_root / name for name in entry_images(entry, where)]
-    placeholders = count_images(messages)
+    images = [image_root / name for name in entry.images]
+    placeholders = entry.placeholders
     if placeholders != len(images):
         raise DataFormatError(
             f"{where}: {placeholders} <image> placeholder(s) but {len(images)} image(s); "
@@ -83,20 +60,7 @@ def parse_entry(
         for image in images:
             if not image.is_file():
                 raise DataFormatError(f"{where}: image file not found: {image}")
-    return Sample(entry_id, messages, images, where, _turn_types(entry, messages, where))
-
-
-def _turn_types(entry: dict[str, Any], messages: list[dict[str, Any]], where: str) -> list[str] | None:
-    types = entry.get("turn_types")
-    if types is None:
-        return None
-    answers = sum(1 for m in messages if m["role"] == "assistant")
-    if not isinstance(types, list) or not all(isinstance(t, str) for t in types) or len(types) != answers:
-        raise DataFormatError(
-            f"{where}: 'turn_types' must list one type per answer ({answers}), got {types!r}; "
-            "re-run `thinchat data convert` or remove the key"
-        )
-    return types
+    return Sample(entry.id, entry.messages, images, where, entry.turn_types)
 
 
 TURN_LAYOUTS = ("conversation", "split_description", "per_exchange", "isolated")

@@ -1,12 +1,12 @@
 """Training samples read on access: a saved ``datasets`` split or a LLaVA JSON as a ``Sequence[Sample]``.
 
 Why: a 100k-slide set parsed into one list of ``Sample``s (chat messages as nested dicts) holds
-gigabytes before training starts. Here one up-front pass parses and checks every entry, as
-``load_samples`` does, so a bad entry still fails before any model loads with the same message naming
-file and entry, but keeps only a row index, a part number and an images flag per sample (a few bytes);
-``__getitem__`` parses its one entry again. A saved split is read from its memory-mapped Arrow table
-(its images are the files ``thinchat.hfdata.as_llava_json`` extracts once); a JSON file keeps its parsed
-entries (one copy, no second one as samples).
+gigabytes before training starts. Here one up-front pass parses and checks every entry
+(``thinchat.conversation.parse_entry``, then ``as_sample``), so a bad entry still fails before any model
+loads with a message naming file and entry, but keeps only a row index, a part number and an images flag
+per sample (a few bytes); ``__getitem__`` parses its one entry again. A saved split is read from its
+memory-mapped Arrow table (its images are the files ``thinchat.hfdata.as_llava_json`` extracts once); a
+JSON file keeps its parsed entries (one copy, no second one as samples).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from thinchat.conversation import parse_entry, read_llava_json
 from thinchat.errors import DataFormatError
-from thinchat.train.data import Sample, first_turns, parse_entry, split_turns
+from thinchat.train.data import Sample, as_sample, first_turns, split_turns
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,6 @@ class JsonRows:
     """The entries of a LLaVA JSON file (images relative to its folder)."""
 
     def __init__(self, path: str | Path) -> None:
-        from thinchat.conversation import read_llava_json
-
         self.path, self._entries = read_llava_json(
             path, "make one with `thinchat data synth` / `data convert`", split="train"
         )
@@ -111,10 +110,10 @@ def open_rows(path: str | Path, split: str = "train") -> JsonRows | ArrowRows:
 
 
 class LazySamples(Sequence[Sample]):
-    """The samples of ``rows`` after ``first_turns(max_turns)`` and ``split_turns(layout)``: the same
-    samples in the same order as the list path, parsed on access.
+    """The samples of ``rows`` after ``first_turns(max_turns)`` and ``split_turns(layout)``: the samples,
+    in order, that parsing every entry into a list would give, parsed on access.
 
-    The up-front pass raises what ``load_samples`` raises; it keeps per sample its row, its part
+    The up-front pass raises the first entry's error; it keeps per sample its row, its part
     (its index among the samples ``split_turns`` makes of the row) and whether it shows images.
     """
 
@@ -143,9 +142,8 @@ class LazySamples(Sequence[Sample]):
             raise DataFormatError(f"{rows.source}: the dataset is empty")
 
     def _parts(self, entry: Any, index: int) -> list[Sample]:
-        sample = parse_entry(
-            entry, index, self.rows.source, self.rows.image_root, self.max_images, self.check_files
-        )
+        parsed = parse_entry(entry, index, self.rows.source)
+        sample = as_sample(parsed, self.rows.image_root, self.max_images, self.check_files)
         sample = first_turns(sample, self.max_turns)
         return split_turns(sample, self.layout)
 
