@@ -36,6 +36,7 @@ from thinchat.errors import ImageError, ThinchatError
 from thinchat.generation import GenerationSettings, decode_attention, stop_token_ids, stream_in_thread
 from thinchat.images import image_key
 from thinchat.model.compose import max_positions
+from thinchat.model.tiling import max_tiles_of
 from thinchat.precision import default_device, resolve_dtype
 from thinchat.prompting import PromptBuilder, left_pad
 
@@ -72,7 +73,9 @@ class ChatEngine:
         self.image_token_id: int = config.image_token_id
         self.image_seq_length: int = int(config.image_seq_length)
         self.stop_token_ids: list[int] = stop_token_ids(model, self.tokenizer)
-        self.prompts = PromptBuilder(processor, self.context_limit, self.image_seq_length)
+        #: the checkpoint's tiles per image (``thinchat build --max-tiles``; 0: off), see ``prompting``
+        self.max_tiles: int = max_tiles_of(config)
+        self.prompts = PromptBuilder(processor, self.context_limit, self.image_seq_length, self.max_tiles)
         self._lock = threading.Lock()
         self._features: OrderedDict[str, Any] = OrderedDict()
         #: Reuse the KV cache of the previous exchange for a shared prompt prefix (see module docstring).
@@ -159,10 +162,12 @@ class ChatEngine:
         """
         import torch
 
-        rows = [
-            self.prompts.encode(m, imgs, max_new_tokens)
+        encoded = [
+            self.prompts.encode_views(m, imgs, max_new_tokens)
             for m, imgs in zip(conversations, images, strict=True)
         ]
+        rows = [ids for ids, _ in encoded]
+        views = [view for _, row_views in encoded for view in row_views]  # tiles too, when on
         pad = self._pad_id()
         input_ids, attention_mask = left_pad(rows, pad)
         kwargs: dict[str, Any] = {
@@ -170,7 +175,7 @@ class ChatEngine:
             "attention_mask": attention_mask.to(self.model.device),
         }
         with self._lock:
-            kwargs.update(self._image_inputs([image for row in images for image in row]))
+            kwargs.update(self._image_inputs(views))
             with torch.inference_mode(), decode_attention(self.model.device):
                 out = self.model.generate(
                     **kwargs,
@@ -308,14 +313,14 @@ class ChatEngine:
         self, messages: list[dict[str, Any]], images: list[Any], settings: GenerationSettings
     ) -> dict:
         """One prompt's generate() inputs, encoded and checked as every batch row is (``prompts.encode``)."""
-        ids = self.prompts.encode(messages, images, settings.max_new_tokens)
+        ids, views = self.prompts.encode_views(messages, images, settings.max_new_tokens)
         input_ids, attention_mask = left_pad([ids], self._pad_id())
         inputs: dict[str, Any] = {
             "input_ids": input_ids.to(self.model.device),
             "attention_mask": attention_mask.to(self.model.device),
         }
-        if images:
-            inputs["images"] = list(images)
+        if views:
+            inputs["images"] = views  # each image's global view and tiles when the checkpoint tiles
         return inputs
 
     def _image_inputs(self, images: list[Any]) -> dict[str, Any]:

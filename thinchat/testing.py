@@ -149,7 +149,12 @@ def tiny_tower(tower: str, image_size: int = 28):
 
 
 def tiny_llava(
-    lm: str = "llama", tower: str = "dinov2", image_size: int = 28, seed: int = 0, pixel_shuffle: int = 1
+    lm: str = "llama",
+    tower: str = "dinov2",
+    image_size: int = 28,
+    seed: int = 0,
+    pixel_shuffle: int = 1,
+    max_tiles: int = 0,
 ):
     """``(LlavaForConditionalGeneration, LlavaProcessor)``: tiny, random, deterministic under ``seed``."""
     import torch
@@ -162,7 +167,12 @@ def tiny_llava(
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     language_model = tiny_lm(lm, vocab_size=len(tokenizer) + 1, bos_token_id=eos, eos_token_id=eos)
     model, processor, _ = compose_llava(
-        vision_model, image_processor, language_model, tokenizer, pixel_shuffle=pixel_shuffle
+        vision_model,
+        image_processor,
+        language_model,
+        tokenizer,
+        pixel_shuffle=pixel_shuffle,
+        max_tiles=max_tiles,
     )
     return model, processor
 

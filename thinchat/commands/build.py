@@ -41,6 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Idefics3/SmolVLM): e.g. --image-size 168 --pixel-shuffle 2 costs the LM what 84 px costs; 1: "
         "off, a plain transformers Llava checkpoint",
     )
+    parser.add_argument(
+        "--max-tiles",
+        type=int,
+        default=0,
+        help="show each image larger than the tower's input as a global view plus up to N tiles of a "
+        "grid matched to its aspect ratio (LLaVA-NeXT AnyRes / InternVL style; for ~2000 x 1500 px "
+        "photographs): up to (1+N)x the image tokens per image; 0 or 1: off",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for the projector init and new token rows")
     parser.set_defaults(func=run)
 
@@ -57,9 +65,11 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         feature_layer=args.feature_layer,
         pixel_shuffle=args.pixel_shuffle,
+        max_tiles=args.max_tiles,
     )
     print(
         f"wrote {args.out}: {info.vision_model_type} + {info.lm_model_type}, "
         f"{info.image_seq_length} image tokens per image, chat template '{info.chat_template}'"
+        + (f", up to {args.max_tiles} tiles per image" if args.max_tiles > 1 else "")
     )
     return 0

@@ -68,15 +68,20 @@ def image_seq_length(vision_config, image_processor, pixel_shuffle: int = 1) -> 
     return tokens - 1 if strategy == "default" else tokens
 
 
-def check_fits(n_images: int, image_tokens: int, text_tokens: int, limit: int | None) -> None:
-    """Refuse, before any heavy work, a prompt that cannot fit the LM's positions."""
+def check_fits(n_images: int, image_tokens: int, text_tokens: int, limit: int | None, tiles: int = 0) -> None:
+    """Refuse, before any heavy work, a prompt that cannot fit the LM's positions.
+
+    ``n_images`` counts every view the LM sees; ``tiles`` how many of them are tiles
+    (:mod:`thinchat.model.tiling`), so the error can say that tiles are why.
+    """
     if limit is None:
         return
     total = n_images * image_tokens + text_tokens
     if total > limit:
+        why = f" ({tiles} of them tiles: lower --max-tiles)" if tiles else ""
         raise PromptTooLongError(
-            f"{n_images} image(s) x {image_tokens} tokens + {text_tokens} text tokens = {total} > the language "
-            f"model's {limit} positions; use fewer images, a smaller --image-size, or a shorter prompt"
+            f"{n_images} image(s){why} x {image_tokens} tokens + {text_tokens} text tokens = {total} > the "
+            f"language model's {limit} positions; use fewer images, a smaller --image-size, or a shorter prompt"
         )
 
 
@@ -109,16 +114,21 @@ def compose_llava(
     template: str | None = None,
     feature_layer: int | None = None,
     pixel_shuffle: int = 1,
+    max_tiles: int = 0,
 ):
     """Return ``(LlavaForConditionalGeneration, LlavaProcessor, BuildInfo)`` from loaded parts.
 
     ``feature_layer`` overrides the tower family's default hidden layer (``TOWER_FEATURES``);
     ``pixel_shuffle`` > 1 folds each ``f x f`` block of patches into one image token
-    (:mod:`thinchat.model.projector`).
+    (:mod:`thinchat.model.projector`); ``max_tiles`` > 1 shows each large image as a global view plus
+    up to that many tiles (:mod:`thinchat.model.tiling`), recorded in the config (absent when off).
     """
     from transformers import LlavaConfig, LlavaProcessor
 
+    from thinchat.model import tiling
     from thinchat.model.projector import CONFIG_KEY, llava_class
+
+    tiles = tiling.check_max_tiles(max_tiles) if max_tiles != 1 else 0  # 0 and 1: off, nothing recorded
 
     vision_config = vision_model.config
     if vision_config.model_type not in TOWER_FEATURES:
@@ -145,7 +155,7 @@ def compose_llava(
 
     n_image = image_seq_length(vision_config, image_processor, pixel_shuffle)
     limit = max_positions(text_config)
-    check_fits(1, n_image, MIN_TEXT_TOKENS, limit)
+    check_fits(1 + tiles, n_image, MIN_TEXT_TOKENS, limit, tiles)
 
     config = LlavaConfig(
         vision_config=vision_config,
@@ -158,6 +168,7 @@ def compose_llava(
         image_seq_length=n_image,
         tie_word_embeddings=bool(getattr(text_config, "tie_word_embeddings", False)),
         **({CONFIG_KEY: pixel_shuffle} if pixel_shuffle > 1 else {}),
+        **({tiling.CONFIG_KEY: tiles} if tiles else {}),
     )
     model = llava_class(config)(config)
     model.model.vision_tower.load_state_dict(vision_model.state_dict())
@@ -195,6 +206,7 @@ def build(
     seed: int = 0,
     feature_layer: int | None = None,
     pixel_shuffle: int = 1,
+    max_tiles: int = 0,
 ) -> BuildInfo:
     """Resolve both specs, compose, and save a standard Llava checkpoint to ``out``.
 
@@ -204,7 +216,9 @@ def build(
     import torch
 
     from thinchat.model.resolve import classify, load_language_model, load_vision_tower
+    from thinchat.model.tiling import check_max_tiles
 
+    check_max_tiles(max_tiles)  # a bad value fails before anything loads
     classify(vision, "vision")  # fail on a bad spec before loading anything
     classify(llm, "lm")
     vision_model, image_processor = load_vision_tower(vision, image_size=image_size)
@@ -218,6 +232,7 @@ def build(
         template,
         feature_layer=feature_layer,
         pixel_shuffle=pixel_shuffle,
+        max_tiles=max_tiles,
     )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

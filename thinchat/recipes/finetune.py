@@ -84,6 +84,11 @@ class FinetuneConfig:
         help="fold each NxN block of the tower's patches into one image token (thinchat build "
         "--pixel-shuffle): 168 px with 2 costs the LM what 84 px costs (docs/experiments.md); 1: off",
     )
+    max_tiles: int = field(
+        0,
+        help="show each image larger than the tower's input as a global view plus up to N tiles (thinchat "
+        "build --max-tiles): up to (1+N)x the LM's image tokens; 0: off, as the CPU recipes run",
+    )
     seed: int = field(0, help="seed for the data and the training runs")
     hardware: Literal["auto", "cpu", "gpu"] = field(
         "auto", help="which recipe: cpu (budget configs) or gpu (LLaVA configs, bf16); auto: what is found"

@@ -47,6 +47,11 @@ class QuickstartConfig:
         help="fold each NxN block of the tower's patches into one image token (thinchat build "
         "--pixel-shuffle): 168 px with 2 costs the LM what 84 px costs (docs/experiments.md); 1: off",
     )
+    max_tiles: int = field(
+        0,
+        help="show each image larger than the tower's input as a global view plus up to N tiles (thinchat "
+        "build --max-tiles): up to (1+N)x the LM's image tokens; 0: off, as the CPU recipes run",
+    )
     n_slides: int = field(400, help="synthetic slides to generate (split 80/10/10 by slide)")
     synth_size: int = field(224, help="rendered slide size in pixels")
     seed: int = field(0, help="seed for the data and the training runs")

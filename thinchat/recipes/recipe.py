@@ -73,6 +73,7 @@ class RecipeSettings(Protocol):
     image_size: int
     feature_layer: int
     pixel_shuffle: int
+    max_tiles: int
     seed: int
     tower_config: str
     projector_config: str
@@ -112,10 +113,18 @@ def _build_base(config: RecipeSettings, steps: Steps, llm: str, base: Path) -> N
     """The untrained Llava (tower, projector, LM) that stage 1 starts from and the report compares."""
     from thinchat.model.compose import build
 
+    # max_tiles joins the fingerprint only when on, so a base built before tiles existed is reused
+    tiles = [config.max_tiles] if config.max_tiles > 1 else []
     steps.run(
         "build",
         fingerprint(
-            config.vision, llm, config.image_size, config.feature_layer, config.seed, config.pixel_shuffle
+            config.vision,
+            llm,
+            config.image_size,
+            config.feature_layer,
+            config.seed,
+            config.pixel_shuffle,
+            *tiles,
         ),
         base / "config.json",
         lambda _: build(
@@ -126,6 +135,7 @@ def _build_base(config: RecipeSettings, steps: Steps, llm: str, base: Path) -> N
             seed=config.seed,
             feature_layer=config.feature_layer,
             pixel_shuffle=config.pixel_shuffle,
+            max_tiles=config.max_tiles,
         ),
     )
 
