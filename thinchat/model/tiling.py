@@ -27,9 +27,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from thinchat.errors import ModelSpecError
+from thinchat.images import check_file, image_errors
 
 #: The Llava config attribute holding ``max_tiles`` (absent: off).
 CONFIG_KEY = "thinchat_max_tiles"
@@ -166,6 +168,16 @@ class TileRef:
     def load(self, image: Any) -> Any:
         """This tile cut from ``image`` (the decoded ``source``)."""
         return image.crop(self.box)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of an image file from its header (nothing decoded): what a grid needs."""
+    from PIL import Image
+
+    path = Path(path)
+    check_file(path, str(path))
+    with image_errors(str(path)), Image.open(path) as image:
+        return image.size
 
 
 def view_refs(source: str, size: tuple[int, int], grid: Grid) -> list[str | TileRef]:

@@ -7,6 +7,10 @@ including its end-of-turn token, and labels are ``input_ids`` there and ``-100``
 Samples are tokenised up front to check them and measure their lengths (with blank stand-in images of
 the right size, so image tokens are expanded exactly as at training time); only indices and lengths are
 kept, and each ``__getitem__`` tokenises its sample again and loads and preprocesses the real images.
+A checkpoint built with tiles (:mod:`thinchat.model.tiling`) has each image expanded into its global
+view and tiles here by the same rule the engine uses: the grids come from the image files' headers, the
+messages get one image part per view, and ``image_paths`` names each view (a tile as a ``TileRef``, which
+the feature cache keys apart from its image).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from thinchat.errors import DataFormatError
+from thinchat.model import tiling
 from thinchat.train.data import Sample, split_turns
 from thinchat.train.exchanges import PAD_EXCHANGE, PREFIX_EXCHANGE, pack_exchanges
 
@@ -143,8 +148,11 @@ class SupervisedDataset:
         name: str = "train",
         isolate_exchanges: bool = False,
         verdict_weight: float = 1.0,
+        max_tiles: int = 0,
     ) -> None:
         from tqdm.auto import tqdm
+
+        from thinchat.model.compose import input_size
 
         self.samples = samples
         self.processor = processor
@@ -154,6 +162,9 @@ class SupervisedDataset:
         self.isolate_exchanges = isolate_exchanges
         #: loss weight of each yes/no answer's first token (``TrainConfig.verdict_loss_weight``)
         self.verdict_weight = verdict_weight
+        #: the checkpoint's tiles per image (``thinchat.model.tiling``; 0: off) and the tower's input side
+        self.max_tiles = max_tiles if max_tiles > 1 else 0
+        self.tile_size = max(input_size(processor.image_processor)) if self.max_tiles else 0
         #: False when a feature cache supplies the tower features: images are then never decoded.
         self.load_pixels = True
         self.image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
@@ -199,12 +210,36 @@ class SupervisedDataset:
             exchanges = exchanges[: len(ids)]
         return ids, labels, exchanges, reason
 
+    def grids(self, sample: Sample, sizes: list[tuple[int, int]] | None = None) -> list[tiling.Grid]:
+        """Per image of ``sample``, its tile grid (all ``1 x 1`` with tiles off; with tiles on, from
+        ``sizes`` or the image files' headers)."""
+        if not self.max_tiles:
+            return [(1, 1)] * len(sample.images)
+        sizes = sizes or [tiling.image_size(path) for path in sample.images]
+        return tiling.slide_grids(sample.messages, sizes, self.max_tiles, self.tile_size)
+
+    def view_refs(self, sample: Sample) -> list[Any]:
+        """What the model sees of ``sample``, in order: its image paths, each followed by its tiles'
+        ``TileRef`` s with tiles on (the feature cache and the collated ``image_paths`` take these)."""
+        if not self.max_tiles:
+            return list(sample.images)
+        sizes = [tiling.image_size(path) for path in sample.images]
+        grids = self.grids(sample, sizes)
+        return [
+            ref
+            for path, size, grid in zip(sample.images, sizes, grids, strict=True)
+            for ref in tiling.view_refs(str(path), size, grid)
+        ]
+
     def _tokens(self, sample: Sample) -> tuple[list[int], list[int]]:
-        encoded = tokenize_messages(
-            self.processor, sample.messages, blank_images(self.processor, len(sample.images))
-        )
+        messages, n_views = sample.messages, len(sample.images)
+        if self.max_tiles and sample.images:
+            grids = self.grids(sample)
+            messages = tiling.expand_parts(messages, grids)
+            n_views += sum(tiling.tile_count(grid) for grid in grids)
+        encoded = tokenize_messages(self.processor, messages, blank_images(self.processor, n_views))
         n_image_tokens = sum(1 for t in encoded["input_ids"] if t == self.image_token_id)
-        if sample.images and n_image_tokens % len(sample.images):
+        if n_views and n_image_tokens % n_views:
             raise DataFormatError(f"{sample.where}: image tokens do not split evenly over its images")
         if any(label == self.image_token_id for label in encoded["labels"]):
             raise DataFormatError(
@@ -244,10 +279,12 @@ class SupervisedDataset:
         from thinchat.images import load_image
 
         item = self.encoded(index)
+        refs = self.view_refs(item.sample)
         out: dict[str, Any] = {
             "input_ids": torch.tensor(item.input_ids, dtype=torch.long),
             "labels": torch.tensor(item.labels, dtype=torch.long),
-            "image_paths": [str(p) for p in item.sample.images],
+            # a path per view: the image's own path for its global view, a TileRef for a tile
+            "image_paths": [ref if isinstance(ref, tiling.TileRef) else str(ref) for ref in refs],
         }
         if self.verdict_weight != 1.0:
             weights = verdict_weights(item.labels, item.sample.turn_types, self.verdict_weight)
@@ -259,6 +296,13 @@ class SupervisedDataset:
             images = [
                 load_image(path, name=f"{item.sample.where}: {path.name}") for path in item.sample.images
             ]
+            if self.max_tiles:
+                grids = self.grids(item.sample, [image.size for image in images])
+                images = [
+                    view
+                    for im, grid in zip(images, grids, strict=True)
+                    for view in tiling.crop_views(im, grid)
+                ]
             out["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         return out
 

@@ -10,6 +10,8 @@ Keys (``thinchat.train.feature_keys``). One safetensors file per image under
 - the image key is sha256 of the file bytes (paths) or of mode + size + pixels (PIL images); a turned or
   mirrored view k = 1..7 of it (``rotations: true``, ``thinchat.train.augment``) is ``<image sha256>.d<k>``,
   the tower's features of ``dihedral(pixel_values, k)``; view 0 is the image key alone, as always;
+  a tile (``thinchat.model.tiling.TileRef``, a checkpoint built with ``--max-tiles``) is
+  ``<image sha256>.t<index>-<cols>x<rows>``, and a turned tile adds ``.d<k>``;
 - the tower key hashes the tower config, a sha256 fingerprint of every tower weight, the feature
   layer / select strategy, the image processor settings (size, crop, normalisation...) and the storage
   dtype. Change any of them and the lookup lands in a fresh directory: stale features are never used.
@@ -36,12 +38,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from thinchat.errors import ConfigError
+from thinchat.model.tiling import TileRef
 from thinchat.train.augment import check_square, dihedral, rotate_rows
 from thinchat.train.embeds import tower_features, vision_tower
 from thinchat.train.feature_keys import (
     image_key,
     image_processor_of,
     pixel_key,
+    tile_key,
     tower_identity,
     tower_key,
     view_key,
@@ -122,8 +126,11 @@ class FeatureCache:
             _atomic_write_bytes(info, json.dumps(summary, indent=1, default=str).encode())
 
     # ----------------------------------------------------------------- keys
-    def image_key(self, image: Image | str | Path) -> str:
-        """sha256 of a file's bytes (memoised by path, size and mtime) or of a PIL image's pixels."""
+    def image_key(self, image: Image | str | Path | TileRef) -> str:
+        """sha256 of a file's bytes (memoised by path, size and mtime) or of a PIL image's pixels; a
+        tile's key is its image's with the tile's number and grid (``feature_keys.tile_key``)."""
+        if isinstance(image, TileRef):
+            return tile_key(image_key(image.source, self._path_keys), image)
         return image_key(image, self._path_keys)
 
     def path_for(self, key: str) -> Path:
@@ -140,15 +147,25 @@ class FeatureCache:
                 "(tower LoRA or unfreezing), or freeze it"
             )
 
-    def _pixels(self, images: Sequence[Image | str | Path]) -> torch.Tensor:
-        """Decode and preprocess ``images`` into the tower's ``pixel_values`` (CPU work)."""
+    def _pixels(self, images: Sequence[Image | str | Path | TileRef]) -> torch.Tensor:
+        """Decode and preprocess ``images`` into the tower's ``pixel_values`` (CPU work); a tile is cut
+        from its decoded image (one decode for an image and its tiles when they come in a row)."""
         from thinchat.images import load_image
 
         if self.image_processor is None:
             raise ValueError(
                 "FeatureCache was made without a processor: use features_for_pixels(pixel_values)"
             )
-        pils = [load_image(im) if isinstance(im, (str, Path)) else im.convert("RGB") for im in images]
+        last: tuple[str, Any] = ("", None)
+        pils = []
+        for im in images:
+            if isinstance(im, (str, Path, TileRef)):
+                source = im.source if isinstance(im, TileRef) else str(im)
+                if last[0] != source:
+                    last = (source, load_image(source))
+                pils.append(im.load(last[1]) if isinstance(im, TileRef) else last[1])
+            else:
+                pils.append(im.convert("RGB"))
         return self.image_processor(images=pils, return_tensors="pt")["pixel_values"]
 
     def _compute(self, items: list[tuple[Image | str | Path, int]]) -> list[torch.Tensor]:

@@ -6,7 +6,9 @@ output for the same pixels: the tower config, a sha256 of every tower weight, th
 select strategy, the image processor settings, the storage dtype and, off the CPU, the compute dtype.
 An image is keyed by its file bytes, its decoded pixels, or the preprocessed tensor itself; a turned or
 mirrored view of it (``rotations: true``) by that key and the view's number, the unturned view by the
-image key alone, as before views existed.
+image key alone, as before views existed. A tile of an image (``thinchat.model.tiling``) is keyed by the
+image key, the tile's number and its grid, so it differs from its image's key and from every other
+tile's, of this grid or another.
 """
 
 from __future__ import annotations
@@ -125,3 +127,10 @@ def view_key(key: str, view: int) -> str:
     if not 0 <= view < 8:
         raise ValueError(f"view {view}: expected 0..7")
     return key if view == 0 else f"{key}.d{view}"
+
+
+def tile_key(key: str, tile: Any) -> str:
+    """The key of ``tile`` (a ``thinchat.model.tiling.TileRef``) of the image keyed ``key``:
+    ``<key>.t<index>-<cols>x<rows>``; a turned view of it adds ``.d<k>`` (:func:`view_key`)."""
+    cols, rows = tile.grid
+    return f"{key}.t{tile.index}-{cols}x{rows}"

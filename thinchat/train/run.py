@@ -117,7 +117,7 @@ def attach_feature_cache(config: TrainConfig, model, processor, datasets: list[A
     paths: list[Any] = []
     for index, ds in enumerate(datasets):
         if ds is not None:
-            mine = [p for sample in ds.iter_samples() for p in sample.images]
+            mine = [p for sample in ds.iter_samples() for p in ds.view_refs(sample)]  # tiles too
             views = tuple(range(VIEWS)) if config.rotations and index == 0 else (0,)
             cache.precompute(mine, views=views)
             ds.load_pixels = False
@@ -146,8 +146,8 @@ def fit_projector(config, model, processor, train_set, cache) -> None:
             answer = richest_answer(sample.messages, sample.turn_types)
             if answer.strip():
                 answers.append(answer)
-                n = len(sample.images)
-                features += [cache.features_for(sample.images, [v] * n) for v in views]
+                refs = train_set.view_refs(sample)  # with tiles, each image's tiles after it
+                features += [cache.features_for(refs, [v] * len(refs)) for v in views]
     stats = init_projector_ridge(
         model,
         processor.tokenizer,
@@ -226,16 +226,27 @@ def _datasets(
 ) -> tuple[SupervisedDataset, SupervisedDataset | None]:
     """The tokenized train and validation sets, cut to the LM's context if it is shorter than max_length."""
     from thinchat.model.compose import max_positions
+    from thinchat.model.tiling import max_tiles_of
     from thinchat.train.dataset import SupervisedDataset
 
     limit = max_positions(model.config.text_config)
     max_length = min(config.max_length, limit) if limit else config.max_length
     isolate = config.turn_layout == "isolated"
+    tiles = max_tiles_of(model.config)  # the checkpoint's tiles per image (thinchat build --max-tiles)
     train_set = SupervisedDataset(
-        train_samples, processor, max_length, config.too_long, "train", isolate, config.verdict_loss_weight
+        train_samples,
+        processor,
+        max_length,
+        config.too_long,
+        "train",
+        isolate,
+        config.verdict_loss_weight,
+        max_tiles=tiles,
     )
     val_set = (
-        SupervisedDataset(val_samples, processor, max_length, config.too_long, "val", isolate)
+        SupervisedDataset(
+            val_samples, processor, max_length, config.too_long, "val", isolate, max_tiles=tiles
+        )
         if val_samples
         else None
     )
