@@ -100,6 +100,14 @@ def test_negative_max_tiles_is_refused_with_the_valid_values(tmp_path):
         tiny_llava(max_tiles=-2)
 
 
+def test_build_command_refuses_negative_max_tiles(tmp_path, capsys):
+    from thinchat.cli import main
+
+    assert main(["build", "--out", str(tmp_path / "out"), "--max-tiles", "-1"]) == 2
+    assert "use 0 or 1 (off" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 # ----- the engine ---------------------------------------------------------------------------------
 
 
