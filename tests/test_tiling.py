@@ -175,3 +175,38 @@ def test_off_by_default_prompts_are_unchanged():
     assert image_tokens(engine, big) == engine.image_seq_length
     _, views = engine.prompts.encode_views([user(1)], [photo()], 8)
     assert len(views) == 1
+
+
+def test_server_limits_count_the_users_images_before_tiles(tiled_dir):
+    import base64
+    import io
+
+    import openai
+
+    from thinchat.engine import ChatEngine
+    from thinchat.server import BackgroundServer, ServerSettings
+
+    def part(image: Image.Image) -> dict:
+        buf = io.BytesIO()
+        image.save(buf, "PNG")
+        url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        return {"type": "image_url", "image_url": {"url": url}}
+
+    engine = ChatEngine.from_pretrained(tiled_dir, device="cpu")
+    settings = ServerSettings(api_key="k", max_images=1, look_first=False)
+    with BackgroundServer(engine, settings) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="k", max_retries=0, timeout=60)
+        content = [part(photo(400, 300)), {"type": "text", "text": QUESTION}]
+        result = client.chat.completions.create(
+            model=engine.name, messages=[{"role": "user", "content": content}], max_tokens=3, temperature=0
+        )
+        tiled_count = engine.count_tokens([user(1)], [photo(400, 300)])
+        assert result.usage.prompt_tokens == tiled_count
+        rendered = engine.render([user(1)], [photo(400, 300)])
+        assert image_tokens(engine, rendered) == (1 + 4) * engine.image_seq_length  # 2x2 tiles
+        with pytest.raises(openai.BadRequestError, match="too many images"):
+            client.chat.completions.create(
+                model=engine.name,
+                messages=[{"role": "user", "content": [content[0], *content]}],
+                max_tokens=3,
+            )
