@@ -106,6 +106,17 @@ def prepare_tokenizer(tokenizer) -> None:
     tokenizer.model_input_names = ["input_ids", "attention_mask"]
 
 
+def resolve_template(tokenizer, template: str | None) -> str:
+    """The chat template's name: ``template``, else the one the tokenizer's special tokens suggest; a
+    tokenizer without an end-of-sequence token gets one for ``plain`` (its turns end with it)."""
+    template = template or choose_template(tokenizer)
+    if template not in TEMPLATES:
+        raise ModelSpecError(f"unknown chat template '{template}'; choose one of {', '.join(TEMPLATES)}")
+    if template == "plain" and tokenizer.eos_token is None:
+        tokenizer.eos_token = tokenizer.sep_token or tokenizer.pad_token
+    return template
+
+
 def compose_llava(
     vision_model,
     image_processor,
@@ -129,7 +140,6 @@ def compose_llava(
     from thinchat.model.projector import CONFIG_KEY, llava_class
 
     tiles = tiling.check_max_tiles(max_tiles) if max_tiles != 1 else 0  # 0 and 1: off, nothing recorded
-
     vision_config = vision_model.config
     if vision_config.model_type not in TOWER_FEATURES:
         raise ModelSpecError(f"unsupported vision tower type '{vision_config.model_type}'")
@@ -138,11 +148,7 @@ def compose_llava(
         vision_config, default_layer if feature_layer is None else feature_layer
     )
     prepare_tokenizer(tokenizer)
-    template = template or choose_template(tokenizer)
-    if template not in TEMPLATES:
-        raise ModelSpecError(f"unknown chat template '{template}'; choose one of {', '.join(TEMPLATES)}")
-    if template == "plain" and tokenizer.eos_token is None:
-        tokenizer.eos_token = tokenizer.sep_token or tokenizer.pad_token
+    template = resolve_template(tokenizer, template)
 
     text_config = lm.config
     embeddings = lm.get_input_embeddings()
