@@ -8,7 +8,8 @@ Here every front end calls :class:`ChatEngine`, which
   memory, so decoding pays no adapter overhead);
 * renders prompts with the processor's chat template (the one training used) and expands each
   ``<image>`` into the model's image tokens (:mod:`thinchat.prompting`), the same way and within the
-  same budget for one answer and for a batch;
+  same budget for one answer and for a batch; a checkpoint built with ``--max-tiles`` has each large
+  image shown as its global view and tiles there (:mod:`thinchat.model.tiling`), as training showed it;
 * encodes each image once: projected image features are cached by a hash of the pixels and handed to
   ``generate`` as ``mm_encoder_outputs`` (transformers' own hook for pre-computed encoder outputs), so a
   follow-up question, or an OpenAI client re-sending the same image with every request, does not run
