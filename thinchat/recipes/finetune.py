@@ -16,12 +16,19 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from thinchat.config import field
 from thinchat.errors import ConfigError
-from thinchat.eval.question_following import question_probes_field
-from thinchat.recipes.recipe import LANG_PRESETS, Steps, chat_commands, config_path, fingerprint, run_recipe
+from thinchat.recipes.recipe import (
+    LANG_PRESETS,
+    CommonRecipeConfig,
+    Steps,
+    chat_commands,
+    config_path,
+    fingerprint,
+    run_recipe,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +47,7 @@ HARDWARE_RECIPES: dict[str, tuple[str, str, tuple[str, ...]]] = {
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(CommonRecipeConfig):
     captions: str = field(
         "", help="captions file (TSV/CSV/JSONL/COCO) or folder of .txt, as for data convert"
     )
@@ -76,40 +83,21 @@ class FinetuneConfig:
         "auto", help="caption language; auto: the majority of the captions (zh uses the gemma3-270m preset)"
     )
     vision: str = field("dinov2-small", help="vision tower spec (preset, directory or hub id)")
-    llm: str = field("", help="LM spec (default: smollm2-135m-instruct for en, gemma3-270m for zh)")
     image_size: int = field(84, help="input resolution (a multiple of 14 for DINOv2)")
     feature_layer: int = field(8, help="tower hidden layer fed to the projector (thinchat build)")
-    pixel_shuffle: int = field(
-        1,
-        help="fold each NxN block of the tower's patches into one image token (thinchat build "
-        "--pixel-shuffle): 168 px with 2 costs the LM what 84 px costs (docs/experiments.md); 1: off",
-    )
-    max_tiles: int = field(
-        0,
-        help="show each image larger than the tower's input as a global view plus up to N tiles (thinchat "
-        "build --max-tiles): up to (1+N)x the LM's image tokens; 0: off, as the CPU recipes run",
-    )
-    seed: int = field(0, help="seed for the data and the training runs")
     hardware: Literal["auto", "cpu", "gpu"] = field(
         "auto", help="which recipe: cpu (budget configs) or gpu (LLaVA configs, bf16); auto: what is found"
     )
-    tower_config: str = field(
-        "",
-        help="tower adaptation before stage 1 (configs/tower_cpu.yaml: LoRA on the tower, merged); empty: frozen",
-    )
     projector_config: str = field("auto", help="stage-1 config (auto: by hardware)")
     lora_config: str = field("auto", help="stage-2 config (auto: by hardware)")
-    train_overrides: list[str] = field([], help="extra key=value overrides for both stages")
     stage2_steps: int = field(0, help="stage-2 optimizer steps (0: the stage config's max_steps)")
     eval_limit: int = field(
         40, help="held-out slides scored in the report (a seeded sample spread over the classes / terms)"
     )
     eval_batch_size: int = field(40, help="generation batch size for the report")
-    max_new_tokens: int = field(160, help="answer length limit in the report")
     qa_turns: int = field(
         6, help="grounded question-answer turns per training slide (data convert --qa-turns)"
     )
-    question_probes: int = question_probes_field()
     text_only_ratio: float = field(
         0.1, help="share of stage-2 samples replaying the base model's own general answers; 0: none"
     )
@@ -120,11 +108,6 @@ class FinetuneConfig:
         "(a multiple of 32, at most 1.5x the stage config's max_steps), on any CPU or GPU "
         "(thinchat/train/time_budget.py); 0: the stage config's max_steps (or stage2_steps)",
     )
-
-    #: Keys that older configs may still carry, and what took their place.
-    REPLACED_KEYS: ClassVar[dict[str, str]] = {
-        "reference_gflops": "use stage2_seconds (stage 2 times its own steps instead of a matmul rate)"
-    }
 
     def validate(self) -> None:
         given = [

@@ -13,12 +13,12 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from thinchat.config import field
-from thinchat.eval.question_following import question_probes_field
 from thinchat.recipes.recipe import (
     LANG_PRESETS,
+    CommonRecipeConfig,
     Steps,
     fingerprint,
     run_recipe,
@@ -28,11 +28,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class QuickstartConfig:
+class QuickstartConfig(CommonRecipeConfig):
     lang: Literal["en", "zh"] = field("en", help="caption language; zh uses the gemma3-270m preset")
     out: str = field("checkpoints/demo", help="where models, data and the report go")
     vision: str = field("dinov2-small", help="vision tower spec")
-    llm: str = field("", help="LM spec (default: smollm2-135m-instruct for en, gemma3-270m for zh)")
     image_size: int = field(
         84,
         help="input resolution; 84 px = 36 DINOv2 tokens per view (why this size: docs/experiments.md)",
@@ -42,38 +41,20 @@ class QuickstartConfig:
         help="tower hidden layer fed to the projector (thinchat build --feature-layer); DINOv2-S middle "
         "layers keep the colour and texture that tell minerals apart (docs/experiments.md)",
     )
-    pixel_shuffle: int = field(
-        1,
-        help="fold each NxN block of the tower's patches into one image token (thinchat build "
-        "--pixel-shuffle): 168 px with 2 costs the LM what 84 px costs (docs/experiments.md); 1: off",
-    )
-    max_tiles: int = field(
-        0,
-        help="show each image larger than the tower's input as a global view plus up to N tiles (thinchat "
-        "build --max-tiles): up to (1+N)x the LM's image tokens; 0: off, as the CPU recipes run",
-    )
     n_slides: int = field(400, help="synthetic slides to generate (split 80/10/10 by slide)")
     synth_size: int = field(224, help="rendered slide size in pixels")
-    seed: int = field(0, help="seed for the data and the training runs")
-    tower_config: str = field(
-        "",
-        help="tower adaptation before stage 1 (configs/tower_cpu.yaml: LoRA on the tower, merged); empty: frozen",
-    )
     projector_config: str = field("configs/demo_cpu_projector.yaml", help="stage-1 config")
     lora_config: str = field("configs/demo_cpu.yaml", help="stage-2 config")
-    train_overrides: list[str] = field([], help="extra key=value overrides for both stages")
     eval_limit: int = field(40, help="held-out slides scored in the report")
     eval_batch_size: int = field(
         40,
         help="generation batch size for the report (all 40 test slides in one batch; larger batches pay on CPU)",
     )
-    max_new_tokens: int = field(160, help="answer length limit in the report")
     qa_turns: int = field(
         6,
         help="grounded question-answer turns per training slide (presence yes/no, which-of, attribute; "
         "thinchat data convert --qa-turns)",
     )
-    question_probes: int = question_probes_field()
     text_only_ratio: float = field(
         0.1,
         help="share of stage-2 samples that replay the base model's own answers to general questions "
@@ -103,11 +84,6 @@ class QuickstartConfig:
         help="threshold: share of yes/no answers, as every interface answers them (looking first), "
         "that agree with the model's own description of the slide",
     )
-
-    #: Keys that older configs may still carry, and what took their place.
-    REPLACED_KEYS: ClassVar[dict[str, str]] = {
-        "reference_gflops": "use stage2_seconds (stage 2 times its own steps instead of a matmul rate)"
-    }
 
     def validate(self) -> None:
         from thinchat.errors import ConfigError
