@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Callable
+from typing import Any
 
 from data_tools.configs import (
     ConvertConfig,
@@ -21,99 +23,73 @@ from data_tools.configs import (
 from thinchat.config import add_arguments, from_args
 
 
+def _options(config: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The action's parsed options as the keyword arguments of its function (the config's fields)."""
+    return dataclasses.asdict(from_args(config, args))
+
+
+def _print_json(summary: dict[str, Any]) -> None:
+    print(json.dumps(summary, ensure_ascii=False, indent=1))
+
+
 def _convert(args: argparse.Namespace) -> int:
     from data_tools.convert import convert, format_summary
 
-    summary = convert(**dataclasses.asdict(from_args(ConvertConfig, args)))
-    print(format_summary(summary))
+    print(format_summary(convert(**_options(ConvertConfig, args))))
     return 0
 
 
 def _synth(args: argparse.Namespace) -> int:
     from data_tools.synth import generate
 
-    summary = generate(**dataclasses.asdict(from_args(SynthConfig, args)))
-    print(json.dumps(summary, ensure_ascii=False, indent=1))
+    _print_json(generate(**_options(SynthConfig, args)))
     return 0
 
 
 def _import_clipcap(args: argparse.Namespace) -> int:
     from data_tools.clipcap import import_clipcap
 
-    summary = import_clipcap(args.file, **dataclasses.asdict(from_args(ImportClipcapConfig, args)))
-    print(json.dumps(summary, ensure_ascii=False, indent=1))
+    _print_json(import_clipcap(args.file, **_options(ImportClipcapConfig, args)))
     return 0
 
 
 def _replay(args: argparse.Namespace) -> int:
     from data_tools.replay import make_replay
 
-    summary = make_replay(**dataclasses.asdict(from_args(ReplayConfig, args)))
-    print(json.dumps(summary, ensure_ascii=False, indent=1))
+    _print_json(make_replay(**_options(ReplayConfig, args)))
     return 0
 
 
 def _pseudo_label(args: argparse.Namespace) -> int:
     from data_tools.pseudo_label import pseudo_label
 
-    summary = pseudo_label(**dataclasses.asdict(from_args(PseudoLabelConfig, args)))
-    print(json.dumps(summary, ensure_ascii=False, indent=1))
+    summary = pseudo_label(**_options(PseudoLabelConfig, args))
+    _print_json(summary)
     return 1 if summary["failed"] else 0
 
 
-def _add_convert_parser(sub: argparse._SubParsersAction) -> None:
-    """``data convert``: image-caption pairs (or class labels) -> LLaVA conversation JSON; its options are
-    the fields of ``ConvertConfig``."""
-    conv = sub.add_parser(
-        "convert", help="image-caption pairs -> LLaVA conversation JSON (with a skip report)"
-    )
-    add_arguments(conv, ConvertConfig)
-    conv.set_defaults(func=_convert)
-
-
-def _add_synth_parser(sub: argparse._SubParsersAction) -> None:
-    """``data synth``: procedural thin sections with ground-truth labels and captions."""
-    syn = sub.add_parser(
-        "synth", help="procedural PPL/XPL thin sections with ground-truth labels and captions"
-    )
-    add_arguments(syn, SynthConfig)
-    syn.set_defaults(func=_synth)
-
-
-def _add_import_clipcap_parser(sub: argparse._SubParsersAction) -> None:
-    """``data import-clipcap``: a ThinGPT/ClipCap feature pickle -> JSON + safetensors."""
-    clip = sub.add_parser(
-        "import-clipcap", help="ThinGPT/ClipCap feature pickle -> JSON + safetensors (safely)"
-    )
-    clip.add_argument("file", help="pickle written by ThinGPT's process_flickr.py")
-    add_arguments(clip, ImportClipcapConfig)
-    clip.set_defaults(func=_import_clipcap)
-
-
-def _add_replay_parser(sub: argparse._SubParsersAction) -> None:
-    """``data replay``: the base model's own answers, as text-only data against forgetting."""
-    rep = sub.add_parser(
-        "replay", help="the base model's own answers to general questions (text-only data for text_data)"
-    )
-    add_arguments(rep, ReplayConfig)
-    rep.set_defaults(func=_replay)
-
-
-def _add_pseudo_label_parser(sub: argparse._SubParsersAction) -> None:
-    """``data pseudo-label``: captions written, translated or expanded by a teacher model."""
-    pl = sub.add_parser("pseudo-label", help="describe/translate/expand captions with a teacher model")
-    add_arguments(pl, PseudoLabelConfig)
-    pl.set_defaults(func=_pseudo_label)
+#: ``data ACTION``: its help, the config whose fields are its options, and its handler.
+ACTIONS: tuple[tuple[str, str, type, Callable[[argparse.Namespace], int]], ...] = (
+    ("convert", "image-caption pairs -> LLaVA conversation JSON (with a skip report)", ConvertConfig, _convert),
+    ("synth", "procedural PPL/XPL thin sections with ground-truth labels and captions", SynthConfig, _synth),
+    ("import-clipcap", "ThinGPT/ClipCap feature pickle -> JSON + safetensors (safely)", ImportClipcapConfig,
+     _import_clipcap),
+    ("replay", "the base model's own answers to general questions (text-only data for text_data)", ReplayConfig,
+     _replay),
+    ("pseudo-label", "describe/translate/expand captions with a teacher model", PseudoLabelConfig, _pseudo_label),
+)  # fmt: skip
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``thinchat data`` and its actions, one small function per action."""
+    """Add ``thinchat data`` and its actions, each declared by one ``ACTIONS`` row (a config and a handler)
+    so that every action is wired the same way."""
     parser = subparsers.add_parser(
         "data", help="prepare training data: convert captions, synthesise slides, import ThinGPT features"
     )
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    _add_convert_parser(sub)
-    _add_synth_parser(sub)
-    _add_import_clipcap_parser(sub)
-    _add_replay_parser(sub)
-    _add_pseudo_label_parser(sub)
+    for name, help_text, config, handler in ACTIONS:
+        action = sub.add_parser(name, help=help_text)
+        if name == "import-clipcap":
+            action.add_argument("file", help="pickle written by ThinGPT's process_flickr.py")
+        add_arguments(action, config)
+        action.set_defaults(func=handler)
