@@ -11,7 +11,6 @@ image (multi-label sets), or in the skip report with its file, line and reason.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -19,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from data_tools.imagecheck import VIEWS
-from data_tools.sources import IMAGE_KEYS, Item, Row, Skip, _csv_records, _ref_of
+from data_tools.sources import IMAGE_KEYS, Item, Row, Skip, _csv_records, _ref_of, json_lines
 from data_tools.textfile import lines_of
 from thinchat.domain.classes import ClassSet
 from thinchat.domain.language import is_chinese
@@ -183,19 +182,8 @@ def _json_row(path: Path, line: int, obj: object) -> Item:
 
 def read_label_jsonl(path: Path, encoding: str) -> Iterator[Item]:
     """One JSON object a line (blank lines are not rows)."""
-    for number, text, error in lines_of(path, encoding):
-        if text is None:
-            yield Skip(str(path), number, error)
-        elif text.strip():
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield Skip(str(path), number, f"invalid JSON ({exc.msg} at column {exc.colno})")
-                continue
-            except RecursionError:
-                yield Skip(str(path), number, "JSON nested too deeply to parse")
-                continue
-            yield _json_row(path, number, obj)
+    for item in json_lines(path, encoding):
+        yield item if isinstance(item, Skip) else _json_row(path, *item)
 
 
 def read_labels(path: Path, encoding: str = "utf-8") -> Iterator[Item]:

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from data_tools.textfile import decode_text, detect_encoding, lines_of
 from thinchat.errors import DataFormatError
@@ -53,6 +54,37 @@ Item = Row | Skip
 MAX_RECORD_LINES = 100
 
 
+def text_lines(path: Path, encoding: str) -> Iterator[tuple[int, str] | Skip]:
+    """(line number, text) for each non-blank line of ``path``; a line that does not decode is its ``Skip``.
+
+    Why one reader for every line-based format: each keeps the converter's invariant (rows in = rows out
+    + rows skipped) the same way: a bad line costs that line, and blank lines are not rows.
+    """
+    for number, text, error in lines_of(path, encoding):
+        if text is None:
+            yield Skip(str(path), number, error)
+        elif text.strip():
+            yield number, text
+
+
+def json_lines(path: Path, encoding: str) -> Iterator[tuple[int, Any] | Skip]:
+    """(line number, parsed value) for each non-blank line of a JSONL file; a line that does not decode or
+    parse is its ``Skip``, with the same reasons for captions (``read_jsonl``) and labels files."""
+    for item in text_lines(path, encoding):
+        if isinstance(item, Skip):
+            yield item
+            continue
+        number, text = item
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield Skip(str(path), number, f"invalid JSON ({exc.msg} at column {exc.colno})")
+        except RecursionError:
+            yield Skip(str(path), number, "JSON nested too deeply to parse")
+        else:
+            yield number, obj
+
+
 def sniff_format(path: Path, encoding: str = "utf-8") -> str:
     """Guess the format from the content (not the file name); raise ``DataFormatError`` if unclear."""
     if path.is_dir():
@@ -85,12 +117,11 @@ def sniff_format(path: Path, encoding: str = "utf-8") -> str:
 
 def read_tsv(path: Path, encoding: str) -> Iterator[Item]:
     """ThinGPT captions: ``image_id<TAB>caption`` per line (repeated ids = several captions)."""
-    for number, text, error in lines_of(path, encoding):
-        if text is None:
-            yield Skip(str(path), number, error)
+    for item in text_lines(path, encoding):
+        if isinstance(item, Skip):
+            yield item
             continue
-        if not text.strip():
-            continue
+        number, text = item
         if "\t" not in text:
             yield Skip(str(path), number, "no TAB: expected image_id<TAB>caption")
             continue
@@ -246,20 +277,11 @@ def _ref_of(value: object) -> str | None:
 def read_jsonl(path: Path, encoding: str) -> Iterator[Item]:
     """One JSON object per line: ``{"image": id-or-path or [views], "caption": str or [str], "lang"?, "id"?}``
     (an ``id`` beside ``image`` is the slide's own id)."""
-    for number, text, error in lines_of(path, encoding):
-        if text is None:
-            yield Skip(str(path), number, error)
+    for item in json_lines(path, encoding):
+        if isinstance(item, Skip):
+            yield item
             continue
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield Skip(str(path), number, f"invalid JSON ({exc.msg} at column {exc.colno})")
-            continue
-        except RecursionError:
-            yield Skip(str(path), number, "JSON nested too deeply to parse")
-            continue
+        number, obj = item
         image_key = _pick(obj, IMAGE_KEYS) if isinstance(obj, dict) else None
         caption_key = _pick(obj, CAPTION_KEYS) if isinstance(obj, dict) else None
         if image_key is None or caption_key is None:
