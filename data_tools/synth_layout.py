@@ -213,6 +213,30 @@ def _stamp(size: int, cx: float, cy: float, half_len: float, half_wid: float, an
     return (slice(y0, y1), slice(x0, x1)), mask
 
 
+def _place(
+    hit: tuple[tuple[slice, slice], np.ndarray] | None,
+    phase_id: int,
+    phase: np.ndarray,
+    inst: np.ndarray,
+    n_inst: int,
+    alpha: np.ndarray,
+    extinction: float,
+) -> int:
+    """Paint a stamped grain (``_stamp``'s slices and mask) as the next instance, with its extinction angle;
+    return the instance count (unchanged where the stamp fell outside the slide).
+
+    Why one function: flakes and accessories are placed alike, so their instances number the same way.
+    """
+    if hit is None:
+        return n_inst
+    n_inst += 1
+    sl, mask = hit
+    phase[sl][mask] = phase_id
+    inst[sl][mask] = n_inst
+    alpha[n_inst] = extinction
+    return n_inst
+
+
 def _draw_flakes(recipe, size, rng, phase, inst, n_inst, grain_px, alpha):
     for name, count in recipe.flakes.items():
         for _ in range(count):
@@ -221,13 +245,8 @@ def _draw_flakes(recipe, size, rng, phase, inst, n_inst, grain_px, alpha):
             ang = recipe.angle if recipe.aspect >= 1.5 else float(rng.uniform(0, np.pi))
             ang += float(rng.normal(0, 0.15))
             hit = _stamp(size, *rng.uniform(0, size, 2), length / 2, width / 2, ang, "rect")
-            if hit is None:
-                continue
-            n_inst += 1
-            sl, mask = hit
-            phase[sl][mask] = P[name]
-            inst[sl][mask] = n_inst
-            alpha[n_inst] = ang + np.pi / 2  # cleavage traces parallel to the flake
+            # cleavage traces parallel to the flake
+            n_inst = _place(hit, P[name], phase, inst, n_inst, alpha, ang + np.pi / 2)
     return phase, inst, n_inst
 
 
@@ -249,11 +268,5 @@ def _draw_accessories(recipe, size, rng, phase, inst, n_inst, px_per_mm, alpha):
                 float(rng.uniform(0, np.pi)),
                 shape,
             )
-            if hit is None:
-                continue
-            n_inst += 1
-            sl, mask = hit
-            phase[sl][mask] = P[name]
-            inst[sl][mask] = n_inst
-            alpha[n_inst] = 0.0
+            n_inst = _place(hit, P[name], phase, inst, n_inst, alpha, 0.0)
     return phase, inst, n_inst
