@@ -6,6 +6,7 @@ rate (bf16 via AMX/avx512_bf16 or fp32) is what bounds training, and MFU only me
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
@@ -70,3 +71,16 @@ def default_model_dir(vision: str, llm: str, image_size: int) -> Path:
 
         build(vision, llm, out, image_size=image_size)
     return out
+
+
+def emit_report(report: object, out: str | Path | None, **dumps: object) -> None:
+    """Print ``report`` as JSON and, where ``out`` is given, also write it there (folders made as needed).
+
+    Why one function: every bench and study reports the same way, so its output can be piped or kept as
+    a results file with the same text; ``dumps`` are ``json.dumps`` options (``indent``, ``ensure_ascii``).
+    """
+    text = json.dumps(report, **dumps)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n", encoding="utf-8")

@@ -20,13 +20,15 @@ into ``~/.cache/thinchat/bench/base112`` once (about a minute).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import emit_report
 
 DEFAULT_BASE = Path.home() / ".cache" / "thinchat" / "bench" / "base112"
 QUESTIONS = ("Describe this thin section.", "What accessory minerals are present?")
@@ -224,10 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         if results
         else None,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    emit_report(report, args.out, indent=2)
     return 0
 
 

@@ -17,14 +17,17 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import emit_report
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sandstone_ppl.png"
 
@@ -195,11 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
         **load,
         "machine": machine(),
     }
-    text = json.dumps(report, indent=2, ensure_ascii=False)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n", encoding="utf-8")
+    emit_report(report, args.out, indent=2, ensure_ascii=False)
     return report
 
 

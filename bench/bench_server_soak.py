@@ -46,6 +46,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import emit_report
 from bench_server import machine, percentile, tiny_checkpoint
 
 HOST = "127.0.0.1"
@@ -507,10 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         "failures": reasons,
         "verdict": "fail" if reasons else "pass",
     }
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    emit_report(result, args.out, indent=1)
     tmp.cleanup()
     return 1 if reasons else 0
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _profile import profile_steps
-from _util import default_model_dir, machine, matmul_flops, peak_rss_mib
+from _util import default_model_dir, emit_report, machine, matmul_flops, peak_rss_mib
 
 CONFIGS = {
     "a": "fp32, pixels through the tower every step (naive)",
@@ -326,10 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["best_tokens_per_s"] = max(e["tokens_per_s"] for c in configs.values() for e in c["epochs"])
     report["load_average_at_end"] = os.getloadavg()  # other jobs on a shared 2-core box skew every number
     report["summary"] = summary
-    text = json.dumps(report, indent=1, ensure_ascii=False)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    emit_report(report, args.out, indent=1, ensure_ascii=False)
     return 0
 
 

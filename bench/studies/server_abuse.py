@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _util import emit_report
 from bench_server import tiny_checkpoint
 
 HOST = "127.0.0.1"
@@ -209,10 +210,7 @@ def main() -> int:
             "stayed_under_1s": probe.failures == 0 and worst < 1.0,
         }
     results["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    text = json.dumps(results, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    emit_report(results, args.out, indent=1)
     tmp.cleanup()
     return 0
 

@@ -18,10 +18,13 @@ Prints one JSON object (and writes it with ``--out``)::
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _util import emit_report
 
 from thinchat.eval.data import load_eval_set
 from thinchat.eval.feature_probe import probe_classes
@@ -91,10 +94,7 @@ def main() -> None:
         for mode in D4_MODES:
             result[f"{name}/d4={mode}"] = read_out(model, train, test, args.alpha, mode)
             print(name, mode, result[f"{name}/d4={mode}"]["class_accuracy"], flush=True)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    emit_report(result, args.out, indent=1)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _util import emit_report
 
 VERDICT_WORDS = {"en": ("Yes", "No"), "zh": ("是", "否")}
 
@@ -123,10 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "mean_score_absent": round(sum(absent) / len(absent), 3),
         "mean_prior": round(sum(priors) / len(priors), 3),
     }
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    emit_report(result, args.out, indent=1)
     return 0
 
 
