@@ -61,8 +61,8 @@ def make_replay(
     """
     from thinchat.domain.language import language_of
     from thinchat.engine import ChatEngine
-    from thinchat.eval.data import EvalSample
     from thinchat.eval.runner import generate_for_samples
+    from thinchat.evalsample import EvalSample
     from thinchat.model.loading import load_pretrained
 
     pool = load_replay_questions(questions, lang)

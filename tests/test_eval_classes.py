@@ -12,9 +12,10 @@ from PIL import Image
 
 from thinchat.eval import evaluate
 from thinchat.eval.classes import NONE, class_lines, class_report, plot_confusion
-from thinchat.eval.data import EvalSample, load_eval_sample
+from thinchat.eval.data import load_eval_sample
 from thinchat.eval.report import build_report, render_markdown
 from thinchat.eval.sampling import allocate, draw_sample, why_no_questions
+from thinchat.evalsample import EvalSample
 from thinchat.testing import tiny_llava
 
 torch.set_flush_denormal(True)

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from thinchat.eval import evaluate
-from thinchat.eval.data import EvalSample
 from thinchat.eval.image_reliance import image_reliance
+from thinchat.evalsample import EvalSample
 from thinchat.testing import tiny_llava
 
 

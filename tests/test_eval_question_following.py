@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from thinchat.domain.lexicon import load_lexicon
-from thinchat.eval.data import EvalSample
 from thinchat.eval.question_following import (
     Probe,
     add_followup_scores,
@@ -18,6 +17,7 @@ from thinchat.eval.question_following import (
     which_reading,
 )
 from thinchat.eval.report import render_markdown, write_report
+from thinchat.evalsample import EvalSample
 
 EN = "Framework grains: quartz (about 55%), K-feldspar (about 12%). Calcite (about 9%) forms poikilotopic cement."
 EN2 = "Dolomite (about 80%) forms a fine crystalline mosaic. Platy minerals: muscovite (about 2%)."

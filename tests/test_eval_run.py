@@ -110,8 +110,8 @@ def test_a_prompt_over_the_positions_is_answered_empty_and_the_rest_are_kept(cap
     answered empty (scored wrong) and named in the log instead of failing the whole report."""
     from types import SimpleNamespace
 
-    from thinchat.eval.data import EvalSample
     from thinchat.eval.runner import generate_for_samples
+    from thinchat.evalsample import EvalSample
 
     samples = [
         EvalSample(i, [], [], f"Is there quartz? {i}", ["Yes."], "en", [i]) for i in ("a", "long", "b")

@@ -232,7 +232,7 @@ def test_finetune_image_folder_converts_class_folders_before_any_model(tmp_path,
 
 
 def _labelled_sample(ident: str, cls: str):
-    from thinchat.eval.data import EvalSample
+    from thinchat.evalsample import EvalSample
 
     return EvalSample(
         ident, [], [], "<image>\nDescribe.", [f"The image shows {cls}."], "en", [ident], labels=(cls,)

@@ -18,15 +18,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: layer -> (name, paths). A module belongs to the longest path that contains it; a folder ends in "/".
 #: thinchat/model/ is layer 2 but for two files: chat_templates.py imports nothing of ours and core's
-#: generation.py renders with it (layer 1); loading.py dispatches to the ClipCap loader (layer 3).
+#: generation.py renders with it (layer 1); loading.py dispatches to the ClipCap loader (layer 3), so it
+#: is the chat engine's (layer 4).
 #: docs/architecture.md lists the same paths in its layer table (checked below).
 LAYERS: dict[int, tuple[str, tuple[str, ...]]] = {
     1: (
         "core",
         (
             "thinchat/__init__.py", "thinchat/errors.py", "thinchat/config.py", "thinchat/images.py",
-            "thinchat/conversation.py", "thinchat/model/chat_templates.py", "thinchat/generation.py",
-            "thinchat/precision.py", "thinchat/hfdata.py", "thinchat/threads.py", "thinchat/domain/",
+            "thinchat/conversation.py", "thinchat/evalsample.py", "thinchat/model/chat_templates.py",
+            "thinchat/generation.py", "thinchat/precision.py", "thinchat/hfdata.py", "thinchat/threads.py", "thinchat/domain/",
         ),
     ),
     2: (
@@ -35,17 +36,19 @@ LAYERS: dict[int, tuple[str, tuple[str, ...]]] = {
             "thinchat/model/", "thinchat/testing.py",
         ),
     ),
-    3: (
-        "train, eval, chat",
+    3: ("clipcap", ("thinchat/clipcap/",)),
+    4: (
+        "chat engine",
         (
-            "thinchat/train/", "thinchat/eval/", "thinchat/clipcap/", "thinchat/model/loading.py", "thinchat/engine.py",
-            "thinchat/prompting.py",
+            "thinchat/model/loading.py", "thinchat/engine.py", "thinchat/prompting.py",
             "thinchat/chat/__init__.py", "thinchat/chat/session.py", "thinchat/chat/history.py", "thinchat/chat/look.py",
         ),
     ),
-    4: ("data tools", ("data_tools/",)),
-    5: ("front ends", ("thinchat/server/", "thinchat/web/", "thinchat/chat/repl.py")),
-    6: (
+    5: ("train", ("thinchat/train/",)),
+    6: ("eval", ("thinchat/eval/",)),
+    7: ("data tools", ("data_tools/",)),
+    8: ("front ends", ("thinchat/server/", "thinchat/web/", "thinchat/chat/repl.py")),
+    9: (
         "recipes, commands",
         (
             "thinchat/recipes/", "thinchat/commands/", "thinchat/cli.py", "thinchat/__main__.py",

@@ -16,7 +16,7 @@ from thinchat.clipcap.data import EMBEDDINGS, StoredEmbedding, load_embeddings
 from thinchat.conversation import parse_entry, read_llava_json
 from thinchat.domain.language import language_of
 from thinchat.errors import DataFormatError
-from thinchat.eval.data import IMAGE_TOKEN, EvalSample, Skipped, reference_exchange
+from thinchat.evalsample import IMAGE_TOKEN, EvalSample, Skipped, reference_exchange
 
 
 @dataclass

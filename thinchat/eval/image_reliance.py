@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from thinchat.eval.data import EvalSample
+from thinchat.evalsample import EvalSample
 
 DEFAULT_SAMPLES = 16
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from thinchat.config import field
-from thinchat.eval.data import EvalSample
+from thinchat.evalsample import EvalSample
 
 #: Presence and which-of questions per held-out slide. Three which-of questions (where the report has
 #: that many askable terms) make 40 slides ~100 questions, not 36: the standard error of an accuracy

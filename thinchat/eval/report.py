@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from thinchat.eval.classes import class_lines, class_report
-from thinchat.eval.data import EvalSample, Skipped
 from thinchat.eval.domain import domain_scores
 from thinchat.eval.meteor import MeteorScorer
 from thinchat.eval.metrics import METRIC_NAMES, score_corpus
 from thinchat.eval.sampling import not_asked_lines, sample_lines
 from thinchat.eval.tokenize import TOKENIZATION
+from thinchat.evalsample import EvalSample, Skipped
 
 REPORT_VERSION = 1
 DOMAIN_NAMES = ("term-P", "term-R", "term-F1", "term-F1-macro")

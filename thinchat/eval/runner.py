@@ -15,7 +15,7 @@ from typing import Any
 
 from thinchat.errors import DataFormatError, ModelSpecError
 from thinchat.eval.classes import lexicon_for
-from thinchat.eval.data import EvalSample, Skipped, load_eval_sample
+from thinchat.eval.data import load_eval_sample
 from thinchat.eval.image_reliance import DEFAULT_SAMPLES as DEFAULT_RELIANCE_SAMPLES
 from thinchat.eval.image_reliance import image_reliance
 from thinchat.eval.meteor import MeteorScorer
@@ -30,6 +30,7 @@ from thinchat.eval.question_following import (
 from thinchat.eval.report import build_report, write_report
 from thinchat.eval.sampling import why_no_questions
 from thinchat.eval.text_retention import load_text_entries, text_retention
+from thinchat.evalsample import EvalSample, Skipped
 
 log = logging.getLogger(__name__)
 
