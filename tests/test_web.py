@@ -8,6 +8,7 @@ import itertools
 
 import gradio as gr
 import pytest
+from PIL import Image
 
 from thinchat.generation import GenerationSettings
 from thinchat.testing import tiny_image
@@ -160,3 +161,26 @@ def test_bundled_examples_and_layout(engine):
         "max-tokens",
         "language",
     } <= ids
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_an_unreadable_view_sent_with_a_question_is_a_toast_in_the_pages_language(tmp_path, lang) -> None:
+    """gradio opens an upload before any handler runs: the view input turns that failure into a toast
+    (gr.Error) naming the view, in the language its label is in, and never the file's server path."""
+    from gradio.data_classes import FileData
+
+    from thinchat.web.components import SlideImage
+    from thinchat.web.strings import strings
+
+    bad = tmp_path / "not_an_image.png"
+    bad.write_bytes(b"plain text pretending to be a PNG")
+    s = strings(lang)
+    view = SlideImage(type="filepath", label=s["xpl"])
+    assert view.get_block_name() == "image"  # gradio's own front-end component
+    with pytest.raises(gr.Error) as caught:
+        view.preprocess(FileData(path=str(bad), orig_name=bad.name))
+    assert caught.value.message == s["bad_image"].format(view=s["xpl"], error=s["unreadable"])
+    assert str(tmp_path) not in caught.value.message
+    good = tmp_path / "ok.png"
+    Image.new("RGB", (8, 8)).save(good)
+    assert view.preprocess(FileData(path=str(good), orig_name=good.name)) == str(good)

@@ -18,6 +18,7 @@ import gradio as gr
 
 from thinchat.images import DEFAULT_MAX_PIXELS
 from thinchat.web.chat import WebChat
+from thinchat.web.components import SlideImage
 from thinchat.web.strings import DEFAULT_LANG, languages, strings
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def _model_info(engine: Any, s: dict[str, str]) -> str:
 
 
 def _view_input(label: str, elem_id: str) -> gr.Image:
-    return gr.Image(
+    return SlideImage(
         type="filepath", label=label, sources=["upload", "clipboard"], height=200, elem_id=elem_id
     )
 
