@@ -317,7 +317,7 @@ def test_yes_answers_by_stated_share_and_by_term() -> None:
     add_followup_scores(scores, probes, after)
     assert scores["en"]["followup_yes_by_share"]["3-10%"] == {"accuracy": 1.0, "n": 1}
     assert scores["en"]["followup_presence_by_term"]["muscovite"]["yes"] == [1, 1]
-    from thinchat.eval.report import _presence_detail_lines
+    from thinchat.eval.following_report import _presence_detail_lines
 
     lines = _presence_detail_lines({"ft": scores["en"]}, asked=True)
     assert "| 'yes' questions by the term's share in the report | ft | ft, looking first |" in lines
