@@ -23,6 +23,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _util import emit_report
+
 
 def thinchat(*args: str) -> None:
     """Run one thinchat command in its own process (one heavy job at a time)."""
@@ -121,8 +124,7 @@ def main() -> None:
                      "--limit", "40", "--reliance-samples", "0", "--look-first")  # fmt: skip
     result = {name: scores(out / f"eval_{name}") for name in ("teacher", "student")}
     result["setting"] = vars(args) | {"run": str(run), "out": str(out)}
-    (out / "result.json").write_text(json.dumps(result, indent=2, default=str))
-    print(json.dumps(result, indent=2, default=str))
+    emit_report(result, out / "result.json", indent=2, default=str)
 
 
 if __name__ == "__main__":
