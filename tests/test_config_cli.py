@@ -89,3 +89,18 @@ def test_eval_options_are_evaluates_defaults_and_probes_are_declared_once() -> N
     expected = EvalOptions.__dataclass_fields__["question_probes"]
     for field_ in probes.values():
         assert (field_.default, field_.metadata) == (expected.default, expected.metadata)
+
+
+def test_list_fields_take_comma_separated_values() -> None:
+    @dataclass(kw_only=True)
+    class Sweep:
+        sizes: list[int] = field([42], metavar="PX[,PX...]", help="sizes")
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_arguments(parser, Sweep)
+    assert from_args(Sweep, parser.parse_args([])) == Sweep(sizes=[42])
+    assert from_args(Sweep, parser.parse_args(["--sizes", "84,168"])) == Sweep(sizes=[84, 168])
+    assert from_args(Sweep, parser.parse_args(["--sizes=-2, 6"])) == Sweep(sizes=[-2, 6])
+    with pytest.raises(argparse.ArgumentError, match="expected int, got 'x'"):
+        parser.parse_args(["--sizes", "84,x"])
+    assert "--sizes PX[,PX...]" in parser.format_help()

@@ -279,9 +279,25 @@ def _argument(f: dataclasses.Field, annotation: Any, unset: bool) -> dict[str, A
         kwargs["choices"] = list(typing.get_args(scalar))
     elif scalar in (int, float):
         kwargs["type"] = scalar
+    elif typing.get_origin(scalar) in (list, tuple):
+        kwargs["type"] = _list_type(f.name, scalar)
     elif scalar is not str and scalar is not Any:
         raise TypeError(f"{f.name}: no command-line option for a {annotation} field")
     return kwargs
+
+
+def _list_type(name: str, annotation: Any) -> Any:
+    """argparse type of a list field: comma-separated values, each coerced as the field's items are
+    (``"42,84"`` -> ``[42, 84]``); a bad item is argparse's usage error, naming the option."""
+    import argparse
+
+    def parse(text: str) -> list[Any]:
+        try:
+            return _coerce(text, annotation, name)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(f"{exc} (comma-separated values, e.g. 1,2)") from exc
+
+    return parse
 
 
 def add_arguments(parser: Any, cls: type, names: Iterable[str] | None = None, *, unset: bool = False) -> None:
@@ -291,7 +307,8 @@ def add_arguments(parser: Any, cls: type, names: Iterable[str] | None = None, *,
     Why: a setting declared on its config field reaches the command line without a second declaration of
     its default, type, choices or help, and ``from_args`` reads it back by the field name.
     Types map as ``int``/``float`` -> ``type``, ``Literal`` -> ``choices``, ``bool`` -> a switch
-    (``store_false`` when on by default), ``X | None`` -> ``X``; a field without a default is required.
+    (``store_false`` when on by default), ``list[X]`` -> comma-separated ``X`` values (``--sizes 42,84``),
+    ``X | None`` -> ``X``; a field without a default is required.
     ``unset=True`` makes every default None, for options that override a config file only when given.
     """
     hints = typing.get_type_hints(cls)
