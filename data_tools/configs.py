@@ -49,7 +49,10 @@ class ConvertConfig:
         help="json: LLaVA JSON files; hf: a datasets.DatasetDict folder at OUT (save_to_disk, Image features)",
     )
     lang: Literal["auto", "zh", "en"] = field("auto", help="caption language (auto: per caption)")
-    multi_turn: bool = field(False, help="add follow-up turns per report facet")
+    multi_turn: bool = field(
+        False,
+        help="add a follow-up turn per report facet after the description (with --qa-turns: shuffled too)",
+    )
     qa_turns: int = field(
         0,
         help="grounded question-answer turns per slide (presence yes/no, which-of, attribute; "

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from data_tools.convert_entries import build_entries, grounded_generator, label_set, slides
+from data_tools.convert_entries import build_entries, follow_up_generator, label_set, slides
 from data_tools.convert_output import finish, format_summary, summarise
 from data_tools.convert_rows import Reading, orphan_images, read_rows, source_items
 from data_tools.imagecheck import ImageIndex
@@ -108,9 +108,10 @@ def convert(
 ) -> dict[str, Any]:
     """Convert captions + images to LLaVA JSON at ``out`` (or ``out``'s ``_train/_val/_test`` files).
 
-    ``qa_turns`` > 0 adds that many grounded question-answer turns per slide (``grounded_qa``: presence
-    questions half "yes" and half "no", which-of and attribute questions) and shuffles the turns; each
-    entry then lists its exchanges' types in ``turn_types``. Returns the summary (also written to
+    ``multi_turn`` adds a follow-up turn per report facet after the description; ``qa_turns`` > 0 adds
+    that many grounded question-answer turns per slide (presence questions half "yes" and half "no",
+    which-of and attribute questions) and shuffles the turns; each entry then lists its exchanges' types in
+    ``turn_types``. Both kinds come from one generator (``thinchat.domain.grounded_qa.GroundedQA``). Returns the summary (also written to
     ``<out stem>.summary.json``): outputs, counts per split and language, turn counts, grounded-question
     counts, caption lengths, control characters removed, and the skip report.
 
@@ -145,10 +146,11 @@ def convert(
         fmt, source, items, index, (lexicon, lang, pools, seed, multi_label)
     )
     per_image, base_ids, split_of = slides(reading, images_dir, labelled, ratios, seed, test_ids, val_ids)
+    qa_options = QAOptions.from_total(qa_turns, qa_negatives, facets=multi_turn)
     options = {
-        "seed": seed, "lang": lang, "multi_turn": multi_turn, "pools": pools, "lexicon": lexicon,
-        "grounded": grounded_generator(reading, classes, lexicon, pools, qa_turns), "format_out": format_out,
-        "qa_options": QAOptions.from_total(qa_turns, qa_negatives), "out_dir": out_path.parent.resolve(),
+        "seed": seed, "lang": lang, "pools": pools, "qa_options": qa_options, "format_out": format_out,
+        "follow_ups": follow_up_generator(reading, classes, lexicon, pools, qa_options),
+        "out_dir": out_path.parent.resolve(),
     }  # fmt: skip
     built = build_entries(per_image, base_ids, split_of, options)
     summary = summarise(fmt, source, images_dir, reading, built)

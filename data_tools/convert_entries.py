@@ -1,6 +1,7 @@
 """Building the entries of ``thinchat data convert``: accepted rows grouped by slide, each slide's id and
-split, and one LLaVA conversation entry per caption (description turn, ``--multi-turn`` follow-ups,
-``--qa-turns`` grounded questions); labelled images get their description written from their classes.
+split, and one LLaVA conversation entry per caption (the description turn, then the follow-ups of the one
+generator ``GroundedQA``: ``--multi-turn`` facets, ``--qa-turns`` grounded questions); labelled images get
+their description written from their classes.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any
 from data_tools.convert_rows import Reading
 from data_tools.sources import Row
 from data_tools.splits import assign_fixed_splits, assign_splits, read_ids
-from data_tools.turns import build_exchanges, place_turns
-from thinchat.domain.grounded_qa import GroundedQA, TermPool
+from data_tools.turns import describe_exchange, place_turns
+from thinchat.domain.grounded_qa import GroundedQA, QAOptions, TermPool
 from thinchat.domain.language import language_of
 from thinchat.images import PAIR_SUFFIXES, slide_id
 
@@ -96,15 +97,18 @@ def label_set(reading: Reading, lexicon: Any, lang: str, pools: Any, seed: int, 
     return classes, info
 
 
-def grounded_generator(reading: Reading, classes: Any, lexicon: Any, pools: Any, qa_turns: int) -> Any:
-    """The grounded-question generator: over the dataset's reports, or over the label set (its "no"
-    terms are the other classes, never a finer term of an umbrella class)."""
-    if not qa_turns:
+def follow_up_generator(
+    reading: Reading, classes: Any, lexicon: Any, pools: Any, options: QAOptions
+) -> GroundedQA | None:
+    """The follow-up generator (None when ``options`` asks for no follow-up): over the dataset's reports,
+    or over the label set (its "no" terms are the other classes, never a finer term of an umbrella class).
+
+    Facet follow-ups alone need no term pool, so none is counted over the reports then."""
+    if not options.total and not options.facets:
         return None
     if classes is None:
-        return GroundedQA(
-            lexicon, TermPool.from_reports((r.caption for r, _ in reading.accepted), lexicon), pools
-        )
+        reports = (r.caption for r, _ in reading.accepted) if options.total else ()
+        return GroundedQA(lexicon, TermPool.from_reports(reports, lexicon), pools)
     counts = Counter(classes.term_of[c] for row, _ in reading.accepted for c in row.classes)
     return GroundedQA(classes.lexicon, TermPool(counts), pools)
 
@@ -124,20 +128,21 @@ class Built:
 def _entry(
     row: Row, entry_id: str, paths: tuple[Path, ...], code: str, options: dict[str, Any], built: Built
 ):
-    """One conversation entry: the description exchange, then (``qa_turns``) the grounded ones, shuffled."""
+    """One conversation entry: the description exchange, then the generator's follow-ups; shuffled (and
+    typed in ``turn_types``) when there are grounded questions, whose place must not give them away."""
     rng = random.Random(f"{options['seed']}\0{entry_id}")
-    exchanges = build_exchanges(
-        row.caption, code, rng, options["multi_turn"], options["pools"], options["lexicon"]
-    )
+    qa_options: QAOptions = options["qa_options"]
+    exchanges = [describe_exchange(row.caption, code, rng, options["pools"])]
+    follow_ups = options["follow_ups"]
+    items = follow_ups.items(row.caption, code, rng, qa_options) if follow_ups is not None else []
+    exchanges += [(item.type, item.question, item.answer) for item in items]
     entry: dict[str, Any] = {"id": entry_id}
-    grounded = options["grounded"]
-    if grounded is not None:
-        items = grounded.items(row.caption, code, rng, options["qa_options"])
-        if not items:
+    if qa_options.total:
+        grounded = [item for item in items if item.type != "facet"]
+        if not grounded:
             built.qa["reports_without_terms"] += 1
-        for item in items:
+        for item in grounded:
             built.qa[f"{item.type}_{item.expected}" if item.type == "presence" else item.type] += 1
-            exchanges.append((item.type, item.question, item.answer))
         conv, entry["turn_types"] = place_turns(exchanges, len(paths), rng)
     else:
         conv, _ = place_turns(exchanges, len(paths))

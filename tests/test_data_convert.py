@@ -11,10 +11,9 @@ import pytest
 from PIL import Image
 
 from data_tools.convert import convert
-from data_tools.turns import classify, facet_answers
 from thinchat.domain.lexicon import load_lexicon
 from thinchat.domain.questions import load_questions
-from thinchat.domain.reports import split_clauses
+from thinchat.domain.reports import classify, facet_answers, split_clauses
 from thinchat.errors import DataFormatError
 
 ZH = "泥质呈纤维状、隐晶状，大部分已绢云母化，分布欠均。方解石呈粉晶-细晶状，含铁。硅质围绕颗粒分布。长石具粘土化。少见锆石、电气石等。碎屑长轴大致具定向性。"
@@ -245,11 +244,14 @@ def test_multi_turn_facets(tmp_path: Path, images: Path) -> None:
     rows = _load(tmp_path / "mt.json")
     conv = rows[0]["conversations"]
     assert len(conv) == 2 + 2 * 6 and s["turns"] == {"1": 1, "7": 1}
-    pools = load_questions()
-    assert (
-        conv[10]["value"] in pools.facets["accessory"]["zh"] and conv[11]["value"] == "少见锆石、电气石等。"
-    )
     assert [t["from"] for t in conv] == ["human", "gpt"] * 7
+    assert conv[1]["value"] == ZH  # the description first, the follow-ups after it in report order
+    facets = ["matrix", "carbonate", "silica", "feldspar_alteration", "accessory", "fabric"]
+    pools = load_questions()
+    for k, (facet, clause) in enumerate(zip(facets, clauses, strict=True), start=1):
+        assert conv[2 * k]["value"] in pools.facets[facet]["zh"] and conv[2 * k + 1]["value"] == clause
+    assert "<image>" not in "".join(t["value"] for t in conv[2:])
+    assert "turn_types" not in rows[0] and s["grounded_questions"] == {}  # no grounded questions asked
     assert len(rows[1]["conversations"]) == 2  # one facet only: no follow-up
 
 

@@ -1,4 +1,5 @@
-"""Grounded question-answer turns: balanced yes/no, answers quoting the report, "no" terms truly absent."""
+"""Follow-up turns from one generator: facet follow-ups, and grounded question-answer turns (balanced yes/no,
+answers quoting the report, "no" terms truly absent), as ``data convert`` writes them."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from data_tools.convert import convert
 from thinchat.domain.grounded_qa import ASK_KINDS, GroundedQA, QAOptions, TermPool
 from thinchat.domain.lexicon import load_lexicon
 from thinchat.domain.questions import load_questions
+from thinchat.domain.reports import facet_answers
 from thinchat.errors import DataFormatError
 
 ZH = [
@@ -182,6 +184,62 @@ def test_convert_with_qa_turns(tmp_path: Path) -> None:
     again = tmp_path / "again.json"
     convert(cap, tmp_path / "img", again, qa_turns=6, seed=5)
     assert again.read_text(encoding="utf-8") == out.read_text(encoding="utf-8")
+
+
+def test_facet_follow_ups_are_the_reports_clauses_per_facet() -> None:
+    lex, pools = load_lexicon(), load_questions()
+    follow_ups = GroundedQA(lex, TermPool(Counter()), pools)  # facets alone need no term pool
+    items = follow_ups.items(EN[0], "en", random.Random(0), QAOptions.from_total(0, facets=True))
+    assert [(i.type, i.term, i.answer) for i in items] == [
+        ("facet", "composition", "Framework grains: quartz (about 55%), K-feldspar (about 12%)."),
+        ("facet", "feldspar_alteration", "K-feldspar shows argillization."),
+        ("facet", "carbonate", "Calcite (about 9%) forms poikilotopic cement."),
+        ("facet", "grain_size", "Grain size is 0.10-0.25 mm, mainly fine sand, well sorted."),
+    ]
+    assert all(i.question in pools.facets[i.term]["en"] and i.wording == i.question for i in items)
+    assert [i.answer for i in items] == list(facet_answers(EN[0], lex, "en").values())
+    single = "Dolomite (about 85%) forms a fine crystalline mosaic."
+    assert follow_ups.items(single, "en", random.Random(0), QAOptions.from_total(0, facets=True)) == []
+    assert follow_ups.items(EN[0], "en", random.Random(0), QAOptions.from_total(0)) == []
+
+
+def test_facets_come_first_and_leave_the_grounded_draws_alone() -> None:
+    grounded = _grounded(EN)
+    alone = grounded.items(EN[0], "en", random.Random(7), QAOptions.from_total(4))
+    both = grounded.items(EN[0], "en", random.Random(7), QAOptions.from_total(4, facets=True))
+    facets = [i for i in both if i.type == "facet"]
+    assert both[: len(facets)] == facets and len(facets) == 4
+    assert [i.type for i in both[len(facets) :]] == [i.type for i in alone]
+    assert {i.type for i in alone} == {"presence", "which", "attribute"}
+
+
+def test_convert_writes_the_generators_follow_ups(tmp_path: Path) -> None:
+    """--multi-turn with --qa-turns: every turn after the description is one of the generator's items,
+    drawn with the entry's seed, shuffled and typed; the facet answers are the report's own clauses."""
+    _images(tmp_path / "img", 3)
+    cap = tmp_path / "captions.tsv"
+    cap.write_text("".join(f"{i:04d}\t{r}\n" for i, r in enumerate(EN, 1)), encoding="utf-8")
+    summary = convert(cap, tmp_path / "img", tmp_path / "c.json", multi_turn=True, qa_turns=4, seed=5)
+    entries = json.loads((tmp_path / "c.json").read_text(encoding="utf-8"))
+    lex, pools = load_lexicon(), load_questions()
+    follow_ups = GroundedQA(lex, TermPool.from_reports(EN, lex), pools)
+    for entry, report in zip(entries, EN, strict=True):
+        rng = random.Random(f"5\0{entry['id']}")
+        describe = ("describe", rng.choice(pools.describe["en"]), report)
+        items = follow_ups.items(report, "en", rng, QAOptions.from_total(4, facets=True))
+        expected = [describe, *((i.type, i.question, i.answer) for i in items)]
+        conv, types = entry["conversations"], entry["turn_types"]
+        written = [
+            (t, conv[2 * k]["value"].removeprefix("<image>\n"), conv[2 * k + 1]["value"])
+            for k, t in enumerate(types)
+        ]
+        assert sorted(written) == sorted(expected)
+        facets = facet_answers(report, lex, "en")
+        assert sorted(a for t, _, a in written if t == "facet") == sorted(
+            facets.values() if len(facets) > 1 else []
+        )
+    assert summary["grounded_questions"]["presence_yes"] == summary["grounded_questions"]["presence_no"] > 0
+    assert "facet" not in summary["grounded_questions"]  # the summary counts grounded questions only
 
 
 def test_user_lexicon_error_names_file_and_line(tmp_path: Path) -> None:

@@ -1,8 +1,19 @@
-"""Grounded question-answer turns from a report: presence (yes and no), which-of and attribute questions.
+"""Follow-up turns from a report: facet follow-ups, and grounded presence, which-of and attribute questions.
 
-Why: a model trained only on "describe this slide" learns to replay its caption whatever it is asked.
-Questions whose answer depends on the question (and on the slide) make it read both. Every answer is
-derived from the report and the lexicon alone:
+The one generator of every turn after a slide's description (``GroundedQA.items``): ``thinchat data
+convert --multi-turn`` asks for the facet follow-ups (``QAOptions.facets``), ``--qa-turns N`` for N
+grounded questions, and the question-following evaluation for held-out phrasings of the grounded ones.
+Why one: both kinds are a report split into what it says, asked about in the caption's language from the
+pools of ``questions.yaml``, drawn from the caller's ``random.Random``; kept apart they drifted (two
+readers of a report's clauses, two item shapes, two orders of drawing from the seed).
+
+- facet: the report's clauses grouped by the facet they are about (``reports.facet_answers``: matrix,
+  carbonate, accessory minerals, ...), each group the answer to that facet's question; a report on a
+  single facet gets none (the follow-up would repeat the description).
+
+Why grounded questions: a model trained only on "describe this slide" learns to replay its caption
+whatever it is asked. Questions whose answer depends on the question (and on the slide) make it read
+both. Every answer is derived from the report and the lexicon alone:
 
 - presence: "Is calcite present?" -> "Yes. <the report's clause naming calcite>" for a term the report
   names, and as many questions about terms it does *not* name -> "No, ..."; the negatives are drawn from
@@ -17,8 +28,8 @@ derived from the report and the lexicon alone:
 - attribute: a stated percentage ("About how much quartz?"), grain size, roundness, sorting, answered
   with the report's own clause.
 
-Questions and answer templates are data (``questions.yaml``, section ``grounded``), in the caption's
-language; the choice is deterministic in the ``random.Random`` the caller passes.
+Questions and answer templates are data (``questions.yaml``, sections ``facets`` and ``grounded``), in the
+caption's language; the choice is deterministic in the ``random.Random`` the caller passes.
 """
 
 from __future__ import annotations
@@ -31,7 +42,7 @@ from dataclasses import dataclass
 
 from thinchat.domain.lexicon import Lexicon
 from thinchat.domain.questions import QuestionPools
-from thinchat.domain.reports import parse_proportions, split_clauses
+from thinchat.domain.reports import facet_answers, parse_proportions, split_clauses
 
 #: Lexicon kinds a presence or which-of question may ask about.
 ASK_KINDS = frozenset({"mineral", "matrix", "cement", "alteration"})
@@ -42,12 +53,12 @@ ATTRIBUTE_TERMS = {"grain_size": ("grain_size",), "roundness": ("rounded", "subr
 
 @dataclass(frozen=True)
 class QAItem:
-    """One grounded exchange. ``expected`` is "yes"/"no" (presence) or the right term id (which-of)."""
+    """One follow-up exchange. ``expected`` is "yes"/"no" (presence) or the right term id (which-of)."""
 
-    type: str  # presence | which | attribute
+    type: str  # facet | presence | which | attribute
     question: str
     answer: str
-    term: str | None = None
+    term: str | None = None  # the term asked about; for a facet follow-up, the facet
     expected: str | None = None
     options: tuple[str, ...] = ()
     wording: str = ""  # the question template it was phrased with (scores per wording)
@@ -55,24 +66,27 @@ class QAItem:
 
 @dataclass(frozen=True)
 class QAOptions:
-    """How many grounded turns each slide gets (``thinchat data convert --qa-turns`` and friends)."""
+    """Which follow-up turns each slide gets: ``thinchat data convert --multi-turn`` (``facets``) and
+    ``--qa-turns`` (the grounded counts), and the evaluation's probes."""
 
     presence: int = 4  # presence questions per slide, half expecting "yes" and half "no"
     which: int = 1
     attribute: int = 1
     negatives: bool = True  # False: presence questions only about terms the report names
+    facets: bool = False  # True: a follow-up per report facet, before the grounded questions
 
     @classmethod
-    def from_total(cls, turns: int, negatives: bool = True) -> QAOptions:
+    def from_total(cls, turns: int, negatives: bool = True, facets: bool = False) -> QAOptions:
         """Split ``turns`` QA turns per slide: one which-of and one attribute question, the rest presence."""
         if turns <= 0:
-            return cls(0, 0, 0, negatives)
+            return cls(0, 0, 0, negatives, facets)
         which = 1 if turns >= 3 else 0
         attribute = 1 if turns >= 4 else 0
-        return cls(turns - which - attribute, which, attribute, negatives)
+        return cls(turns - which - attribute, which, attribute, negatives, facets)
 
     @property
     def total(self) -> int:
+        """Grounded questions per slide (facet follow-ups are as many as the report has facets)."""
         return self.presence + self.which + self.attribute
 
 
@@ -168,7 +182,11 @@ def vocabulary_digest() -> str:
 
 
 class GroundedQA:
-    """Builds the grounded items for one report; holds the lexicon, the dataset's term pool and templates."""
+    """Builds the follow-up items for one report; holds the lexicon, the dataset's term pool and templates.
+
+    The pool only matters for grounded questions (their "no" terms and which-of distractors): facet
+    follow-ups alone can take an empty ``TermPool(Counter())``.
+    """
 
     def __init__(
         self, lexicon: Lexicon, pool: TermPool, pools: QuestionPools, held_out_questions: bool = False
@@ -188,6 +206,7 @@ class GroundedQA:
         self._narrower_of = {
             wide: {t for t, above in narrower.items() if wide in above} for wide in lexicon.umbrella_ids
         }
+        self.facet_questions = pools.facets
         self.templates = dict(pools.grounded)
         if held_out_questions:
             for key in ("presence", "presence_alteration", "which"):
@@ -200,6 +219,29 @@ class GroundedQA:
         return self.lexicon.name(term_id, lang)
 
     def items(self, report: str, lang: str, rng: random.Random, options: QAOptions) -> list[QAItem]:
+        """The follow-up items for ``report``: its facet follow-ups (``options.facets``), then its grounded
+        questions; drawn from ``rng`` in that order, so a seed gives the same turns whichever options add
+        to them."""
+        items = self.facet_items(report, lang, rng) if options.facets else []
+        if options.total:
+            items += self.grounded_items(report, lang, rng, options)
+        return items
+
+    def facet_items(self, report: str, lang: str, rng: random.Random) -> list[QAItem]:
+        """A follow-up per facet of ``report`` (in report order), answered with its clauses on that facet;
+        none for a single-facet report, whose one follow-up would repeat the description."""
+        answers = facet_answers(report, self.lexicon, lang)
+        if len(answers) < 2:
+            return []
+        items = []
+        for facet, answer in answers.items():
+            questions = self.facet_questions.get(facet, {}).get(lang)
+            if questions:
+                question = rng.choice(questions)
+                items.append(QAItem("facet", question, answer, facet, wording=question))
+        return items
+
+    def grounded_items(self, report: str, lang: str, rng: random.Random, options: QAOptions) -> list[QAItem]:
         """The grounded items for ``report``; a report naming no askable term gets none."""
         lex = self.lexicon
         spans = lex.find_spans(report)

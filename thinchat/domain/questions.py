@@ -1,8 +1,9 @@
 """Question pools: the questions a converted dataset asks and the grounded answer templates.
 
 Why data: the pools (``questions.yaml``) are edited by people who do not write Python, and the same pools
-serve conversion (``data_tools/turns.py``), grounded questions (``grounded_qa.py``) and the held-out
-question-following evaluation, which must ask in the same words the training data did not.
+serve conversion (``data_tools/turns.py``: the description question), follow-up turns
+(``grounded_qa.py``: facet follow-ups and grounded questions) and the held-out question-following
+evaluation, which must ask in the same words the training data did not.
 """
 
 from __future__ import annotations
