@@ -98,3 +98,38 @@ def test_stage_2_trains_a_shuffled_model_from_cached_features(tmp_path):
     assert state["global_step"] == 6 and losses[-1] < losses[0]
     loaded, _ = load_pretrained(out, merge=True)
     assert shuffle_factor(loaded.config) == 2 and loaded.config.image_seq_length == 4
+
+
+@pytest.mark.parametrize("factor", [0, -1])
+def test_a_factor_below_one_is_refused_with_the_valid_ones(factor):
+    with pytest.raises(ModelSpecError, match=rf"pixel_shuffle={factor} .*choose one of \[1, 2, 4\]"):
+        tiny_llava("llama", "dinov2", image_size=56, pixel_shuffle=factor)
+
+
+def test_build_refuses_a_bad_factor_or_size_before_the_lm_loads(tmp_path, capsys, monkeypatch):
+    """``thinchat build`` names the valid factors (and sizes) and writes nothing; the LM is never loaded."""
+    from test_build_seed import _saved_tiny_parts
+
+    from thinchat.cli import main
+    from thinchat.model import resolve
+
+    tower, lm = _saved_tiny_parts(tmp_path)
+
+    def no_lm(*_args, **_kwargs):
+        raise AssertionError("the language model was loaded before the refusal")
+
+    monkeypatch.setattr(resolve, "load_language_model", no_lm)
+    out = tmp_path / "out"
+    build = ["build", "--vision", tower, "--llm", lm, "--out", str(out)]
+    assert main([*build, "--image-size", "56", "--pixel-shuffle", "3"]) == 2
+    assert "choose one of [1, 2, 4]" in capsys.readouterr().err
+    assert main([*build, "--image-size", "42", "--pixel-shuffle", "0"]) == 2
+    assert "pixel_shuffle=0 does not divide the tower's 3x3 patch grid; choose one of [1, 3]" in (
+        capsys.readouterr().err
+    )
+    for size in ("0", "-14", "20"):
+        assert main([*build, "--image-size", size]) == 2
+        assert f"--image-size {size} must be a positive multiple of the patch size 14 (14, 28, 42, ...)" in (
+            capsys.readouterr().err
+        )
+    assert not out.exists()

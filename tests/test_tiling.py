@@ -152,6 +152,23 @@ def test_engine_shows_a_photograph_as_its_global_view_and_tiles(tiled_dir):
     assert image_tokens(engine, engine.render([user(1)], [photo(20, 20)])) == seq  # small: no tiles
 
 
+def test_images_and_tiles_smaller_than_a_patch_are_resized_to_the_towers_input(tiled_dir):
+    """A 1 x 1 px image, or a thin strip whose tiles are narrower than the tower's 14 px patch, is neither
+    refused nor crashes: the processor scales every view up to the tower's input (28 px here)."""
+    from thinchat.engine import ChatEngine
+
+    engine = ChatEngine.from_pretrained(tiled_dir, device="cpu")
+    seq = engine.image_seq_length
+    for image, n_views in ((photo(1, 1), 1), (photo(5, 3), 1), (photo(3, 200), 5)):
+        _, views = engine.prompts.encode_views([user(1)], [image], 8)
+        assert len(views) == n_views, image.size
+        assert min(min(v.size) for v in views) < 14  # smaller than a patch
+        pixels = engine.processor.image_processor(images=views, return_tensors="pt")["pixel_values"]
+        assert tuple(pixels.shape) == (n_views, 3, 28, 28)
+        assert image_tokens(engine, engine.render([user(1)], [image])) == n_views * seq
+        assert isinstance(engine.describe([image], QUESTION, max_new_tokens=2), str)
+
+
 def test_prompt_too_long_says_tiles_are_why(tiled_dir):
     from thinchat.engine import ChatEngine
 

@@ -53,12 +53,15 @@ def input_size(image_processor) -> tuple[int, int]:
 
 
 def image_seq_length(vision_config, image_processor, pixel_shuffle: int = 1) -> int:
-    """Image tokens per image: the tower's patches (less the CLS token it drops), over ``pixel_shuffle``^2."""
+    """Image tokens per image: the tower's patches (less the CLS token it drops), over ``pixel_shuffle``^2.
+
+    A factor other than 1 that does not divide the square patch grid (0 and negatives included) is
+    refused, naming the factors that do."""
     from thinchat.model.projector import check_shuffle
 
     height, width = input_size(image_processor)
     _, strategy, extra = TOWER_FEATURES[vision_config.model_type]
-    if pixel_shuffle > 1:
+    if pixel_shuffle != 1:
         grid = height // vision_config.patch_size
         if width // vision_config.patch_size != grid or extra != (1 if strategy == "default" else 0):
             raise ModelSpecError("pixel_shuffle needs a square patch grid and no extra image tokens")
@@ -228,6 +231,8 @@ def build(
     classify(vision, "vision")  # fail on a bad spec before loading anything
     classify(llm, "lm")
     vision_model, image_processor = load_vision_tower(vision, image_size=image_size)
+    if vision_model.config.model_type in TOWER_FEATURES:  # a bad pixel shuffle fails before the LM loads
+        image_seq_length(vision_model.config, image_processor, pixel_shuffle)
     lm, tokenizer = load_language_model(llm)
     torch.manual_seed(seed)
     model, processor, info = compose_llava(

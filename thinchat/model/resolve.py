@@ -165,8 +165,11 @@ def load_vision_tower(spec: str, image_size: int | None = None, dtype=None):
 def set_image_size(vision_config, image_processor, image_size: int, spec: str = "") -> None:
     """Resize inputs to ``image_size``; only DINOv2 interpolates its position embeddings inside Llava."""
     patch = vision_config.patch_size
-    if image_size % patch:
-        raise ModelSpecError(f"--image-size {image_size} must be a multiple of the patch size {patch}")
+    if image_size < patch or image_size % patch:
+        raise ModelSpecError(
+            f"--image-size {image_size} must be a positive multiple of the patch size {patch} "
+            f"({patch}, {2 * patch}, {3 * patch}, ...)"
+        )
     if vision_config.model_type == "dinov2":
         image_processor.size = {"shortest_edge": image_size}
         image_processor.crop_size = {"height": image_size, "width": image_size}
