@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 from train_helpers import MINERALS, write_dataset
 
 from thinchat.cli import main
@@ -93,3 +94,155 @@ def test_pools_keep_each_view_and_its_max(probe_data):
         train, train, str(root / "tower"), sizes=[28], layers=[1], alpha=0.01, pool="views+max"
     )
     assert result[0]["pool"] == "views+max" and result[0]["f1"] >= 0.75
+
+
+# ----- image settings: view size, pixel shuffle, tiles --------------------------------------------
+
+
+def test_probe_options_are_run_probes_defaults():
+    """``thinchat probe`` passes ``ProbeOptions`` to ``run_probe``: same names, same defaults."""
+    import dataclasses
+    import inspect
+
+    from thinchat.commands.probe import ProbeOptions
+
+    parameters = inspect.signature(run_probe).parameters
+    for f in dataclasses.fields(ProbeOptions):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        assert default == (
+            list(parameters[f.name].default)
+            if isinstance(parameters[f.name].default, tuple)
+            else parameters[f.name].default
+        ), f.name
+
+
+def test_each_setting_names_itself_and_costs_the_tokens_the_built_model_does(probe_data, tmp_path):
+    from thinchat.testing import tiny_llava
+
+    root, train, test = probe_data
+    out = tmp_path / "probe.json"
+    args = ["probe", "--train", str(train), "--test", str(test), "--vision", str(root / "tower")]
+    assert (
+        main([*args, "--sizes", "28,56", "--pixel-shuffle", "1,2", "--layers", "1", "--out", str(out)]) == 0
+    )
+    rows = json.loads(out.read_text())
+    settings = [(r["image_size"], r["layer"], r["pixel_shuffle"], r["max_tiles"]) for r in rows]
+    assert settings == [(28, 1, 1, 0), (28, 1, 2, 0), (56, 1, 1, 0), (56, 1, 2, 0)]
+    for r in rows:
+        built, _ = tiny_llava("llama", "dinov2", image_size=r["image_size"], pixel_shuffle=r["pixel_shuffle"])
+        assert r["tokens_per_view"] == built.config.image_seq_length
+        assert r["views_per_slide"] == 2 and r["image_tokens"] == 2 * built.config.image_seq_length
+        assert 0 <= r["f1"] <= 1 and 0 <= r["yes_no_accuracy"] <= 1
+    assert [r["image_tokens"] for r in rows] == [8, 2, 32, 8]
+
+
+def test_pixel_shuffled_features_are_what_the_models_projector_reads(tmp_path):
+    """The probe's features at factor 2 are the input of a shuffled model's projector, pooled."""
+    from thinchat.eval.feature_probe import slide_features
+    from thinchat.testing import tiny_image, tiny_llava
+
+    model, processor = tiny_llava("llama", "dinov2", image_size=56, pixel_shuffle=2)
+    paths = []
+    for seed in range(2):
+        paths.append(tmp_path / f"slide_{seed}.png")
+        tiny_image(seed, size=70).save(paths[-1])
+    read: list[torch.Tensor] = []
+    projector = model.model.multi_modal_projector
+    hook = projector.linear_1.register_forward_pre_hook(lambda _m, inputs: read.append(inputs[0]))
+    pixels = processor.image_processor(
+        images=[Image.open(p).convert("RGB") for p in paths], return_tensors="pt"
+    )
+    with torch.no_grad():
+        model.get_image_features(pixel_values=pixels["pixel_values"])
+    hook.remove()
+    (tokens,) = read  # (2 images, 4 tokens, 4 x width): the 4x4 patch grid folded 2x2
+    width = model.config.vision_config.hidden_size
+    assert tokens.shape == (2, 4, 4 * width)
+    layer = model.config.vision_feature_layer
+    tower = model.model.vision_tower
+    rows = slide_features(tower, processor.image_processor, [paths], [layer], True, "views+max", (1, 2))
+    assert rows[(layer, 1)].shape == (1, 2 * 2 * width)
+    assert rows[(layer, 2)].shape == (1, 2 * 2 * 4 * width)
+    expected = torch.cat([tokens.mean(dim=1).flatten(), tokens.amax(dim=1).flatten()])
+    assert torch.allclose(rows[(layer, 2)][0], expected, atol=1e-5)
+
+
+def _large_copy(dataset, folder, size=(112, 84)):
+    """``dataset`` with every image scaled up to ``size`` (large enough for tiles at a 28 px tower input)."""
+    entries = json.loads(dataset.read_text())
+    for entry in entries:
+        for rel in entry["image"]:
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.open(dataset.parent / rel).resize(size, Image.NEAREST).save(folder / rel)
+    copy = folder / dataset.name
+    copy.write_text(json.dumps(entries), encoding="utf-8")
+    return copy
+
+
+def test_tiles_are_the_models_tiles_pooled_per_image(probe_data, tmp_path, monkeypatch):
+    from thinchat.eval import feature_probe
+    from thinchat.model import tiling
+
+    root, train, test = probe_data
+    train, test = _large_copy(train, tmp_path), _large_copy(test, tmp_path)
+    grid = tiling.tile_grid(112, 84, 4, tile_size=28)  # the grid the model's tiler picks: 2 x 2
+    views = 2 * (1 + tiling.tile_count(grid))
+    assert views == 10
+    cut: list[tuple[int, int]] = []
+    crop_views = tiling.crop_views
+    monkeypatch.setattr(tiling, "crop_views", lambda image, g: cut.append(g) or crop_views(image, g))
+    batches: list[int] = []
+    slide_features = feature_probe.slide_features
+
+    def counting(tower, *args, **kwargs):
+        hook = tower.register_forward_pre_hook(
+            lambda _m, _a, kw: batches.append(len(kw["pixel_values"])), with_kwargs=True
+        )
+        try:
+            return slide_features(tower, *args, **kwargs)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(feature_probe, "slide_features", counting)
+    results = run_probe(
+        train, test, str(root / "tower"), sizes=[28], layers=[1], pool="views", max_tiles=[0, 4]
+    )
+    assert [r["max_tiles"] for r in results] == [0, 4]
+    off, tiled = results
+    assert (off["views_per_slide"], off["image_tokens"]) == (2, 2 * 4)
+    assert (tiled["views_per_slide"], tiled["image_tokens"]) == (views, views * 4)
+    n_slides = 16 + 8
+    assert batches == [2] * n_slides + [views] * n_slides  # every view of a slide in one tower batch
+    assert cut.count(grid) == 2 * n_slides and cut.count((1, 1)) == 2 * n_slides  # the tiler's own cuts
+    assert tiled["f1"] >= 0.75  # plain-colour slides: every tile still shows the mineral's colour
+
+
+def test_bad_settings_are_refused_up_front_with_the_valid_values(probe_data, monkeypatch, capsys):
+    from thinchat.eval import feature_probe
+
+    root, train, test = probe_data
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("an image was encoded before the refusal")
+
+    monkeypatch.setattr(feature_probe, "slide_features", never)
+    tower = str(root / "tower")
+    with pytest.raises(
+        ModelSpecError, match=r"at 56 px: pixel_shuffle=3 .*4x4 patch grid; choose one of \[1, 2, 4\]"
+    ):
+        run_probe(train, test, tower, sizes=[56, 42], pixel_shuffle=[1, 3])
+    with pytest.raises(ModelSpecError, match=r"at 28 px: pixel_shuffle=0 .*choose one of \[1, 2\]"):
+        run_probe(train, test, tower, sizes=[28], pixel_shuffle=[0])
+    with pytest.raises(ModelSpecError, match=r"must be a positive multiple of the patch size 14 \(14, 28"):
+        run_probe(train, test, tower, sizes=[28, 30])
+    with pytest.raises(ModelSpecError, match=r"max_tiles=-1 is not valid: use 0 or 1 \(off"):
+        run_probe(train, test, tower, max_tiles=[4, -1])
+    args = ["probe", "--train", str(train), "--test", str(test), "--vision", tower, "--sizes", "56"]
+    assert main([*args, "--pixel-shuffle", "3"]) == 2
+    assert "choose one of [1, 2, 4]" in capsys.readouterr().err
+    assert main([*args, "--max-tiles=-1"]) == 2
+    assert (
+        "max_tiles=-1 is not valid: use 0 or 1 (off, one view per image) or N >= 2" in capsys.readouterr().err
+    )
+    assert main([*args, "--max-tiles", ""]) == 2
+    assert "--max-tiles: give at least one value" in capsys.readouterr().err

@@ -3,17 +3,57 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from thinchat.eval.feature_probe import POOLS
+from thinchat.config import add_arguments, field, from_args
+from thinchat.errors import ConfigError
+from thinchat.eval.feature_probe import Pool
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from exc
+@dataclass(kw_only=True)
+class ProbeOptions:
+    """What ``thinchat probe`` passes on to ``run_probe`` as keyword arguments, with ``run_probe``'s
+    defaults (tests/test_feature_probe.py checks them). Each list option is a comma-separated list; every
+    combination of ``sizes`` x ``max_tiles`` x ``pixel_shuffle`` x ``layers`` gets a row."""
+
+    vision: str = field("dinov2-small", help="vision tower spec (default dinov2-small)")
+    sizes: list[int] = field(
+        [42],
+        metavar="PX[,PX...]",
+        help="view sizes, as thinchat build --image-size takes them, e.g. 42,84,112 (default 42)",
+    )
+    layers: list[int] = field(
+        [-2],
+        metavar="L[,L...]",
+        help="tower hidden layers, e.g. --layers=-2,6,8 (default -2)",
+    )
+    pixel_shuffle: list[int] = field(
+        [1],
+        metavar="F[,F...]",
+        help="compression, as thinchat build --pixel-shuffle: each FxF block of the patch grid folded into "
+        "one token of F^2 times the width, the features the projector reads (1/F^2 the image tokens); "
+        "F must divide the patch grid at every size, e.g. 1,2 (default 1: off)",
+    )
+    max_tiles: list[int] = field(
+        [0],
+        metavar="N[,N...]",
+        help="tiles, as thinchat build --max-tiles: each image as its global view plus up to N tiles cut "
+        "by the model's own tiler, pooled per image over all its views, e.g. 0,4 (default 0: off)",
+    )
+    alpha: float = field(0.1, help="relative ridge penalty (default 0.1)")
+    pool: Pool = field(
+        "mean",
+        help="slide features: the mean of every patch token; each image's mean side by side; or each "
+        "image's mean and max (minor phases move the max)",
+    )
+
+    def validate(self) -> None:
+        for name in ("sizes", "layers", "pixel_shuffle", "max_tiles"):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name.replace('_', '-')}: give at least one value")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,24 +61,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "probe",
         help="how well a linear probe on tower features names the report's minerals (a ceiling for training)",
         description="Fits per-term ridge classifiers on pooled tower features of --train and scores term F1 on "
-        "--test, for each input size and hidden layer; on labelled data (data convert --labels) also the "
-        "class accuracy of per-class ridge classifiers. See thinchat/eval/feature_probe.py.",
+        "--test, for each image setting a model can be built with (view size, pixel shuffle, tiles) and "
+        "hidden layer, with the LM image tokens per slide each setting costs; on labelled data (data "
+        "convert --labels) also the class accuracy of per-class ridge classifiers. See "
+        "thinchat/eval/feature_probe.py.",
     )
     parser.add_argument(
         "--train", required=True, help="training conversations JSON (references name the terms)"
     )
     parser.add_argument("--test", required=True, help="held-out conversations JSON")
-    parser.add_argument("--vision", default="dinov2-small", help="vision tower spec")
-    parser.add_argument("--sizes", type=_ints, default=[42], help="input sizes, e.g. 42,84,112")
-    parser.add_argument("--layers", type=_ints, default=[-2], help="hidden layers, e.g. -2,6,8")
-    parser.add_argument("--alpha", type=float, default=0.1, help="relative ridge penalty")
-    parser.add_argument(
-        "--pool",
-        choices=POOLS,
-        default="mean",
-        help="slide features: the mean of every patch token; each view's mean side by side; or each "
-        "view's mean and max (minor phases move the max)",
-    )
+    add_arguments(parser, ProbeOptions)
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     parser.set_defaults(func=run)
 
@@ -46,12 +78,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from thinchat.eval.feature_probe import run_probe
 
-    results = run_probe(args.train, args.test, args.vision, args.sizes, args.layers, args.alpha, args.pool)
+    options = from_args(ProbeOptions, args)
+    results = run_probe(args.train, args.test, **dataclasses.asdict(options))
     for r in results:
         classes = f", class accuracy {r['class_accuracy']:.3f}" if "class_accuracy" in r else ""
         print(
-            f"{r['vision']} {r['image_size']} px, layer {r['layer']}, {r['pool']}: term F1 {r['f1']:.3f}, "
-            f"balanced yes/no {r['yes_no_accuracy']:.3f}{classes}"
+            f"{r['vision']} {r['image_size']} px, pixel shuffle {r['pixel_shuffle']}, max tiles "
+            f"{r['max_tiles']} ({r['image_tokens']} image tokens per slide), layer {r['layer']}, {r['pool']}: "
+            f"term F1 {r['f1']:.3f}, balanced yes/no {r['yes_no_accuracy']:.3f}{classes}"
         )
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1), encoding="utf-8")

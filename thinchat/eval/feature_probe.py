@@ -6,24 +6,109 @@ classifier from a slide's pooled tower features (one hidden layer, one input siz
 to "the reference names this term", on the training split, and scores it on the test split with the
 report's own term F1. A model trained on those features rarely beats the probe; if the probe is below a bar, more
 training will not reach it, a larger view or another layer might.
+
+Each image setting a model can be built with (``thinchat build --image-size/--pixel-shuffle/--max-tiles``)
+has its own ceiling and its own price in LM image tokens, so the probe takes each of them as the model
+would: the view size through the tower's processor; the pixel-shuffle factor by folding the patch grid
+with the projector's own :func:`thinchat.model.projector.pixel_shuffle` (the features the projector
+reads); tiles cut by :mod:`thinchat.model.tiling` as the engine and the training data cut them (a slide's
+images all take its first image's grid), each image's global view and tiles pooled together.
 """
 
 from __future__ import annotations
 
 import logging
+import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from thinchat.errors import DataFormatError
+from thinchat.errors import DataFormatError, ModelSpecError
 
 log = logging.getLogger(__name__)
 
 
 #: How a slide's patch tokens become one probe input: the mean over its images and tokens; each image's
 #: mean side by side (the LM sees the views apart); each image's mean and max (a minor phase covering a
-#: few patches barely moves the mean, it does move the max).
-POOLS = ("mean", "views", "views+max")
+#: few patches barely moves the mean, it does move the max). With tiles an image's tokens are those of
+#: its global view and all its tiles.
+Pool = Literal["mean", "views", "views+max"]
+POOLS: tuple[str, ...] = typing.get_args(Pool)
+
+
+def _user_message(n_images: int) -> list[dict[str, Any]]:
+    """One user message showing a slide's ``n_images`` images, as a slide is asked about."""
+    return [{"role": "user", "content": [{"type": "image"}] * n_images}]
+
+
+def slide_grids(sizes: Sequence[tuple[int, int]], max_tiles: int, tile_size: int) -> list[tuple[int, int]]:
+    """Per image of one slide (``(width, height)`` each), the tile grid the model cuts it into
+    (:func:`thinchat.model.tiling.slide_grids`: the first image's grid for all; ``(1, 1)`` with tiles off)."""
+    from thinchat.model import tiling
+
+    return tiling.slide_grids(_user_message(len(sizes)), sizes, max_tiles, tile_size)
+
+
+def views_per_slide(paths: Sequence[Path], max_tiles: int, tile_size: int) -> int:
+    """The views the model sees of a slide: each image's global view and its tiles (headers only)."""
+    from thinchat.model import tiling
+
+    grids = slide_grids([tiling.image_size(p) for p in paths], max_tiles, tile_size)
+    return sum(1 + tiling.tile_count(grid) for grid in grids)
+
+
+def slide_features(
+    tower: Any,
+    image_processor: Any,
+    images: Sequence[Sequence[Path]],
+    layers: Sequence[int],
+    drop_cls: bool,
+    pool: str = "mean",
+    factors: Sequence[int] = (1,),
+    max_tiles: int = 0,
+) -> dict[tuple[int, int], Any]:
+    """Per ``(layer, pixel-shuffle factor)``, one row per slide: the tokens the projector would read at
+    that layer (the patch grid folded by the factor) of every view of the slide (each image's global view
+    and, with ``max_tiles`` > 1, its tiles), pooled per image as ``pool`` (``POOLS``)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from thinchat.images import load_image
+    from thinchat.model import tiling
+    from thinchat.model.compose import input_size
+    from thinchat.model.projector import pixel_shuffle
+
+    check_pool(pool, images)
+    tile_size = max(input_size(image_processor)) if max_tiles > 1 else 0
+    rows: dict[tuple[int, int], list[Any]] = {(layer, f): [] for layer in layers for f in factors}
+    with torch.no_grad():
+        for paths in tqdm(images, desc="probe features", unit="slide"):
+            pictures = [load_image(p) for p in paths]
+            grids = slide_grids([p.size for p in pictures], max_tiles, tile_size)
+            per_image = [tiling.crop_views(p, grid) for p, grid in zip(pictures, grids, strict=True)]
+            views = [view for image_views in per_image for view in image_views]
+            pixels = image_processor(views, return_tensors="pt")["pixel_values"]
+            hidden = tower(pixel_values=pixels, output_hidden_states=True).hidden_states
+            counts = [len(image_views) for image_views in per_image]
+            for layer in layers:
+                tokens = (hidden[layer][:, 1:] if drop_cls else hidden[layer]).float()
+                for factor in factors:
+                    folded = pixel_shuffle(tokens, factor)  # (views, tokens / f^2, width * f^2)
+                    images_tokens = [t.flatten(0, 1) for t in folded.split(counts)]
+                    rows[(layer, factor)].append(_pool(images_tokens, pool))
+    return {key: torch.stack(r) for key, r in rows.items()}
+
+
+def _pool(images_tokens: Sequence[Any], pool: str) -> Any:
+    """One slide's row from each image's tokens ``(tokens, width)`` (``POOLS``)."""
+    import torch
+
+    means = torch.stack([t.mean(dim=0) for t in images_tokens])
+    if pool == "mean":
+        return torch.cat(list(images_tokens)).mean(dim=0)
+    if pool == "views":
+        return means.flatten()
+    return torch.cat([means.flatten(), torch.stack([t.amax(dim=0) for t in images_tokens]).flatten()])
 
 
 def mean_features(
@@ -35,27 +120,8 @@ def mean_features(
     pool: str = "mean",
 ) -> dict[int, Any]:
     """Per layer, one row per slide: its patch tokens at that layer pooled as ``pool`` (``POOLS``)."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from thinchat.images import load_image
-
-    check_pool(pool, images)
-    rows: dict[int, list[Any]] = {layer: [] for layer in layers}
-    with torch.no_grad():
-        for paths in tqdm(images, desc="probe features", unit="slide"):
-            pixels = image_processor([load_image(p) for p in paths], return_tensors="pt")["pixel_values"]
-            hidden = tower(pixel_values=pixels, output_hidden_states=True).hidden_states
-            for layer in layers:
-                tokens = (hidden[layer][:, 1:] if drop_cls else hidden[layer]).float()
-                per_view = tokens.mean(dim=1)
-                if pool == "mean":
-                    rows[layer].append(per_view.mean(dim=0))
-                elif pool == "views":
-                    rows[layer].append(per_view.flatten())
-                else:
-                    rows[layer].append(torch.cat([per_view.flatten(), tokens.amax(dim=1).flatten()]))
-    return {layer: torch.stack(r) for layer, r in rows.items()}
+    rows = slide_features(tower, image_processor, images, layers, drop_cls, pool)
+    return {layer: rows[(layer, 1)] for layer in layers}
 
 
 def check_pool(pool: str, images: Sequence[Sequence[Path]]) -> None:
@@ -189,6 +255,36 @@ def _probe_splits(train_path: str | Path, test_path: str | Path) -> dict[str, tu
     return splits
 
 
+def check_settings(
+    vision_config: Any,
+    image_processor: Any,
+    sizes: Sequence[int],
+    pixel_shuffle: Sequence[int],
+    spec: str = "",
+) -> dict[int, tuple[Any, dict[int, int]]]:
+    """Per view size, the tower's processor at that size and the LM image tokens per view for each
+    pixel-shuffle factor (``thinchat.model.compose.image_seq_length``, what ``thinchat build`` records);
+    every size and factor is checked before anything is encoded, and a bad one is refused naming the
+    valid values."""
+    import copy
+
+    from thinchat.model.compose import image_seq_length
+    from thinchat.model.resolve import set_image_size
+
+    settings = {}
+    for size in sizes:
+        processor = copy.deepcopy(image_processor)
+        set_image_size(vision_config, processor, size, spec)
+        tokens = {}
+        for factor in pixel_shuffle:
+            try:
+                tokens[factor] = image_seq_length(vision_config, processor, factor)
+            except ModelSpecError as exc:
+                raise ModelSpecError(f"at {size} px: {exc}") from exc
+        settings[size] = (processor, tokens)
+    return settings
+
+
 def run_probe(
     train_path: str | Path,
     test_path: str | Path,
@@ -197,52 +293,76 @@ def run_probe(
     layers: Sequence[int] = (-2,),
     alpha: float = 0.1,
     pool: str = "mean",
+    pixel_shuffle: Sequence[int] = (1,),
+    max_tiles: Sequence[int] = (0,),
 ) -> list[dict[str, Any]]:
-    """Probe every (input size, layer) pair with features pooled as ``pool``; one result dict per pair."""
-    from thinchat.model.compose import check_feature_layer
+    """Probe every image setting (view size x tile cap x pixel-shuffle factor) at every layer with
+    features pooled as ``pool``; one result dict per combination, naming its setting and the LM image
+    tokens it costs per test slide (``image_tokens``: views per slide x tokens per view, mean over the
+    test slides)."""
+    from thinchat.model.compose import check_feature_layer, input_size
     from thinchat.model.resolve import TOWER_FEATURES, load_vision_tower
+    from thinchat.model.tiling import check_max_tiles
 
+    for cap in max_tiles:  # refused before any file is read
+        check_max_tiles(cap)
     splits = _probe_splits(train_path, test_path)
     check_pool(pool, [paths for images, _, _ in splits.values() for paths in images])
+    tower, base_processor = load_vision_tower(vision)
+    tower.eval()
+    for layer in layers:
+        check_feature_layer(tower.config, layer)
+    settings = check_settings(tower.config, base_processor, sizes, pixel_shuffle, vision)
+    drop_cls = TOWER_FEATURES[tower.config.model_type][1] == "default"
+    labelled = all(labels for _, _, split in splits.values() for labels in split)
     results = []
     for size in sizes:
-        tower, image_processor = load_vision_tower(vision, image_size=size)
-        tower.eval()
-        for layer in layers:
-            check_feature_layer(tower.config, layer)
-        drop_cls = TOWER_FEATURES[tower.config.model_type][1] == "default"
-        features = {
-            name: mean_features(tower, image_processor, images, layers, drop_cls, pool)
-            for name, (images, _, _) in splits.items()
-        }
-        for layer in layers:
-            scores = probe_terms(
-                features["train"][layer],
-                splits["train"][1],
-                features["test"][layer],
-                splits["test"][1],
-                alpha,
-            )
-            if all(labels for _, _, split in splits.values() for labels in split):
-                scores.update(
-                    probe_classes(
-                        features["train"][layer],
-                        splits["train"][2],
-                        features["test"][layer],
-                        splits["test"][2],
-                        alpha,
+        processor, tokens_per_view = settings[size]
+        for cap in max_tiles:
+            tile_size = max(input_size(processor)) if cap > 1 else 0  # as the model cuts tiles
+            features = {
+                name: slide_features(tower, processor, images, layers, drop_cls, pool, pixel_shuffle, cap)
+                for name, (images, _, _) in splits.items()
+            }
+            test_views = [views_per_slide(paths, cap, tile_size) for paths in splits["test"][0]]
+            views = sum(test_views) / len(test_views)
+            for factor in pixel_shuffle:
+                for layer in layers:
+                    train_x, test_x = features["train"][(layer, factor)], features["test"][(layer, factor)]
+                    scores = probe_terms(train_x, splits["train"][1], test_x, splits["test"][1], alpha)
+                    if labelled:
+                        scores.update(
+                            probe_classes(train_x, splits["train"][2], test_x, splits["test"][2], alpha)
+                        )
+                    setting = {
+                        "vision": vision,
+                        "image_size": size,
+                        "layer": layer,
+                        "pixel_shuffle": factor,
+                        "max_tiles": cap,
+                        "tokens_per_view": tokens_per_view[factor],
+                        "views_per_slide": _number(views),
+                        "image_tokens": _number(views * tokens_per_view[factor]),
+                        "pool": pool,
+                        "alpha": alpha,
+                    }
+                    results.append({**setting, **scores})
+                    log.info(
+                        "probe %s %d px layer %d, pixel shuffle %d, max tiles %d (%s image tokens per slide), "
+                        "%s: term F1 %.3f, balanced yes/no %.3f",
+                        vision,
+                        size,
+                        layer,
+                        factor,
+                        cap,
+                        setting["image_tokens"],
+                        pool,
+                        scores["f1"],
+                        scores["yes_no_accuracy"],
                     )
-                )
-            results.append(
-                {"vision": vision, "image_size": size, "layer": layer, "pool": pool, "alpha": alpha, **scores}
-            )
-            log.info(
-                "probe %s %d px layer %d, %s: term F1 %.3f, balanced yes/no %.3f",
-                vision,
-                size,
-                layer,
-                pool,
-                scores["f1"],
-                scores["yes_no_accuracy"],
-            )
     return results
+
+
+def _number(value: float) -> int | float:
+    """``value`` as an int when whole (every slide the same), else to one decimal (a mean)."""
+    return int(value) if float(value).is_integer() else round(value, 1)
