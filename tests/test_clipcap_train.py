@@ -9,9 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from thinchat.clipcap.data import load_clipcap_dir, tokenize_entry
+from thinchat.clipcap.prefix import ClipCapPrefix
+from thinchat.clipcap.train import prefix_inputs_embeds
 from thinchat.errors import ConfigError, DataFormatError
 from thinchat.testing import tiny_llava
-from thinchat.train.clipcap import ClipCapPrefix, load_clipcap_dir, prefix_inputs_embeds, tokenize_entry
 
 REPO = Path(__file__).resolve().parents[1]
 YAML = str(REPO / "configs" / "clipcap_prefix.yaml")
@@ -149,7 +151,7 @@ def test_resume_continues_exactly(base, tmp_path):
         a, b = load_file(str(tmp_path / "straight" / name)), load_file(str(tmp_path / "cut" / name))
         assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     with pytest.raises(ConfigError, match="prefix_tokens"):
-        from thinchat.train.clipcap import train_clipcap
+        from thinchat.clipcap.train import train_clipcap
         from thinchat.train.config import load_train_config
 
         config = load_train_config(
@@ -191,7 +193,7 @@ def test_frozen_lm_mode_and_config_errors(base, tmp_path):
 def test_head_only_on_answer_positions_gives_the_full_loss(base, tmp_path):
     """The stage's loss (LM head on labelled positions only) equals the plain full-logits loss."""
     from thinchat.clipcap.data import collate, encode_samples
-    from thinchat.train.clipcap import ClipCapRun, add_lora
+    from thinchat.clipcap.train import ClipCapRun, add_lora
     from thinchat.train.config import load_train_config
     from thinchat.train.stages import load_base
 

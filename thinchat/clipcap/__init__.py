@@ -8,7 +8,10 @@ frozen LM) plus a prefix mapping from one pooled image embedding to ``k`` LM inp
 * :mod:`thinchat.clipcap.encoder`: the tower that turns a new image into the pooled embedding;
 * :mod:`thinchat.clipcap.model`: the adapter that presents the whole as a Llava + processor pair, so
   ``thinchat.model.loading.load_pretrained`` returns it and the chat engine, ``thinchat eval`` and
-  ``thinchat caption`` drive it through their one generation path.
+  ``thinchat caption`` drive it through their one generation path;
+* :mod:`thinchat.clipcap.train`: the ``clipcap`` training stage (``thinchat train``), which the stage
+  dispatch (``thinchat.train.stages``) reaches with one import. It alone builds on ``thinchat.train``
+  (checkpoints, LoRA targets), so the layer table places it with training; nothing here imports it.
 """
 
 from thinchat.clipcap.prefix import PREFIX_CONFIG, PREFIX_WEIGHTS, ClipCapPrefix, is_clipcap_dir

@@ -274,7 +274,7 @@ class ClipCapStageConfig(TrainConfig):
     ``data`` / ``val_data`` are import directories (conversations.json + clip_embeddings.safetensors). The
     base Llava stays unchanged; the prefix, the LoRA adapter (ThinGPT's "finetune" mode; ``lora: false``
     is ClipCap's frozen-LM mode) and the processor are written to ``output_dir``
-    (``thinchat.train.clipcap``), which every front end loads.
+    (``thinchat.clipcap.train``), which every front end loads.
     """
 
     stage: Stage = field("clipcap", help="clipcap (a prefix for imported ClipCap embeddings)")

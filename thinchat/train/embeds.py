@@ -103,7 +103,7 @@ def scatter_image_embeds(
 ) -> torch.Tensor:
     """Put already-projected image embeddings (n_images, n_tokens, text_hidden) at the ``<image>`` tokens.
 
-    The second half of ``merge_image_features``; the ClipCap prefix path (``thinchat.train.clipcap``)
+    The second half of ``merge_image_features``; the ClipCap prefix path (``thinchat.clipcap.train``)
     calls it with its own prefix mapping's output.
     """
     llava = unwrap_llava(model)

@@ -233,12 +233,12 @@ class QLoraStage(LoraStage):
 
 
 class ClipCapStage(Stage):
-    """A ClipCap prefix (+ LoRA on the LM) for imported embeddings, with its own loop (``train.clipcap``)."""
+    """A ClipCap prefix (+ LoRA on the LM) for imported embeddings, trained by ``thinchat.clipcap.train``."""
 
     uses_trainer = False
 
     def train(self, config: TrainConfig, resume: str | bool | None) -> Path:
-        from thinchat.train.clipcap import train_clipcap
+        from thinchat.clipcap.train import train_clipcap
 
         losses = train_clipcap(config, resume=resume)
         if losses:

@@ -27,30 +27,11 @@ from typing import Any
 
 import torch
 
-from thinchat.clipcap.data import (  # re-exported: the stage's data API lives with the stage
-    ClipCapData,
-    ClipCapSample,
-    collate,
-    encode_samples,
-    load_clipcap_dir,
-    tokenize_entry,
-)
+from thinchat.clipcap.data import ClipCapData, ClipCapSample, collate, encode_samples, load_clipcap_dir
 from thinchat.clipcap.model import ClipCapModel
-from thinchat.clipcap.prefix import PREFIX_CONFIG, PREFIX_WEIGHTS, ClipCapPrefix
+from thinchat.clipcap.prefix import ClipCapPrefix
 from thinchat.errors import ConfigError, DataFormatError
 from thinchat.train import checkpoints
-
-__all__ = [
-    "PREFIX_CONFIG",
-    "PREFIX_WEIGHTS",
-    "ClipCapPrefix",
-    "ClipCapSample",
-    "collate",
-    "load_clipcap_dir",
-    "prefix_inputs_embeds",
-    "tokenize_entry",
-    "train_clipcap",
-]
 
 log = logging.getLogger(__name__)
 
