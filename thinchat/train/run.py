@@ -48,47 +48,6 @@ def load_data(config: TrainConfig) -> tuple[Sequence[Sample], Sequence[Sample] |
     return train, val
 
 
-def training_arguments(config: TrainConfig, output_dir: Path, has_eval: bool):
-    from transformers import TrainingArguments
-
-    eval_steps = config.eval_steps or config.save_steps
-    return TrainingArguments(
-        output_dir=str(output_dir),
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        per_device_eval_batch_size=config.per_device_eval_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        warmup_steps=config.warmup_ratio,
-        lr_scheduler_type=config.lr_scheduler_type,
-        max_grad_norm=config.max_grad_norm,
-        bf16=config.bf16,
-        fp16=config.fp16,
-        use_cpu=config.cpu,
-        torch_compile=config.torch_compile,
-        activation_checkpointing=config.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=eval_steps if has_eval else None,
-        logging_steps=config.logging_steps,
-        logging_first_step=True,
-        report_to=[r for r in config.report_to if r != "none"] or "none",
-        seed=config.seed,
-        data_seed=config.seed,
-        dataloader_num_workers=config.dataloader_num_workers,
-        deepspeed=config.deepspeed,
-        remove_unused_columns=False,
-        label_names=["labels"],
-        prediction_loss_only=True,
-        include_num_input_tokens_seen="non_padding",
-        disable_tqdm=False,
-    )
-
-
 def attach_feature_cache(config: TrainConfig, model, processor, datasets: list[Any], device=None):
     """A ``FeatureCache`` filled for every image of ``datasets`` (which then skip pixels), or None.
 
@@ -288,17 +247,10 @@ def _build_trainer(
     callbacks: Sequence[Any],
 ) -> Any:
     """The ``ThinchatTrainer`` with thinchat's callbacks (throughput, the time budget) and the caller's."""
-    from transformers import ProgressCallback
-
     from thinchat.train.dataset import Collator
-    from thinchat.train.time_budget import StepBudget, TimeBudgetCallback
-    from thinchat.train.trainer import ThinchatTrainer, TokensPerSecond
+    from thinchat.train.trainer import ThinchatTrainer, add_callbacks, step_budget
 
-    budget = (
-        StepBudget(config.time_budget_s, config.max_steps, config.budget_calibration_steps)
-        if config.time_budget_s > 0
-        else None
-    )
+    budget = step_budget(config)
     trainer = ThinchatTrainer(
         model=model,
         args=args,
@@ -314,12 +266,7 @@ def _build_trainer(
         step_budget=budget,
         rotation_seed=config.seed if config.rotations else None,
     )
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(TokensPerSecond())
-    if budget is not None:
-        trainer.add_callback(TimeBudgetCallback(budget, output_dir))
-    for callback in callbacks:
-        trainer.add_callback(callback)
+    add_callbacks(trainer, budget, output_dir, callbacks)
     return trainer
 
 
@@ -346,7 +293,7 @@ def train(config: TrainConfig, resume: str | bool | None = None, callbacks: Sequ
     resume_from = _checkpoint_to_resume(output_dir, resume, current)
     train_samples, val_samples = load_data(config)
 
-    from thinchat.train.trainer import cpu_settings
+    from thinchat.train.trainer import cpu_settings, training_arguments
 
     cpu_settings(config)
     from transformers import set_seed

@@ -120,6 +120,75 @@ def model_inputs(model: Any, inputs: dict[str, Any], feature_cache: Any) -> dict
     return isolate_exchanges(model, embed_cached_features(model, inputs, feature_cache))
 
 
+def training_arguments(config: TrainConfig, output_dir: Path, has_eval: bool) -> Any:
+    """``TrainingArguments`` from a stage config: the one mapping every stage (``clipcap`` too) trains by."""
+    from transformers import TrainingArguments
+
+    eval_steps = config.eval_steps or config.save_steps
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_eval_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type=config.lr_scheduler_type,
+        max_grad_norm=config.max_grad_norm,
+        bf16=config.bf16,
+        fp16=config.fp16,
+        use_cpu=config.cpu,
+        torch_compile=config.torch_compile,
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_steps if has_eval else None,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        report_to=[r for r in config.report_to if r != "none"] or "none",
+        seed=config.seed,
+        data_seed=config.seed,
+        dataloader_num_workers=config.dataloader_num_workers,
+        deepspeed=config.deepspeed,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        prediction_loss_only=True,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=False,
+    )
+
+
+def step_budget(config: TrainConfig) -> Any:
+    """The ``time_budget_s`` step budget (``thinchat.train.time_budget.StepBudget``), or None without one.
+
+    The trainer's scheduler and ``add_callbacks`` share the one object: it is measured by the callback
+    and read by the schedule."""
+    if config.time_budget_s <= 0:
+        return None
+    from thinchat.train.time_budget import StepBudget
+
+    return StepBudget(config.time_budget_s, config.max_steps, config.budget_calibration_steps)
+
+
+def add_callbacks(trainer: Trainer, budget: Any, output_dir: Path, callbacks: Any = ()) -> None:
+    """thinchat's progress bar (tokens/s and loss) instead of Trainer's, the time budget's callback, and
+    the caller's callbacks: what every stage's trainer shows and obeys."""
+    from transformers import ProgressCallback
+
+    from thinchat.train.time_budget import TimeBudgetCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(TokensPerSecond())
+    if budget is not None:
+        trainer.add_callback(TimeBudgetCallback(budget, output_dir))
+    for callback in callbacks:
+        trainer.add_callback(callback)
+
+
 class SeededLengthGroupedSampler(LengthGroupedSampler):
     """Length-grouped order drawn from ``seed + epoch``: the same order again when a run resumes."""
 
@@ -144,6 +213,9 @@ class ThinchatTrainer(Trainer):
     model's own projector, so the projector and the LM train exactly as on the pixel path. With
     ``rotation_seed`` each training sample's images are turned (``turn_images``) on either path.
     """
+
+    #: A parameter whose name holds this trains at ``projector_lr`` (ClipCap's trainer: its prefix).
+    projector_key = "multi_modal_projector"
 
     def __init__(
         self,
@@ -182,7 +254,7 @@ class ThinchatTrainer(Trainer):
         groups: dict[tuple[bool, bool], list] = {}
         for name, param in opt_model.named_parameters():
             if param.requires_grad:
-                groups.setdefault(("multi_modal_projector" in name, name in decay), []).append(param)
+                groups.setdefault((self.projector_key in name, name in decay), []).append(param)
         param_groups = []
         for (is_projector, decays), params in sorted(groups.items()):
             group = {"params": params, "weight_decay": self.args.weight_decay if decays else 0.0}
