@@ -127,8 +127,14 @@ def test_stage_trains_lora_and_prefix_logs_held_out_and_checkpoints(base, tmp_pa
     )  # LoRA B moved off zero: it learned
     assert all("language_model" in k for k in lora)  # LoRA only on the LM
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
-    held = [r for r in history if "val_loss" in r]
-    assert [r["step"] for r in held] == [2, 4] and all(isinstance(r["sample"], str) for r in held)
+    held = [r for r in history if "eval_loss" in r]
+    samples = [r for r in history if "sample" in r]
+    assert [r["step"] for r in held] == [2, 4] and all(r["eval_loss"] > 0 for r in held)
+    assert [r["step"] for r in samples] == [2, 4] and all(isinstance(r["sample"], str) for r in samples)
+    assert {r["sample_id"] for r in samples} == {"4_1"}  # the first held-out slide
+    checkpoint = out / "checkpoint-2"
+    assert (checkpoint / "clipcap_prefix.safetensors").is_file() and (checkpoint / "optimizer.pt").is_file()
+    assert not (checkpoint / "model.safetensors").exists()  # never the frozen base
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     meta = json.loads((out / "thinchat_checkpoint.json").read_text())
     assert meta["stage"] == "clipcap" and (out / meta["base_model"]).resolve() == base.resolve()
@@ -172,7 +178,11 @@ def test_frozen_lm_mode_and_config_errors(base, tmp_path):
 
     data = clipcap_dir(tmp_path / "train", 3)
     before = load_file(str(base / "model.safetensors"))
-    assert train(base, data, tmp_path / "frozen", "max_steps=2", "lora=false") == 0
+    assert (
+        train(base, data, tmp_path / "frozen", "max_steps=2", "lora=false", "gradient_accumulation_steps=2")
+        == 0
+    )
+    assert json.loads((tmp_path / "frozen" / "trainer_state.json").read_text())["global_step"] == 2
     assert not (tmp_path / "frozen" / "adapter_config.json").exists()
     assert all(torch.equal(v, load_file(str(base / "model.safetensors"))[k]) for k, v in before.items())
     with pytest.raises(ConfigError, match="import-clipcap` wrote"):
@@ -192,26 +202,19 @@ def test_frozen_lm_mode_and_config_errors(base, tmp_path):
 
 def test_head_only_on_answer_positions_gives_the_full_loss(base, tmp_path):
     """The stage's loss (LM head on labelled positions only) equals the plain full-logits loss."""
-    from thinchat.clipcap.data import collate, encode_samples
-    from thinchat.clipcap.train import ClipCapRun, add_lora
+    from thinchat.clipcap.data import encode_samples
+    from thinchat.clipcap.train import ClipCapCollator, build_model, scored_forward
     from thinchat.train.config import load_train_config
-    from thinchat.train.stages import load_base
 
-    data = clipcap_dir(tmp_path / "train", 3)
-    config = load_train_config(YAML, [f"model={base}", f"data={data}", "val_data=null", "prefix_tokens=2"])
-    model, processor = load_base(config)
-    model.requires_grad_(False)
-    prefix = ClipCapPrefix(512, 32, 2)
-    run = ClipCapRun(add_lora(model, config), processor, prefix, config)
-    batch = collate(encode_samples(load_clipcap_dir(data), processor, 2), processor.tokenizer.pad_token_id)
-    run.model.eval()
+    data = load_clipcap_dir(clipcap_dir(tmp_path / "train", 3))
+    config = load_train_config(
+        YAML, [f"model={base}", f"data={data.directory}", "val_data=null", "prefix_tokens=2"]
+    )
+    model, processor = build_model(config, data)
+    batch = ClipCapCollator(processor.tokenizer.pad_token_id)(encode_samples(data, processor, 2))
+    model.eval()
     with torch.no_grad():
-        fast = run.loss(batch)
-        full = run.adapter(
-            pixel_values=batch["embeddings"],
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            labels=batch["labels"],
-        )
+        fast = scored_forward(model, batch).loss
+        full = model(**batch)
     assert full.logits.shape[1] == batch["input_ids"].shape[1]  # the plain call scores every position
     torch.testing.assert_close(fast, full.loss)

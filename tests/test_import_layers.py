@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 #: layer -> (name, paths). A module belongs to the longest path that contains it; a folder ends in "/".
 #: thinchat/model/ is layer 2 but for two files: chat_templates.py imports nothing of ours and core's
 #: generation.py renders with it (layer 1); loading.py dispatches to the ClipCap loader (layer 3), so it
-#: is the chat engine's (layer 4). thinchat/clipcap/ is layer 3 but for its training loop, train.py,
-#: which checkpoints and sets up the LM as every stage does (thinchat/train/), so it is training's (layer 5).
+#: is the chat engine's (layer 4). thinchat/clipcap/ is layer 3 but for its training, train.py, which runs
+#: on thinchat/train/'s trainer and checkpoints, so it is training's (layer 5).
 #: docs/architecture.md lists the same paths in its layer table (checked below).
 LAYERS: dict[int, tuple[str, tuple[str, ...]]] = {
     1: (

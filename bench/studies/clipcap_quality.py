@@ -169,7 +169,7 @@ def main() -> int:
     else:
         result["train"] = json.loads((args.work / "train_time.json").read_text(encoding="utf-8"))
     history = json.loads((run_dir / "trainer_state.json").read_text(encoding="utf-8"))["log_history"]
-    result["held_out_log"] = [r for r in history if "val_loss" in r]
+    result["held_out_log"] = [r for r in history if "eval_loss" in r or "sample" in r]
     if args.train_only:
         print(json.dumps(result, indent=1, ensure_ascii=False))
         return 0

@@ -11,7 +11,8 @@ frozen LM) plus a prefix mapping from one pooled image embedding to ``k`` LM inp
   ``thinchat caption`` drive it through their one generation path;
 * :mod:`thinchat.clipcap.train`: the ``clipcap`` training stage (``thinchat train``), which the stage
   dispatch (``thinchat.train.stages``) reaches with one import. It alone builds on ``thinchat.train``
-  (checkpoints, LoRA targets), so the layer table places it with training; nothing here imports it.
+  (the shared trainer, checkpoints, LoRA targets), so the layer table places it with training; nothing
+  else here imports it.
 """
 
 from thinchat.clipcap.prefix import PREFIX_CONFIG, PREFIX_WEIGHTS, ClipCapPrefix, is_clipcap_dir

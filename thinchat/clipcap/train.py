@@ -8,20 +8,22 @@ also fine-tunes its GPT-2 (its "finetune" mode): a frozen LM behind a 10-token p
 ``mm_encoder_outputs``, the same hook the chat engine and ``thinchat eval`` use, so training and
 generation run the one path (``thinchat.clipcap.model.ClipCapModel``).
 
-The loop is small and explicit (the HF Trainer would save the frozen base with every checkpoint):
-the LM head runs only where a label is (``logits_only_where_scored``), the labels cover the
-end-of-turn token (generation stops there), ``checkpoint-N`` directories follow
-``thinchat.train.checkpoints`` (completion marker, rotation, ``--resume``), and every ``eval_steps``
-the held-out loss and one greedy sample are logged.
+Why on the shared ``ThinchatTrainer`` (``thinchat.train.trainer``), with the training arguments every
+stage gets: checkpoints with optimizer, scheduler and RNG state, their completion marker, rotation and
+full-disk message, an exact ``--resume``, the progress bar, the logs and ``time_budget_s`` are then the
+other stages' own. ``ClipCapTrainer`` changes only what Trainer cannot know: the model is a
+``ClipCapModel`` (the Llava, LoRA-wrapped or frozen, plus a prefix outside it), which Trainer would save
+whole (the frozen base in every checkpoint), so it writes and reads the prefix and the adapter itself;
+the prefix trains at ``projector_lr``; the LM head runs only where a label is
+(``logits_only_where_scored``; the labels cover the end-of-turn token, where generation stops); and
+every evaluation (``eval_steps``) also logs one greedy answer for the first held-out slide.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
-import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +34,16 @@ from thinchat.clipcap.model import ClipCapModel
 from thinchat.clipcap.prefix import ClipCapPrefix
 from thinchat.errors import ConfigError, DataFormatError
 from thinchat.train import checkpoints
+from thinchat.train.trainer import ThinchatTrainer, logits_only_where_scored
 
 log = logging.getLogger(__name__)
 
-OPTIMIZER_STATE = "optimizer.safetensors"
 TRAINER_STATE = "trainer_state.json"
 
 
 def prefix_inputs_embeds(
     model: Any, prefix: ClipCapPrefix, input_ids: torch.Tensor, embeddings: torch.Tensor
-):
+) -> torch.Tensor:
     """``inputs_embeds`` with the prefix output at the ``<image>`` tokens (k per embedding)."""
     from thinchat.train.embeds import scatter_image_embeds
 
@@ -78,141 +80,117 @@ def add_lora(model: Any, config: Any) -> Any:
     return get_peft_model(model, lora)
 
 
-def save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
-    """AdamW state as safetensors (``state.<param index>.<name>``); the hyper-parameters come from the config."""
-    from safetensors.torch import save_file
+def build_model(config: Any, train_data: ClipCapData) -> tuple[ClipCapModel, Any]:
+    """The frozen base (LoRA on its LM unless ``lora: false``) and a new prefix centred on the training
+    embeddings, as one ``ClipCapModel``; with the base's processor."""
+    from thinchat.generation import stop_token_ids
+    from thinchat.train.model_setup import load_base_dir
 
-    tensors = {
-        f"state.{index}.{name}": value.detach().reshape(-1)
-        if value.dim() == 0
-        else value.detach().contiguous()
-        for index, state in optimizer.state_dict()["state"].items()
-        for name, value in state.items()
-        if isinstance(value, torch.Tensor)
-    }
-    save_file(tensors, str(path))
-
-
-def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    reference = optimizer.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in load_file(str(path)).items():
-        _, index, name = key.split(".", 2)
-        state.setdefault(int(index), {})[name] = value.reshape(()) if name == "step" else value
-    optimizer.load_state_dict({"state": state, "param_groups": reference["param_groups"]})
+    model, processor = load_base_dir(config.model, dtype=torch.float32)
+    model.requires_grad_(False)
+    hidden = model.get_input_embeddings().weight.shape[1]
+    prefix = ClipCapPrefix(
+        train_data.width, hidden, config.prefix_tokens, config.encoder or train_data.encoder
+    )
+    prefix.set_input_stats(torch.stack([t.reshape(-1) for t in train_data.embeddings.values()]))
+    if config.lora:
+        model = add_lora(model, config)
+    return ClipCapModel(model, prefix, stop_token_ids(model, processor.tokenizer)), processor
 
 
-class ClipCapRun:
-    """One training run: model, prefix, optimizer, data order and the checkpoint files."""
+def scored_forward(model: ClipCapModel, batch: dict[str, torch.Tensor]) -> Any:
+    """``model``'s outputs on ``batch`` with the LM head only where a label is: the same loss as scoring
+    every position, at a fraction of the head's cost (on a 262k vocabulary the head is most of a step)."""
+    return model(**logits_only_where_scored(batch))
 
-    def __init__(self, model: Any, processor: Any, prefix: ClipCapPrefix, config: Any) -> None:
-        from transformers import get_scheduler
 
-        self.model, self.processor, self.prefix, self.config = model, processor, prefix, config
-        trained = [p for p in model.parameters() if p.requires_grad]
-        groups = [{"params": list(prefix.parameters()), "lr": config.projector_lr or config.learning_rate}]
-        if trained:
-            groups.append({"params": trained, "lr": config.learning_rate})
-        self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-        self.scheduler = get_scheduler(
-            config.lr_scheduler_type,
-            self.optimizer,
-            num_warmup_steps=math.ceil(config.warmup_ratio * config.max_steps),
-            num_training_steps=config.max_steps,
-        )
-        self.step = 0
-        self.history: list[dict[str, Any]] = []
-        from thinchat.generation import stop_token_ids
+@dataclass
+class ClipCapCollator:
+    """``collate``'s batch with the embeddings as ``pixel_values``, the keyword ``ClipCapModel`` reads."""
 
-        self.adapter = ClipCapModel(model, prefix, stop_token_ids(model, processor.tokenizer))
+    pad_token_id: int
 
-    # ----- data order: epoch e is a shuffle seeded by (seed, e), so a resume continues it exactly ----
-    def batch_indices(self, step: int, n: int) -> list[int]:
-        size = self.config.per_device_train_batch_size
-        per_epoch = max(1, math.ceil(n / size))
-        epoch, position = divmod(step, per_epoch)
-        order = list(range(n))
-        random.Random(f"{self.config.seed}:{epoch}").shuffle(order)
-        return order[position * size : (position + 1) * size]
+    def __call__(self, samples: list[ClipCapSample]) -> dict[str, torch.Tensor]:
+        batch = collate(samples, self.pad_token_id)
+        batch["pixel_values"] = batch.pop("embeddings")
+        return batch
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        from thinchat.train.trainer import logits_only_where_scored
 
-        device = self.adapter.device
-        inputs = logits_only_where_scored(
-            {key: batch[key].to(device) for key in ("input_ids", "attention_mask", "labels")}
-        )
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(self.config.bf16)):
-            return self.adapter(pixel_values=batch["embeddings"].to(device), **inputs).loss
+class ClipCapTrainer(ThinchatTrainer):
+    """``ThinchatTrainer`` on a ``ClipCapModel``: prefix + adapter checkpoints, the prefix at
+    ``projector_lr``, the LM head only on labels, and a greedy answer logged with every evaluation."""
 
-    def train_step(self, samples: list[ClipCapSample], pad: int) -> float:
-        batch = collate([samples[i] for i in self.batch_indices(self.step, len(samples))], pad)
-        self.model.train()
-        loss = self.loss(batch)
-        loss.backward()
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        return float(loss.detach())
+    projector_key = "prefix."
 
-    @torch.no_grad()
-    def held_out(self, samples: list[ClipCapSample], pad: int) -> dict[str, Any]:
-        """Mean loss over ``samples`` and one greedy answer for the first, for the log."""
-        self.model.eval()
-        size = self.config.per_device_eval_batch_size
-        losses = [
-            float(self.loss(collate(samples[i : i + size], pad))) * len(samples[i : i + size])
-            for i in range(0, len(samples), size)
-        ]
-        first = samples[0]
-        prompt = [t if lab == -100 else None for t, lab in zip(first.input_ids, first.labels, strict=True)]
-        cut = prompt.index(None) if None in prompt else len(prompt)
-        ids = torch.tensor([first.input_ids[:cut]], device=self.adapter.device)
-        out = self.adapter.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            pixel_values=first.embedding[None].to(self.adapter.device),
-            max_new_tokens=self.config.sample_max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-            eos_token_id=self.adapter.stop_ids or None,
-        )
-        text = self.processor.tokenizer.decode(out[0, cut:], skip_special_tokens=True).strip()
-        return {"val_loss": round(sum(losses) / len(samples), 4), "sample_id": first.id, "sample": text}
+    def __init__(
+        self, *args: Any, sample: ClipCapSample | None = None, sample_max_new_tokens: int = 96, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        #: the held-out slide answered (greedily) at every evaluation, for the log
+        self.sample = sample
+        self.sample_max_new_tokens = sample_max_new_tokens
+        self.model_accepts_loss_kwargs = False  # the loss is each batch's mean: Trainer scales it
 
-    # ----- checkpoints ----------------------------------------------------------------------------
-    def save(self, directory: Path, with_state: bool) -> None:
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        """The batch's mean loss, the LM head run only where a label is (``scored_forward``)."""
+        outputs = scored_forward(model, inputs)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+        """The prefix, the LoRA adapter (none in frozen-LM mode) and the processor; never the base."""
+        if not self.args.should_save:
+            return
+        directory = Path(output_dir or self.args.output_dir)
         directory.mkdir(parents=True, exist_ok=True)
-        self.prefix.save(directory)
-        if hasattr(self.model, "peft_config"):
-            self.model.save_pretrained(str(directory))
-        if with_state:
-            save_optimizer(self.optimizer, directory / OPTIMIZER_STATE)
-            from safetensors.torch import save_file
+        self.model.prefix.save(directory)
+        if hasattr(self.model.llava, "peft_config"):
+            self.model.llava.save_pretrained(str(directory))
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(str(directory))
 
-            save_file({"torch": torch.get_rng_state()}, str(directory / "rng_state.safetensors"))
-            checkpoints.write_json_atomic(
-                directory / TRAINER_STATE, {"global_step": self.step, "log_history": self.history}
-            )
-
-    def load(self, directory: Path) -> None:
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        """Read back what ``_save`` wrote; Trainer then restores the optimizer, schedule and RNG."""
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        self.prefix.load_state_dict(ClipCapPrefix.load(directory).state_dict())
-        if hasattr(self.model, "peft_config"):
-            set_peft_model_state_dict(self.model, load_file(str(directory / "adapter_model.safetensors")))
-        load_optimizer(self.optimizer, directory / OPTIMIZER_STATE)
-        state = json.loads((directory / TRAINER_STATE).read_text(encoding="utf-8"))
-        self.step, self.history = int(state["global_step"]), list(state["log_history"])
-        for _ in range(self.step):  # the schedule is a pure function of the step
-            self.scheduler.step()
-        torch.set_rng_state(load_file(str(directory / "rng_state.safetensors"))["torch"])
+        model = model if model is not None else self.model
+        directory = Path(resume_from_checkpoint)
+        model.prefix.load_state_dict(ClipCapPrefix.load(directory).state_dict())
+        if hasattr(model.llava, "peft_config"):
+            set_peft_model_state_dict(model.llava, load_file(str(directory / "adapter_model.safetensors")))
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """The held-out loss (Trainer's ``eval_loss``), then one greedy answer in the log beside it."""
+        metrics = super().evaluate(*args, **kwargs)
+        if self.sample is not None:
+            answer = self.greedy_answer(self.sample)
+            step = self.state.global_step
+            self.state.log_history.append({"sample_id": self.sample.id, "sample": answer, "step": step})
+            log.info("step %d: held-out loss %.4f; sample %s: %r", step,
+                     metrics.get("eval_loss", float("nan")), self.sample.id, answer)  # fmt: skip
+        return metrics
+
+    @torch.no_grad()
+    def greedy_answer(self, sample: ClipCapSample) -> str:
+        """The model's greedy answer to ``sample``'s prompt (its tokens before the first label)."""
+        model = self.model
+        model.eval()
+        prompt = [t if lab == -100 else None for t, lab in zip(sample.input_ids, sample.labels, strict=True)]
+        cut = prompt.index(None) if None in prompt else len(prompt)
+        ids = torch.tensor([sample.input_ids[:cut]], device=model.device)
+        tokenizer = self.processing_class.tokenizer
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            pixel_values=sample.embedding[None].to(model.device),
+            max_new_tokens=self.sample_max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+        )
+        return tokenizer.decode(out[0, cut:], skip_special_tokens=True).strip()
 
 
 def run_fingerprint(config: Any, width: int) -> dict[str, Any]:
@@ -221,14 +199,11 @@ def run_fingerprint(config: Any, width: int) -> dict[str, Any]:
     return {**current, "lora": config.lora, "prefix_tokens": config.prefix_tokens, "embed_dim": width}
 
 
-def train_clipcap(config: Any, resume: str | bool | None = None) -> list[float]:
-    """Run the stage for ``config`` (a ``ClipCapStageConfig``); writes ``output_dir``, returns the losses."""
-    from tqdm import tqdm
-
-    from thinchat.train.config import config_dict
-    from thinchat.train.model_setup import load_base_dir
-    from thinchat.train.trainer import cpu_settings
-
+def _plan(
+    config: Any, resume: str | bool | None
+) -> tuple[Path, str | None, dict[str, Any], ClipCapData, ClipCapData | None]:
+    """The run directory, the checkpoint to resume (None: a fresh run), the fingerprint and the data;
+    all checked before any model loads. A fresh run never overwrites another run's checkpoints."""
     output_dir = Path(config.output_dir)
     if isinstance(resume, str) and resume and resume != "auto":
         resumed = Path(resume)
@@ -245,67 +220,66 @@ def train_clipcap(config: Any, resume: str | bool | None = None) -> list[float]:
             f"{output_dir} already holds checkpoints of a run: add --resume to continue it, "
             "or choose another output_dir"
         )
-    cpu_settings(config)
-    torch.manual_seed(config.seed)
-    model, processor = load_base_dir(config.model, dtype=torch.float32)
-    model.requires_grad_(False)
-    hidden = model.get_input_embeddings().weight.shape[1]
-    prefix = ClipCapPrefix(
-        train_data.width, hidden, config.prefix_tokens, config.encoder or train_data.encoder
-    )
-    prefix.set_input_stats(torch.stack([t.reshape(-1) for t in train_data.embeddings.values()]))
-    device = torch.device("cuda" if torch.cuda.is_available() and not config.cpu else "cpu")
-    model, prefix = model.to(device), prefix.to(device)
-    if config.lora:
-        model = add_lora(model, config)
-    run = ClipCapRun(model, processor, prefix, config)
+    return output_dir, resume_from, current, train_data, val_data
+
+
+def _trainer(
+    config: Any,
+    model: ClipCapModel,
+    processor: Any,
+    data: tuple[ClipCapData, ClipCapData | None],
+    output_dir: Path,
+) -> ClipCapTrainer:
+    """The stage's ``ClipCapTrainer`` on the encoded samples, with every stage's arguments and callbacks."""
+    from thinchat.train.trainer import add_callbacks, step_budget, training_arguments
+
+    train = encode_samples(data[0], processor, config.prefix_tokens)
+    val = encode_samples(data[1], processor, config.prefix_tokens) if data[1] is not None else []
     tokenizer = processor.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train = encode_samples(train_data, processor, config.prefix_tokens)
-    val = encode_samples(val_data, processor, config.prefix_tokens) if val_data else []
+    budget = step_budget(config)
+    trainer = ClipCapTrainer(
+        model=model,
+        args=training_arguments(config, output_dir, bool(val)),
+        train_dataset=train,
+        eval_dataset=val or None,
+        data_collator=ClipCapCollator(pad),
+        processing_class=processor,
+        projector_lr=config.projector_lr,
+        keep_checkpoints=config.save_total_limit,
+        step_budget=budget,
+        sample=val[0] if val else None,
+        sample_max_new_tokens=config.sample_max_new_tokens,
+    )
+    add_callbacks(trainer, budget, output_dir)
+    return trainer
+
+
+def train_clipcap(config: Any, resume: str | bool | None = None) -> list[float]:
+    """Run the stage for ``config`` (a ``ClipCapStageConfig``); writes ``output_dir``, returns the logged
+    training losses."""
+    from thinchat.train.config import config_dict
+    from thinchat.train.trainer import cpu_settings
+
+    output_dir, resume_from, current, train_data, val_data = _plan(config, resume)
+    cpu_settings(config)
+    torch.manual_seed(config.seed)  # the prefix and LoRA initialisation
+    model, processor = build_model(config, train_data)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if resume_from is not None:
-        run.load(Path(resume_from))
-        log.info("resumed %s at step %d", resume_from, run.step)
-    else:
+    if resume_from is None and checkpoints.is_main_process():
         checkpoints.write_json_atomic(
             output_dir / checkpoints.RUN_META, {**current, "config": config_dict(config)}
         )
-    losses: list[float] = []
-    eval_every = config.eval_steps or config.save_steps
-    with tqdm(total=config.max_steps, initial=run.step, desc="clipcap", unit="step") as bar:
-        while run.step < config.max_steps:
-            losses.append(run.train_step(train, pad))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            bar.update(1)
-            record: dict[str, Any] = {"step": run.step, "loss": round(losses[-1], 4)}
-            if val and (run.step % eval_every == 0 or run.step == config.max_steps):
-                record.update(run.held_out(val, pad))
-                log.info("step %d: held-out loss %.4f; sample %s: %r", run.step, record["val_loss"],
-                         record["sample_id"], record["sample"])  # fmt: skip
-            elif run.step % config.logging_steps == 0:
-                log.info("step %d: loss %.4f", run.step, losses[-1])
-            run.history.append(record)
-            if run.step % config.save_steps == 0 or run.step == config.max_steps:
-                save_checkpoint(run, output_dir)  # the last one too: a later run can extend max_steps
-    run.save(output_dir, with_state=False)
-    processor.save_pretrained(str(output_dir))
-    checkpoints.write_json_atomic(
-        output_dir / TRAINER_STATE, {"global_step": run.step, "log_history": run.history}
-    )
-    base_ref = os.path.relpath(Path(config.model).resolve(), output_dir.resolve())
-    checkpoints.write_json_atomic(
-        output_dir / "thinchat_checkpoint.json",
-        {"base_model": base_ref, "stage": config.stage, "config": config_dict(config)},
-    )
-    log.info("wrote the ClipCap model (%d prefix tokens%s) to %s", config.prefix_tokens,
-             ", LoRA" if config.lora else "", output_dir)  # fmt: skip
-    return losses
-
-
-def save_checkpoint(run: ClipCapRun, output_dir: Path) -> None:
-    """``checkpoint-N``: prefix, adapter, optimizer, RNG and log; complete once the marker is written."""
-    directory = output_dir / f"checkpoint-{run.step}"
-    run.save(directory, with_state=True)
-    checkpoints.mark_complete(directory, run.step)
-    checkpoints.rotate(output_dir, run.config.save_total_limit)
+    trainer = _trainer(config, model, processor, (train_data, val_data), output_dir)
+    trainer.train(resume_from_checkpoint=resume_from)
+    if trainer.args.should_save:
+        trainer.save_model(str(output_dir))  # prefix, adapter, processor
+        trainer.state.save_to_json(str(output_dir / TRAINER_STATE))
+        base_ref = os.path.relpath(Path(config.model).resolve(), output_dir.resolve())
+        checkpoints.write_json_atomic(
+            output_dir / "thinchat_checkpoint.json",
+            {"base_model": base_ref, "stage": config.stage, "config": config_dict(config)},
+        )
+        log.info("wrote the ClipCap model (%d prefix tokens%s) to %s", config.prefix_tokens,
+                 ", LoRA" if config.lora else "", output_dir)  # fmt: skip
+    return [record["loss"] for record in trainer.state.log_history if "loss" in record]

@@ -287,7 +287,9 @@ class ClipCapStageConfig(TrainConfig):
     projector_lr: float | None = field(2e-3, help="prefix MLP learning rate (None: learning_rate)")
     max_steps: int = field(240, help="optimizer steps")
     per_device_train_batch_size: int = field(2, help="samples per step (small steps learn faster on CPU)")
-    gradient_accumulation_steps: int = field(1, help="must be 1: the stage steps once per batch")
+    gradient_accumulation_steps: int = field(
+        1, help="forward passes per optimizer step (small steps learn faster on CPU)"
+    )
     lora: bool = field(
         True, help="LoRA on the LM's linear layers (ThinGPT's finetune mode); false: frozen LM"
     )
@@ -313,8 +315,6 @@ class ClipCapStageConfig(TrainConfig):
             raise ConfigError(f"max_steps={self.max_steps}: the clipcap stage needs a positive step count")
         if self.rotations:
             raise ConfigError("rotations: true turns images; the clipcap stage reads stored embeddings")
-        if self.gradient_accumulation_steps != 1:
-            raise ConfigError("the clipcap stage steps once per batch: set gradient_accumulation_steps: 1")
         for key in ("data", "val_data"):
             value = getattr(self, key)
             if value and not Path(value).is_dir() and Path(value).suffix == ".json":

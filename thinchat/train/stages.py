@@ -41,7 +41,7 @@ def _on_gpu(config: TrainConfig) -> bool:
 class Stage:
     """The decisions of a stage trained by ``ThinchatTrainer``; each method gets the stage's config."""
 
-    #: False for a stage with its own training loop (:meth:`train`).
+    #: False for a stage that builds its own data and trainer (:meth:`train`), as ``clipcap`` does.
     uses_trainer = True
 
     def check(self, config: TrainConfig) -> None:
@@ -83,7 +83,7 @@ class Stage:
         processor.save_pretrained(str(output_dir))
 
     def train(self, config: TrainConfig, resume: str | bool | None) -> Path:
-        """A stage's own loop (only where :attr:`uses_trainer` is False)."""
+        """A stage's own data and trainer (only where :attr:`uses_trainer` is False)."""
         raise NotImplementedError(f"stage {config.stage} trains with ThinchatTrainer")
 
 
