@@ -171,6 +171,22 @@ def test_resume_continues_exactly(base, tmp_path):
             ],
         )
         train_clipcap(config, resume=True)
+    # A checkpoint of the earlier hand-written loop (optimizer state in safetensors) is refused by name.
+    old = tmp_path / "cut" / "checkpoint-4"
+    (old / "optimizer.pt").rename(old / "optimizer.safetensors")
+    config = load_train_config(
+        YAML,
+        [
+            f"model={base}",
+            f"data={data}",
+            f"output_dir={tmp_path / 'cut'}",
+            "prefix_tokens=2",
+            "max_steps=6",
+            "val_data=null",
+        ],
+    )
+    with pytest.raises(ConfigError, match="earlier thinchat"):
+        train_clipcap(config, resume=str(old))
 
 
 def test_frozen_lm_mode_and_config_errors(base, tmp_path):

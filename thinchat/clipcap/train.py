@@ -157,6 +157,12 @@ class ClipCapTrainer(ThinchatTrainer):
 
         model = model if model is not None else self.model
         directory = Path(resume_from_checkpoint)
+        if (directory / "optimizer.safetensors").is_file() and not (directory / "optimizer.pt").is_file():
+            raise ConfigError(
+                f"{directory} was written by the clipcap loop of an earlier thinchat, whose optimizer state "
+                "the Trainer cannot read; start a fresh run in a new output_dir (its prefix.safetensors and "
+                "adapter are plain safetensors files you can keep)"
+            )
         model.prefix.load_state_dict(ClipCapPrefix.load(directory).state_dict())
         if hasattr(model.llava, "peft_config"):
             set_peft_model_state_dict(model.llava, load_file(str(directory / "adapter_model.safetensors")))
