@@ -84,6 +84,19 @@ def test_evaluate_two_checkpoints_writes_everything_deterministically(tmp_path, 
     assert (out / "report.json").read_bytes() == (tmp_path / "out2" / "report.json").read_bytes()
 
 
+def test_look_first_only_for_the_named_checkpoints(tmp_path, checkpoints):
+    data = make_test_set(tmp_path / "data")
+    kwargs = {"batch_size": 2, "max_new_tokens": 4, "meteor": "nltk", "device": "cpu"}
+    report = evaluate(checkpoints, data, tmp_path / "out", look_first=("tuned",), **kwargs)
+    base, tuned = (report["question_following"][n]["all"] for n in ("base", "tuned"))
+    assert base["n_yes"] == tuned["n_yes"] > 0  # both asked the same questions directly
+    assert base.get("followup_yes_no_accuracy") is None and tuned["followup_yes_no_accuracy"] is not None
+    rows = (tmp_path / "out" / "questions_base.jsonl").read_text(encoding="utf-8").splitlines()
+    assert all(json.loads(r).get("followup_answer") is None for r in rows)
+    markdown = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "| base | tuned |" in markdown and "looking first" in markdown
+
+
 def test_bad_checkpoint_fails_before_generation(tmp_path, checkpoints):
     data = make_test_set(tmp_path / "data")
     with pytest.raises(ModelSpecError, match="checkpoint directory not found"):

@@ -295,7 +295,7 @@ def _evaluate_checkpoints(
             config.reliance_samples,
             config.question_probes,
             config.text_only_ratio,
-            "look_first",  # the report asks its questions as every interface does
+            "look_first=finetuned",  # asked as every interface asks them; the base model only directly
         ),
         report_dir / "report.json",
         lambda _: evaluate(
@@ -308,6 +308,7 @@ def _evaluate_checkpoints(
             reliance_samples=config.reliance_samples,
             question_probes=config.question_probes,
             text_data=replay.with_name(f"{replay.stem}_heldout.json") if config.text_only_ratio > 0 else None,
+            look_first=("finetuned",),
         ),
     )
     return json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
