@@ -145,3 +145,37 @@ def test_a_served_answer_equals_the_cli_demos_for_the_same_slide_and_question(li
     assert engine.description([Image.open(path / "slide1.png")], question) == cli["description"]
     # Asked without looking, the same question gets another answer (the description changed it).
     assert direct.json()["choices"][0]["message"]["content"].strip() != cli["answer"]
+
+
+def test_the_report_describes_its_slides_in_full_batches_before_the_questions(
+    lively_engine, tmp_path, monkeypatch
+):
+    """Questions come slide by slide; the report's looking-first pass describes batch_size slides at a
+    time first instead of the few new slides of each batch of questions."""
+    from thinchat.engine import ChatEngine
+    from thinchat.eval import runner
+    from thinchat.evalsample import EvalSample
+    from thinchat.generation import GenerationSettings
+    from thinchat.testing import tiny_image
+
+    path, _ = lively_engine
+    for i in range(3):
+        tiny_image(20 + i).save(tmp_path / f"s{i}.png")
+    samples = [
+        EvalSample(f"s{i}-{q}", [tmp_path / f"s{i}.png"], [], f"<image>\n{q}", ["Yes."], "en", [f"s{i}"])
+        for i in range(3)
+        for q in ("Is there quartz?", "Is there calcite?")
+    ]
+
+    def prompts_per_generate_call() -> list[int]:
+        engine = ChatEngine.from_pretrained(path, settings=GenerationSettings(max_new_tokens=8))
+        sizes, generate = [], engine.generate_batch
+        engine.generate_batch = lambda m, i, *a, **k: sizes.append(len(m)) or generate(m, i, *a, **k)
+        answers = runner.generate_for_samples(engine, samples, 3, 4, look_first=True)
+        assert sorted(answers) == sorted(s.id for s in samples)
+        return sizes
+
+    # the 3 descriptions in one batch, then the 6 questions in 2 batches of 3
+    assert prompts_per_generate_call() == [3, 3, 3]
+    monkeypatch.setattr(runner, "describe_slides_first", lambda *args: None)
+    assert prompts_per_generate_call() == [2, 3, 1, 3]  # slides s0, s1, then s2 as their questions come
