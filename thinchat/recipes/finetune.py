@@ -84,6 +84,11 @@ class FinetuneConfig(CommonRecipeConfig):
     )
     vision: str = field("dinov2-small", help="vision tower spec (preset, directory or hub id)")
     image_size: int = field(84, help="input resolution (a multiple of 14 for DINOv2)")
+    pixel_shuffle: int = field(
+        1,
+        help="fold each NxN block of the tower's patches into one image token (thinchat build "
+        "--pixel-shuffle): 168 px with 2 costs the LM what 84 px costs (docs/experiments.md); 1: off",
+    )
     feature_layer: int = field(8, help="tower hidden layer fed to the projector (thinchat build)")
     hardware: Literal["auto", "cpu", "gpu"] = field(
         "auto", help="which recipe: cpu (budget configs) or gpu (LLaVA configs, bf16); auto: what is found"

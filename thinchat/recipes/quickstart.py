@@ -33,8 +33,14 @@ class QuickstartConfig(CommonRecipeConfig):
     out: str = field("checkpoints/demo", help="where models, data and the report go")
     vision: str = field("dinov2-small", help="vision tower spec")
     image_size: int = field(
-        84,
-        help="input resolution; 84 px = 36 DINOv2 tokens per view (why this size: docs/experiments.md)",
+        168,
+        help="input resolution; 168 px = 144 DINOv2 patches per view, 36 LM tokens after pixel_shuffle 2 "
+        "(why this size: docs/experiments.md)",
+    )
+    pixel_shuffle: int = field(
+        2,
+        help="fold each NxN block of the tower's patches into one image token (thinchat build "
+        "--pixel-shuffle): 168 px with 2 costs the LM what 84 px costs (docs/experiments.md); 1: off",
     )
     feature_layer: int = field(
         8,

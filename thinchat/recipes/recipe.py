@@ -101,11 +101,6 @@ class CommonRecipeConfig:
     """
 
     llm: str = field("", help="LM spec (default: smollm2-135m-instruct for en, gemma3-270m for zh)")
-    pixel_shuffle: int = field(
-        1,
-        help="fold each NxN block of the tower's patches into one image token (thinchat build "
-        "--pixel-shuffle): 168 px with 2 costs the LM what 84 px costs (docs/experiments.md); 1: off",
-    )
     max_tiles: int = field(
         0,
         help="show each image larger than the tower's input as a global view plus up to N tiles (thinchat "
