@@ -19,11 +19,22 @@ DEFAULT_SAMPLES = 16
 
 
 def answer_loss(model: Any, processor: Any, messages: list[dict], images: list[Any]) -> tuple[float, int]:
-    """Summed negative log-likelihood of the assistant tokens, and how many there are."""
+    """Summed negative log-likelihood of the assistant tokens, and how many there are.
+
+    A checkpoint built with tiles (:mod:`thinchat.model.tiling`) is shown each image as its global
+    view and tiles, as the chat engine and training show it.
+    """
     import torch
 
+    from thinchat.model.tiling import expand_tiles, max_tiles_of
     from thinchat.train.dataset import IGNORE_INDEX, tokenize_messages
 
+    max_tiles = max_tiles_of(getattr(model, "config", None))
+    if max_tiles > 1 and images:
+        from thinchat.model.compose import input_size
+
+        tile_size = max(input_size(processor.image_processor))
+        messages, images = expand_tiles(messages, images, max_tiles, tile_size)
     encoded = tokenize_messages(processor, messages, images)
     device = next(model.parameters()).device
     input_ids = torch.tensor([encoded["input_ids"]], device=device)
