@@ -86,10 +86,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def load_lora_model(model_dir: str, lora_r: int, base_dtype: str = "float32"):
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=getattr(torch, base_dtype))
-    processor = AutoProcessor.from_pretrained(model_dir)
+    from thinchat.model.loading import load_pretrained
+
+    # thinchat's loader: a pixel-shuffled checkpoint (the quickstart's) is not a plain transformers Llava
+    model, processor = load_pretrained(model_dir, dtype=getattr(torch, base_dtype), clipcap=False)
     model.model.vision_tower.requires_grad_(False)
     targets = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
     config = LoraConfig(
