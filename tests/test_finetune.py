@@ -91,6 +91,7 @@ def test_finetune_end_to_end_then_reuses_every_step(parts, tmp_path, capsys):
     assert (out / "lora" / "adapter_config.json").is_file()
     state = json.loads((out / "finetune_state.json").read_text())
     assert {"convert", "build", "stage 1 (projector)", "stage 2 (lora)", "evaluate"} <= set(state)
+    assert "tower" not in state and not (out / "tower").exists()  # captions: the tower stays frozen
 
     stamp = (out / "report" / "report.json").stat().st_mtime_ns
     assert main(argv) == 0  # nothing changed: every step is reused
@@ -166,10 +167,10 @@ def test_finetune_on_labels_reports_every_class_beside_the_probe(parts, tmp_path
     out = tmp_path / "mine"
     argv = [
         "finetune", "--labels", str(labels), "--images", str(images), "--out", str(out), "--vision", tower,
-        "--llm", lm, "--hardware", "cpu", "--threads", "1", *TINY, "tower_config=configs/tower_cpu.yaml",
+        "--llm", lm, "--hardware", "cpu", "--threads", "1", *TINY,
     ]  # fmt: skip
     assert main(argv) == 0
-    # Stage 0 adapted the tower on the classes and stage 1 started from it.
+    # Stage 0 (tower_config: auto, for labelled images) adapted the tower on the classes; stage 1 started from it.
     from safetensors.torch import load_file
 
     assert json.loads((out / "tower" / "tower_adaptation.json").read_text())["terms"] == [

@@ -49,6 +49,11 @@ class QuickstartConfig(CommonRecipeConfig):
     )
     n_slides: int = field(400, help="synthetic slides to generate (split 80/10/10 by slide)")
     synth_size: int = field(224, help="rendered slide size in pixels")
+    tower_config: str = field(
+        "",
+        help="tower adaptation before stage 1 (configs/tower_cpu.yaml: LoRA on the tower, merged); empty: "
+        "frozen (stage 0 costs the quickstart 462 s on 2 cores: docs/experiments.md)",
+    )
     projector_config: str = field("configs/demo_cpu_projector.yaml", help="stage-1 config")
     lora_config: str = field("configs/demo_cpu.yaml", help="stage-2 config")
     eval_limit: int = field(40, help="held-out slides scored in the report")

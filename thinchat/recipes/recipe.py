@@ -107,10 +107,6 @@ class CommonRecipeConfig:
         "build --max-tiles): up to (1+N)x the LM's image tokens; 0: off, as the CPU recipes run",
     )
     seed: int = field(0, help="seed for the data and the training runs")
-    tower_config: str = field(
-        "",
-        help="tower adaptation before stage 1 (configs/tower_cpu.yaml: LoRA on the tower, merged); empty: frozen",
-    )
     train_overrides: list[str] = field([], help="extra key=value overrides for both stages")
     max_new_tokens: int = field(160, help="answer length limit in the report")
     question_probes: int = question_probes_field()
