@@ -167,15 +167,18 @@ def test_the_report_describes_its_slides_in_full_batches_before_the_questions(
         for q in ("Is there quartz?", "Is there calcite?")
     ]
 
-    def prompts_per_generate_call() -> list[int]:
+    def prompts_per_generate_call(batch_size: int = 3) -> list[int]:
         engine = ChatEngine.from_pretrained(path, settings=GenerationSettings(max_new_tokens=8))
         sizes, generate = [], engine.generate_batch
         engine.generate_batch = lambda m, i, *a, **k: sizes.append(len(m)) or generate(m, i, *a, **k)
-        answers = runner.generate_for_samples(engine, samples, 3, 4, look_first=True)
+        answers = runner.generate_for_samples(engine, samples, batch_size, 4, look_first=True)
         assert sorted(answers) == sorted(s.id for s in samples)
         return sizes
 
     # the 3 descriptions in one batch, then the 6 questions in 2 batches of 3
     assert prompts_per_generate_call() == [3, 3, 3]
-    monkeypatch.setattr(runner, "describe_slides_first", lambda *args: None)
+    # at most batch_size slides a window (the engine keeps a bounded number of descriptions):
+    # s0 and s1 described, their 4 questions; then s2 described, its 2 questions
+    assert prompts_per_generate_call(2) == [2, 2, 2, 1, 2]
+    monkeypatch.setattr(runner, "describe_slides", lambda *args: None)
     assert prompts_per_generate_call() == [2, 3, 1, 3]  # slides s0, s1, then s2 as their questions come

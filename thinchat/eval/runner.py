@@ -77,39 +77,61 @@ def generate_for_samples(
     from thinchat.conversation import llava_to_messages
 
     answers: dict[str, str] = {}
-    if look_first:
-        describe_slides_first(engine, samples, batch_size)
+    windows = slide_windows(samples, batch_size) if look_first else [samples]
     with tqdm(total=len(samples), desc=desc, unit="sample") as bar:
-        for start in range(0, len(samples), batch_size):
-            batch = samples[start : start + batch_size]
-            images = [sample_inputs(s) for s in batch]
-            messages = [llava_to_messages(s.conversation()) for s in batch]
+        for window in windows:
             if look_first:
-                messages = engine.looked_batch(messages, images)
-            answers.update(_answers_that_fit(engine, batch, messages, images, max_new_tokens))
-            bar.update(len(batch))
+                describe_slides(engine, window)
+            for start in range(0, len(window), batch_size):
+                batch = window[start : start + batch_size]
+                images = [sample_inputs(s) for s in batch]
+                messages = [llava_to_messages(s.conversation()) for s in batch]
+                if look_first:
+                    messages = engine.looked_batch(messages, images)
+                answers.update(_answers_that_fit(engine, batch, messages, images, max_new_tokens))
+                bar.update(len(batch))
     return answers
 
 
-def describe_slides_first(engine: Any, samples: list[EvalSample], batch_size: int) -> None:
-    """Have ``engine`` keep the look-first description of every slide in ``samples``, generated
-    ``batch_size`` slides at a time.
+def _look_key(sample: EvalSample) -> tuple[str, ...]:
+    """What a look-first description depends on: the slide's images and the language asked in."""
+    from thinchat.chat.look import look_question
+
+    return (*map(str, sample.images), look_question(sample.question))
+
+
+def slide_windows(samples: list[EvalSample], n_slides: int) -> list[list[EvalSample]]:
+    """``samples`` cut, in order, into runs that each need at most ``n_slides`` look-first descriptions.
 
     Why: the questions come slide by slide (five or six each), so a batch of questions holds only a few
-    new slides, and describing them a few at a time took 175 s of the quickstart's report against about
-    40 s for the same 40 descriptions in full batches (2-core EPYC, 2026-12-07)."""
-    from thinchat.chat.look import look_question
+    new slides; describing a window's slides in one batch before its questions took the quickstart's
+    looking-first pass from 175 s to 109 s (2-core EPYC, 2026-12-07), and a window, unlike the whole
+    set, stays within the engine's kept descriptions (``LOOK_CACHE_SIZE``) however many slides there are.
+    """
+    windows: list[list[EvalSample]] = []
+    seen: set[tuple[str, ...]] = set()
+    for sample in samples:
+        key = _look_key(sample)
+        if key not in seen and len(seen) == n_slides:
+            seen = set()
+        if not seen:
+            windows.append([])
+        seen.add(key)
+        windows[-1].append(sample)
+    return windows
+
+
+def describe_slides(engine: Any, samples: list[EvalSample]) -> None:
+    """Have ``engine`` keep the look-first description of every slide in ``samples``, in one batch."""
     from thinchat.conversation import llava_to_messages
 
     firsts: dict[tuple[str, ...], EvalSample] = {}
     for sample in samples:
-        firsts.setdefault((*map(str, sample.images), look_question(sample.question)), sample)
+        firsts.setdefault(_look_key(sample), sample)
     slides = list(firsts.values())
-    for start in range(0, len(slides), batch_size):
-        batch = slides[start : start + batch_size]
-        engine.looked_batch(
-            [llava_to_messages(s.conversation()) for s in batch], [sample_inputs(s) for s in batch]
-        )
+    engine.looked_batch(
+        [llava_to_messages(s.conversation()) for s in slides], [sample_inputs(s) for s in slides]
+    )
 
 
 def _answers_that_fit(
