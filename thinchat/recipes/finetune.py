@@ -27,7 +27,9 @@ from thinchat.recipes.recipe import (
     chat_commands,
     config_path,
     fingerprint,
+    pixel_shuffle_field,
     run_recipe,
+    tower_config_field,
 )
 
 log = logging.getLogger(__name__)
@@ -88,19 +90,13 @@ class FinetuneConfig(CommonRecipeConfig):
     )
     vision: str = field("dinov2-small", help="vision tower spec (preset, directory or hub id)")
     image_size: int = field(84, help="input resolution (a multiple of 14 for DINOv2)")
-    pixel_shuffle: int = field(
-        1,
-        help="fold each NxN block of the tower's patches into one image token (thinchat build "
-        "--pixel-shuffle): 168 px with 2 costs the LM what 84 px costs (docs/experiments.md); 1: off",
-    )
+    pixel_shuffle: int = pixel_shuffle_field(1)
     feature_layer: int = field(8, help="tower hidden layer fed to the projector (thinchat build)")
     hardware: Literal["auto", "cpu", "gpu"] = field(
         "auto", help="which recipe: cpu (budget configs) or gpu (LLaVA configs, bf16); auto: what is found"
     )
-    tower_config: str = field(
-        "auto",
-        help="tower adaptation before stage 1 (configs/tower_cpu.yaml: LoRA on the tower, merged); empty: "
-        f"frozen; auto: {AUTO_TOWER} for labelled images, frozen for captions (docs/own-data.md)",
+    tower_config: str = tower_config_field(
+        "auto", f"auto: {AUTO_TOWER} for labelled images, frozen for captions (docs/own-data.md)"
     )
     projector_config: str = field("auto", help="stage-1 config (auto: by hardware)")
     lora_config: str = field("auto", help="stage-2 config (auto: by hardware)")

@@ -21,7 +21,9 @@ from thinchat.recipes.recipe import (
     CommonRecipeConfig,
     Steps,
     fingerprint,
+    pixel_shuffle_field,
     run_recipe,
+    tower_config_field,
 )
 
 log = logging.getLogger(__name__)
@@ -37,11 +39,7 @@ class QuickstartConfig(CommonRecipeConfig):
         help="input resolution; 168 px = 144 DINOv2 patches per view, 36 LM tokens after pixel_shuffle 2 "
         "(why this size: docs/experiments.md)",
     )
-    pixel_shuffle: int = field(
-        2,
-        help="fold each NxN block of the tower's patches into one image token (thinchat build "
-        "--pixel-shuffle): 168 px with 2 costs the LM what 84 px costs (docs/experiments.md); 1: off",
-    )
+    pixel_shuffle: int = pixel_shuffle_field(2)
     feature_layer: int = field(
         8,
         help="tower hidden layer fed to the projector (thinchat build --feature-layer); DINOv2-S middle "
@@ -49,10 +47,8 @@ class QuickstartConfig(CommonRecipeConfig):
     )
     n_slides: int = field(400, help="synthetic slides to generate (split 80/10/10 by slide)")
     synth_size: int = field(224, help="rendered slide size in pixels")
-    tower_config: str = field(
-        "",
-        help="tower adaptation before stage 1 (configs/tower_cpu.yaml: LoRA on the tower, merged); empty: "
-        "frozen (stage 0 costs the quickstart 462 s on 2 cores: docs/experiments.md)",
+    tower_config: str = tower_config_field(
+        "", "stage 0 costs the quickstart 462 s on 2 cores (docs/experiments.md)"
     )
     projector_config: str = field("configs/demo_cpu_projector.yaml", help="stage-1 config")
     lora_config: str = field("configs/demo_cpu.yaml", help="stage-2 config")

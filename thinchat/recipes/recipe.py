@@ -90,6 +90,24 @@ class RecipeSettings(Protocol):
     stage2_seconds: float
 
 
+def pixel_shuffle_field(default: int) -> Any:
+    """The ``pixel_shuffle`` key of both recipes: one help, each recipe its measured default."""
+    return field(
+        default,
+        help="fold each NxN block of the tower's patches into one image token (thinchat build "
+        "--pixel-shuffle): 168 px with 2 costs the LM what 84 px costs (docs/experiments.md); 1: off",
+    )
+
+
+def tower_config_field(default: str, default_note: str) -> Any:
+    """The ``tower_config`` key of both recipes: one help, each recipe its default and why."""
+    return field(
+        default,
+        help="tower adaptation before stage 1 (configs/tower_cpu.yaml: LoRA on the tower, merged); empty: "
+        f"frozen; {default_note}",
+    )
+
+
 @dataclass
 class CommonRecipeConfig:
     """The recipe keys ``QuickstartConfig`` and ``FinetuneConfig`` share with the same default and help.
