@@ -22,15 +22,13 @@ from thinchat.config import field
 from thinchat.errors import ConfigError
 from thinchat.recipes.recipe import (
     LANG_PRESETS,
-    CommonRecipeConfig,
     Steps,
     chat_commands,
     config_path,
     fingerprint,
-    pixel_shuffle_field,
     run_recipe,
-    tower_config_field,
 )
+from thinchat.recipes.settings import CommonRecipeConfig, pixel_shuffle_field, tower_config_field
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,11 @@ from typing import Any, Literal
 from thinchat.config import field
 from thinchat.recipes.recipe import (
     LANG_PRESETS,
-    CommonRecipeConfig,
     Steps,
     fingerprint,
-    pixel_shuffle_field,
     run_recipe,
-    tower_config_field,
 )
+from thinchat.recipes.settings import CommonRecipeConfig, pixel_shuffle_field, tower_config_field
 
 log = logging.getLogger(__name__)
 
