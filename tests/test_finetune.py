@@ -90,8 +90,10 @@ def test_finetune_end_to_end_then_reuses_every_step(parts, tmp_path, capsys):
     assert set(report["answer_diversity"]) == {"base", "finetuned"}
     assert (out / "lora" / "adapter_config.json").is_file()
     state = json.loads((out / "finetune_state.json").read_text())
-    assert {"convert", "build", "stage 1 (projector)", "stage 2 (lora)", "evaluate"} <= set(state)
-    assert "tower" not in state and not (out / "tower").exists()  # captions: the tower stays frozen
+    assert {"convert", "build", "tower", "stage 1 (projector)", "stage 2 (lora)", "evaluate"} <= set(state)
+    # tower_config: auto adapts the tower on the lexicon terms the captions name (quartz, calcite...).
+    adapted = json.loads((out / "tower" / "tower_adaptation.json").read_text())["terms"]
+    assert {"quartz", "calcite"} <= set(adapted)
 
     stamp = (out / "report" / "report.json").stat().st_mtime_ns
     assert main(argv) == 0  # nothing changed: every step is reused
@@ -103,11 +105,10 @@ def test_stage0_is_skipped_with_a_warning_where_no_caption_names_a_term(parts, t
     learn, so the recipe says so and goes on from the tower as built instead of failing."""
     tower, lm = parts
     captions, images = _slides(tmp_path, captions=["A dim slide.", "A bright slide.", "Grey and blurred."])
-    out = tmp_path / "plain"
+    out = tmp_path / "plain"  # tower_config: auto, as a user runs it
     argv = [
         "finetune", "--captions", str(captions), "--images", str(images), "--out", str(out), "--vision",
         tower, "--llm", lm, "--lang", "en", "--hardware", "cpu", "--threads", "1", *TINY,
-        "tower_config=configs/tower_cpu.yaml",
     ]  # fmt: skip
     caplog.set_level(logging.WARNING, logger="thinchat.recipes.recipe")
     assert main(argv) == 0
