@@ -246,3 +246,36 @@ def test_bad_settings_are_refused_up_front_with_the_valid_values(probe_data, mon
     )
     assert main([*args, "--max-tiles", ""]) == 2
     assert "--max-tiles: give at least one value" in capsys.readouterr().err
+
+
+def test_training_samples_are_seeded_nested_and_bounded():
+    from thinchat.eval.feature_probe import training_samples
+
+    samples = training_samples(10, [3, 6, 0])
+    assert [len(samples[n]) for n in (3, 6, 0)] == [3, 6, 10]
+    assert set(samples[3].tolist()) < set(samples[6].tolist()) < set(samples[0].tolist())
+    assert samples[6].tolist() == training_samples(10, [6])[6].tolist()  # the same rows every run
+    with pytest.raises(DataFormatError, match=r"train_slides \[11\]: the training set has 10 slides"):
+        training_samples(10, [4, 11])
+
+
+def test_probe_fits_on_each_sample_size_of_the_same_features(probe_data, tmp_path, monkeypatch, capsys):
+    """One row per training-sample size; the features are encoded once, the probe refitted on each
+    sample (fewer training slides, a different fit), and the count named in the row and the output."""
+    from thinchat.eval import feature_probe
+
+    root, train, test = probe_data
+    encoded = []
+    real = feature_probe.slide_features
+    monkeypatch.setattr(feature_probe, "slide_features", lambda *a, **k: encoded.append(1) or real(*a, **k))
+    out = tmp_path / "probe.json"
+    args = ["probe", "--train", str(train), "--test", str(test), "--vision", str(root / "tower")]
+    assert main([*args, "--sizes", "28", "--layers", "1", "--train-slides", "4,0", "--out", str(out)]) == 0
+    assert len(encoded) == 2  # train and test encoded once for both sample sizes
+    rows = json.loads(out.read_text())
+    assert [r["train_slides"] for r in rows] == [4, 16]
+    assert rows[0]["f1"] < rows[1]["f1"] == 1.0  # 4 slides miss minerals the 16 teach
+    assert "4 training slides" in capsys.readouterr().out
+    assert main([*args, "--sizes", "28", "--train-slides", "17"]) == 2
+    assert "the training set has 16 slides" in capsys.readouterr().err
+    assert main([*args, "--sizes", "28", "--train-slides=-1"]) == 2

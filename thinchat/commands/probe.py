@@ -43,6 +43,12 @@ class ProbeOptions:
         help="tiles, as thinchat build --max-tiles: each image as its global view plus up to N tiles cut "
         "by the model's own tiler, pooled per image over all its views, e.g. 0,4 (default 0: off)",
     )
+    train_slides: list[int] = field(
+        [0],
+        metavar="N[,N...]",
+        help="fit on a seeded sample of N training slides (0: all of them), e.g. 160,320,0: a ceiling "
+        "that still rises with N is limited by the data, not by the tower (default 0)",
+    )
     alpha: float = field(0.1, help="relative ridge penalty (default 0.1)")
     pool: Pool = field(
         "mean",
@@ -51,9 +57,11 @@ class ProbeOptions:
     )
 
     def validate(self) -> None:
-        for name in ("sizes", "layers", "pixel_shuffle", "max_tiles"):
+        for name in ("sizes", "layers", "pixel_shuffle", "max_tiles", "train_slides"):
             if not getattr(self, name):
                 raise ConfigError(f"--{name.replace('_', '-')}: give at least one value")
+        if any(n < 0 for n in self.train_slides):
+            raise ConfigError(f"--train-slides {self.train_slides}: counts are >= 0 (0: every slide)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -84,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         classes = f", class accuracy {r['class_accuracy']:.3f}" if "class_accuracy" in r else ""
         print(
             f"{r['vision']} {r['image_size']} px, pixel shuffle {r['pixel_shuffle']}, max tiles "
-            f"{r['max_tiles']} ({r['image_tokens']} image tokens per slide), layer {r['layer']}, {r['pool']}: "
+            f"{r['max_tiles']} ({r['image_tokens']} image tokens per slide), layer {r['layer']}, {r['pool']}, "
+            f"{r['train_slides']} training slides: "
             f"term F1 {r['f1']:.3f}, balanced yes/no {r['yes_no_accuracy']:.3f}{classes}"
         )
     if args.out:

@@ -17,6 +17,7 @@ images all take its first image's grid), each image's global view and tiles pool
 
 from __future__ import annotations
 
+import itertools
 import logging
 import typing
 from collections.abc import Sequence
@@ -285,6 +286,35 @@ def check_settings(
     return settings
 
 
+def training_samples(available: int, counts: Sequence[int], seed: int = 0) -> dict[int, Any]:
+    """Per requested count (0: all), the training rows a probe fits on: a seeded random sample, each
+    smaller sample inside the larger ones, so a row that rises with the count shows a ceiling set by the
+    data. A count over ``available`` is refused naming both."""
+    import torch
+
+    too_many = [n for n in counts if n > available]
+    if too_many:
+        raise DataFormatError(
+            f"train_slides {too_many}: the training set has {available} slides with images; "
+            f"give counts up to {available} (0: all)"
+        )
+    order = torch.randperm(available, generator=torch.Generator().manual_seed(seed))
+    return {n: order[: n or available].sort().values for n in counts}
+
+
+def _score(
+    features: dict, splits: dict, key: tuple[int, int], rows: Any, alpha: float, labelled: bool
+) -> dict:
+    """Term (and, for labelled slides, class) scores of a probe fitted on ``rows`` of the training set."""
+    train_x, test_x = features["train"][key][rows], features["test"][key]
+    train_terms = [splits["train"][1][i] for i in rows.tolist()]
+    scores = probe_terms(train_x, train_terms, test_x, splits["test"][1], alpha)
+    if labelled:
+        train_labels = [splits["train"][2][i] for i in rows.tolist()]
+        scores.update(probe_classes(train_x, train_labels, test_x, splits["test"][2], alpha))
+    return scores
+
+
 def run_probe(
     train_path: str | Path,
     test_path: str | Path,
@@ -295,11 +325,13 @@ def run_probe(
     pool: str = "mean",
     pixel_shuffle: Sequence[int] = (1,),
     max_tiles: Sequence[int] = (0,),
+    train_slides: Sequence[int] = (0,),
 ) -> list[dict[str, Any]]:
     """Probe every image setting (view size x tile cap x pixel-shuffle factor) at every layer with
-    features pooled as ``pool``; one result dict per combination, naming its setting and the LM image
-    tokens it costs per test slide (``image_tokens``: views per slide x tokens per view, mean over the
-    test slides)."""
+    features pooled as ``pool``, fitted on each sample size in ``train_slides``; one result dict per
+    combination, naming its setting, the training slides it was fitted on and the LM image tokens it
+    costs per test slide (``image_tokens``: views per slide x tokens per view, mean over the test
+    slides)."""
     from thinchat.model.compose import check_feature_layer, input_size
     from thinchat.model.resolve import TOWER_FEATURES, load_vision_tower
     from thinchat.model.tiling import check_max_tiles
@@ -307,6 +339,7 @@ def run_probe(
     for cap in max_tiles:  # refused before any file is read
         check_max_tiles(cap)
     splits = _probe_splits(train_path, test_path)
+    samples = training_samples(len(splits["train"][0]), train_slides)
     check_pool(pool, [paths for images, _, _ in splits.values() for paths in images])
     tower, base_processor = load_vision_tower(vision)
     tower.eval()
@@ -326,40 +359,28 @@ def run_probe(
             }
             test_views = [views_per_slide(paths, cap, tile_size) for paths in splits["test"][0]]
             views = sum(test_views) / len(test_views)
-            for factor in pixel_shuffle:
-                for layer in layers:
-                    train_x, test_x = features["train"][(layer, factor)], features["test"][(layer, factor)]
-                    scores = probe_terms(train_x, splits["train"][1], test_x, splits["test"][1], alpha)
-                    if labelled:
-                        scores.update(
-                            probe_classes(train_x, splits["train"][2], test_x, splits["test"][2], alpha)
-                        )
-                    setting = {
-                        "vision": vision,
-                        "image_size": size,
-                        "layer": layer,
-                        "pixel_shuffle": factor,
-                        "max_tiles": cap,
-                        "tokens_per_view": tokens_per_view[factor],
-                        "views_per_slide": _number(views),
-                        "image_tokens": _number(views * tokens_per_view[factor]),
-                        "pool": pool,
-                        "alpha": alpha,
-                    }
-                    results.append({**setting, **scores})
-                    log.info(
-                        "probe %s %d px layer %d, pixel shuffle %d, max tiles %d (%s image tokens per slide), "
-                        "%s: term F1 %.3f, balanced yes/no %.3f",
-                        vision,
-                        size,
-                        layer,
-                        factor,
-                        cap,
-                        setting["image_tokens"],
-                        pool,
-                        scores["f1"],
-                        scores["yes_no_accuracy"],
-                    )
+            for factor, layer, rows in itertools.product(pixel_shuffle, layers, samples.values()):
+                scores = _score(features, splits, (layer, factor), rows, alpha, labelled)
+                setting = {
+                    "vision": vision,
+                    "image_size": size,
+                    "layer": layer,
+                    "pixel_shuffle": factor,
+                    "max_tiles": cap,
+                    "tokens_per_view": tokens_per_view[factor],
+                    "views_per_slide": _number(views),
+                    "image_tokens": _number(views * tokens_per_view[factor]),
+                    "pool": pool,
+                    "alpha": alpha,
+                    "train_slides": len(rows),
+                }
+                results.append({**setting, **scores})
+                log.info(
+                    "probe %s %d px layer %d, pixel shuffle %d, max tiles %d (%s image tokens per slide), "
+                    "%s, %d training slides: term F1 %.3f, balanced yes/no %.3f",
+                    vision, size, layer, factor, cap, setting["image_tokens"], pool, len(rows),
+                    scores["f1"], scores["yes_no_accuracy"],
+                )  # fmt: skip
     return results
 
 
