@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 #: Stage configs per hardware: (projector, stage 2, overrides for both stages).
 HARDWARE_RECIPES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    # The quickstart's stage 2, with the verdict weight at 1: 5 is measured on the synthetic quickstart
-    # only, not yet on a real labelled set (docs/experiments.md, Is the verdict in the first token?).
+    # The quickstart's stage 2, with the verdict weight at 1: 5 lifts the synthetic quickstart but lowers
+    # every grains score (docs/experiments.md, Is the verdict in the first token?).
     "cpu": ("configs/demo_cpu_projector.yaml", "configs/demo_cpu.yaml", ("verdict_loss_weight=1",)),
     # One process, no DeepSpeed; the LLaVA batch (16 x 8 accumulation) in bf16.
     "gpu": (
