@@ -58,6 +58,11 @@ class ConvertConfig:
         help="grounded question-answer turns per slide (presence yes/no, which-of, attribute; "
         "turns are then shuffled); 0: none",
     )
+    describe_first: float = field(
+        0.0,
+        help="with --qa-turns: share of slides whose conversation opens with the description, as every "
+        "interface answers after it (looking first); the rest are shuffled",
+    )
     qa_negatives: bool = field(
         True, help="presence questions only about terms the report names (no 'no' answers)"
     )

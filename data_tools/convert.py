@@ -32,7 +32,9 @@ from thinchat.images import DEFAULT_MAX_PIXELS
 __all__ = ["SPLIT_NAMES", "assign_fixed_splits", "convert", "format_summary", "parse_split", "read_ids"]
 
 
-def _check_options(fmt: str, lang: str, format_out: str, qa_turns: int, sources: int) -> None:
+def _check_options(
+    fmt: str, lang: str, format_out: str, qa_turns: int, sources: int, describe_first: float = 0.0
+) -> None:
     if fmt not in FORMATS:
         raise DataFormatError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if lang not in ("auto", "zh", "en"):
@@ -41,6 +43,8 @@ def _check_options(fmt: str, lang: str, format_out: str, qa_turns: int, sources:
         raise DataFormatError(f"--format-out {format_out!r}: expected json or hf")
     if qa_turns < 0:
         raise DataFormatError(f"--qa-turns {qa_turns}: expected 0 or more")
+    if not 0.0 <= describe_first <= 1.0:
+        raise DataFormatError(f"--describe-first {describe_first}: expected a share from 0 to 1")
     if sources > 1:
         raise DataFormatError("--captions, --labels and --image-folder each name the input: pass one of them")
 
@@ -96,6 +100,7 @@ def convert(
     encoding: str = "utf-8",
     allow_outside_images: bool = False,
     qa_turns: int = 0,
+    describe_first: float = 0.0,
     qa_negatives: bool = True,
     lexicon_path: str | Path | None = None,
     questions_path: str | Path | None = None,
@@ -131,7 +136,12 @@ def convert(
     stored as ``Image`` features, the source caption in a ``caption`` column; thinchat.hfdata).
     """
     _check_options(
-        fmt, lang, format_out, qa_turns, sum(x is not None for x in (captions, labels, image_folder))
+        fmt,
+        lang,
+        format_out,
+        qa_turns,
+        sum(x is not None for x in (captions, labels, image_folder)),
+        describe_first,
     )
     check_encoding(encoding)
     fmt, source, items, images_dir, index = _open_input(
@@ -149,6 +159,7 @@ def convert(
     qa_options = QAOptions.from_total(qa_turns, qa_negatives, facets=multi_turn)
     options = {
         "seed": seed, "lang": lang, "pools": pools, "qa_options": qa_options, "format_out": format_out,
+        "describe_first": describe_first,
         "follow_ups": follow_up_generator(reading, classes, lexicon, pools, qa_options),
         "out_dir": out_path.parent.resolve(),
     }  # fmt: skip

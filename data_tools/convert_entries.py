@@ -143,7 +143,9 @@ def _entry(
             built.qa["reports_without_terms"] += 1
         for item in grounded:
             built.qa[f"{item.type}_{item.expected}" if item.type == "presence" else item.type] += 1
-        conv, entry["turn_types"] = place_turns(exchanges, len(paths), rng)
+        conv, entry["turn_types"] = place_turns(
+            exchanges, len(paths), rng, options.get("describe_first", 0.0)
+        )
     else:
         conv, _ = place_turns(exchanges, len(paths))
     rel = [Path(os.path.relpath(p.resolve(), options["out_dir"])).as_posix() for p in paths]

@@ -27,16 +27,26 @@ def describe_exchange(
 
 
 def place_turns(
-    exchanges: list[Exchange], n_images: int, rng: random.Random | None = None
+    exchanges: list[Exchange],
+    n_images: int,
+    rng: random.Random | None = None,
+    describe_first: float = 0.0,
 ) -> tuple[list[dict[str, str]], list[str]]:
     """LLaVA ``conversations`` and the type of each exchange; shuffled when ``rng`` is given.
 
     The images always go with the first human turn, whichever question comes first, so a grounded
     question is trained both as an opening question and as a follow-up after the description.
+    ``describe_first`` is the share of shuffled conversations whose description exchange is then moved
+    to the front: the layout every interface answers in (it looks first, ``thinchat.chat.look``), so
+    the questions after it learn to follow the description.
     """
     order = list(exchanges)
     if rng is not None:
         rng.shuffle(order)
+        if describe_first > 0 and rng.random() < describe_first:
+            kinds = [kind for kind, _, _ in order]
+            if "describe" in kinds:
+                order.insert(0, order.pop(kinds.index("describe")))
     turns: list[dict[str, str]] = []
     for k, (_, question, answer) in enumerate(order):
         turns.append({"from": "human", "value": ("<image>\n" * n_images if k == 0 else "") + question})

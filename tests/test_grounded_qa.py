@@ -186,6 +186,26 @@ def test_convert_with_qa_turns(tmp_path: Path) -> None:
     assert again.read_text(encoding="utf-8") == out.read_text(encoding="utf-8")
 
 
+def test_describe_first_opens_that_share_of_conversations(tmp_path: Path) -> None:
+    _images(tmp_path / "img", 7)
+    rows = [*ZH, *EN, NO_TERMS]
+    cap = tmp_path / "captions.tsv"
+    cap.write_text("".join(f"{i:04d}\t{r}\n" for i, r in enumerate(rows, 1)), encoding="utf-8")
+    convert(cap, tmp_path / "img", tmp_path / "a.json", qa_turns=6, seed=5)
+    shuffled = json.loads((tmp_path / "a.json").read_text(encoding="utf-8"))
+    convert(cap, tmp_path / "img", tmp_path / "b.json", qa_turns=6, seed=5, describe_first=1.0)
+    first = json.loads((tmp_path / "b.json").read_text(encoding="utf-8"))
+    assert any(e["turn_types"][0] != "describe" for e in shuffled)
+    for before, after, report in zip(shuffled, first, rows, strict=True):
+        assert after["turn_types"][0] == "describe"
+        assert after["conversations"][0]["value"].startswith("<image>\n")
+        assert after["conversations"][1]["value"] == report
+        # the same exchanges, only the description moved
+        assert sorted(after["turn_types"]) == sorted(before["turn_types"])
+    with pytest.raises(DataFormatError, match="--describe-first 1.5"):
+        convert(cap, tmp_path / "img", tmp_path / "c.json", qa_turns=6, describe_first=1.5)
+
+
 def test_facet_follow_ups_are_the_reports_clauses_per_facet() -> None:
     lex, pools = load_lexicon(), load_questions()
     follow_ups = GroundedQA(lex, TermPool(Counter()), pools)  # facets alone need no term pool

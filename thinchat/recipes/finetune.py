@@ -106,6 +106,11 @@ class FinetuneConfig(CommonRecipeConfig):
     qa_turns: int = field(
         6, help="grounded question-answer turns per training slide (data convert --qa-turns)"
     )
+    describe_first: float = field(
+        0.0,
+        help="share of training slides whose conversation opens with the description "
+        "(data convert --describe-first)",
+    )
     text_only_ratio: float = field(
         0.1, help="share of stage-2 samples replaying the base model's own general answers; 0: none"
     )
@@ -236,6 +241,7 @@ def _convert_step(
             config.lang,
             config.seed,
             config.qa_turns,
+            config.describe_first,
             vocabulary_digest(),
             *([_file_stamp(config.labels), config.multi_label] if config.labels else []),
             *([_folder_stamp(config.image_folder), config.multi_label] if config.image_folder else []),
@@ -249,6 +255,7 @@ def _convert_step(
             split=split,
             seed=config.seed,
             qa_turns=config.qa_turns,
+            describe_first=config.describe_first,
             test_ids=test_ids,
             val_ids=val_ids,
             labels=config.labels or None,

@@ -60,6 +60,11 @@ class QuickstartConfig(CommonRecipeConfig):
         help="grounded question-answer turns per training slide (presence yes/no, which-of, attribute; "
         "thinchat data convert --qa-turns)",
     )
+    describe_first: float = field(
+        0.0,
+        help="share of training slides whose conversation opens with the description, the layout every "
+        "interface answers in (thinchat data convert --describe-first)",
+    )
     text_only_ratio: float = field(
         0.1,
         help="share of stage-2 samples that replay the base model's own answers to general questions "
@@ -122,7 +127,7 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
     splits = {s: data_dir / f"conversations_{config.lang}_{s}.json" for s in ("train", "val", "test")}
     steps.run(
         "convert",
-        fingerprint(config.lang, config.seed, config.qa_turns, vocabulary_digest()),
+        fingerprint(config.lang, config.seed, config.qa_turns, config.describe_first, vocabulary_digest()),
         splits["test"],
         lambda _: convert(
             synth_dir / f"captions_{config.lang}.tsv",
@@ -133,6 +138,7 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
             split="0.8,0.1,0.1",
             seed=config.seed,
             qa_turns=config.qa_turns,
+            describe_first=config.describe_first,
         ),
     )
     result = run_recipe(config, steps, llm, splits)
