@@ -33,7 +33,7 @@ __all__ = ["SPLIT_NAMES", "assign_fixed_splits", "convert", "format_summary", "p
 
 
 def _check_options(
-    fmt: str, lang: str, format_out: str, qa_turns: int, sources: int, describe_first: float = 0.0
+    fmt: str, lang: str, format_out: str, qa_turns: int, sources: int, describe_first: float
 ) -> None:
     if fmt not in FORMATS:
         raise DataFormatError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")

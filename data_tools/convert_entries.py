@@ -143,9 +143,7 @@ def _entry(
             built.qa["reports_without_terms"] += 1
         for item in grounded:
             built.qa[f"{item.type}_{item.expected}" if item.type == "presence" else item.type] += 1
-        conv, entry["turn_types"] = place_turns(
-            exchanges, len(paths), rng, options.get("describe_first", 0.0)
-        )
+        conv, entry["turn_types"] = place_turns(exchanges, len(paths), rng, options["describe_first"])
     else:
         conv, _ = place_turns(exchanges, len(paths))
     rel = [Path(os.path.relpath(p.resolve(), options["out_dir"])).as_posix() for p in paths]
