@@ -58,9 +58,9 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
 #: The spellings of `thinchat data convert`'s options before they came from ConvertConfig.
 CONVERT_FLAGS = {
     "--captions", "--images", "--labels", "--image-folder", "--multi-label", "--out", "--format",
-    "--format-out", "--lang", "--multi-turn", "--qa-turns", "--describe-first", "--no-qa-negatives", "--lexicon", "--questions",
-    "--split", "--test-ids", "--val-ids", "--seed", "--strict", "--max-pixels", "--encoding",
-    "--allow-outside-images",
+    "--format-out", "--lang", "--multi-turn", "--qa-turns", "--describe-first", "--no-qa-negatives",
+    "--lexicon", "--questions", "--split", "--test-ids", "--val-ids", "--seed", "--strict",
+    "--max-pixels", "--encoding", "--allow-outside-images",
 }  # fmt: skip
 
 
