@@ -23,6 +23,20 @@ def _flush_denormals():
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _fp32_inference(monkeypatch, request):
+    """Inference in fp32 unless a test asks for a dtype: the default is measured per host
+    (``thinchat.precision.inference_dtype``), and a test's outcome must not depend on the host.
+    ``@pytest.mark.measured_dtype`` keeps the measured choice (tests of the measurement itself)."""
+    if request.node.get_closest_marker("measured_dtype"):
+        return
+    import torch
+
+    from thinchat import precision
+
+    monkeypatch.setattr(precision, "inference_dtype", lambda device="cpu": torch.float32)
+
+
 @pytest.fixture(scope="session")
 def tiny_llava_dir(tmp_path_factory):
     """A saved tiny Llava (Llama-family LM with ChatML, DINOv2 tower, 28 px -> 4 image tokens)."""

@@ -150,3 +150,28 @@ def test_a_prompt_over_the_positions_is_answered_empty_and_the_rest_are_kept(cap
     answers = generate_for_samples(Engine(), samples, batch_size=3, max_new_tokens=4)
     assert answers == {"a": "answer 0", "long": "", "b": "answer 1"} and len(asked) == 2
     assert "1 of 3 prompts do not fit the LM's 508 prompt tokens (long)" in caplog.text
+
+
+def test_the_report_is_scored_in_the_weights_dtype_it_records(tmp_path, checkpoints, monkeypatch):
+    import thinchat.model.loading as loading
+
+    loaded = []
+    real = loading.load_pretrained
+
+    def spy(path, **kwargs):
+        model, processor = real(path, **kwargs)
+        loaded.append(next(model.parameters()).dtype)
+        return model, processor
+
+    monkeypatch.setattr(loading, "load_pretrained", spy)
+    data = make_test_set(tmp_path / "data")
+    argv = ["eval", "--from_pretrained", checkpoints["tuned"], "--data", str(data), "--max-new-tokens", "3",
+            "--question-probes", "0", "--reliance-samples", "0", "--meteor", "nltk", "--device", "cpu"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "bf16"), "--dtype", "bf16"]) == 0
+    assert main([*argv, "--out", str(tmp_path / "auto")]) == 0  # auto: fp32 here (tests pin it)
+    assert loaded == [torch.bfloat16, torch.float32]
+    for name, dtype in (("bf16", "bfloat16"), ("auto", "float32")):
+        report = json.loads((tmp_path / name / "report.json").read_text(encoding="utf-8"))
+        assert report["settings"]["dtype"] == dtype
+        assert report["counts"]["scored"] == 2
+    assert "dtype=bfloat16" in (tmp_path / "bf16" / "report.md").read_text(encoding="utf-8")

@@ -17,6 +17,7 @@ measured there, for the benchmark's MFU.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -152,14 +153,33 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@functools.cache
+def inference_dtype(device: str = "cpu") -> Any:
+    """The weights dtype inference runs in when none is asked for: bf16 on a GPU that supports it; on a
+    CPU the precision whose matmuls measure faster (:func:`measure_precision`, once per process).
+
+    Why measure on CPU too: evaluation and batch captioning decode many slides at once, so their matmuls
+    are compute-bound, and a bf16 matmul is 4x fp32 on an EPYC with avx512_bf16 and several times on a
+    Xeon with AMX, but slower on a Xeon without either (docs/experiments.md, Evaluation speed).
+    """
+    import torch
+
+    if str(device).startswith("cuda"):
+        return (
+            torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        )
+    if str(device) != "cpu":
+        return torch.float32  # other accelerators: the safe choice, as before any measurement
+    return measure_precision("cpu").dtype
+
+
 def resolve_dtype(dtype: Any, device: str | None = None):
-    """``None``/"auto" -> bf16 on a GPU that supports it, else float32 (CPU-safe); names like "bf16" ->
-    torch dtypes; torch dtypes pass through."""
+    """``None``/"auto" -> :func:`inference_dtype` on ``device``; names like "bf16" -> torch dtypes;
+    torch dtypes pass through."""
     import torch
 
     if dtype is None or dtype == "auto":
-        on_gpu = str(device or "cpu").startswith("cuda") and torch.cuda.is_available()
-        return torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+        return inference_dtype(str(device or "cpu"))
     if isinstance(dtype, torch.dtype):
         return dtype
     name = DTYPE_NAMES.get(str(dtype).lower())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from thinchat.commands.options import add_checkpoint, add_device, add_look_first
+from thinchat.commands.options import add_checkpoint, add_device, add_dtype, add_look_first
 from thinchat.errors import ThinchatError
 from thinchat.eval.caption import DEFAULT_PROMPT
 
@@ -13,6 +13,7 @@ from thinchat.eval.caption import DEFAULT_PROMPT
 def _run(args: argparse.Namespace) -> int:
     from thinchat.eval.caption import CaptionWriter, caption_slides, discover_slides
     from thinchat.model.loading import load_pretrained
+    from thinchat.precision import resolve_dtype
 
     if args.batch_size < 1 or args.max_new_tokens < 1:
         raise ThinchatError("--batch-size and --max-new-tokens must be at least 1")
@@ -23,7 +24,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{len(slides)} slides, {len(slides) - todo} already in {args.out}, {todo} to caption")
     if todo == 0:
         return 0
-    model, processor = load_pretrained(args.from_pretrained, device=args.device)
+    dtype = resolve_dtype(args.dtype, args.device)
+    model, processor = load_pretrained(args.from_pretrained, device=args.device, dtype=dtype)
     summary = caption_slides(
         model,
         processor,
@@ -70,4 +72,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="group files whose names end with these suffixes (X_ppl.png + X_xpl.png) into one slide, in this order",
     )
     add_device(parser, "torch device (default: the loader's choice)")
+    add_dtype(parser)
     parser.set_defaults(func=_run)

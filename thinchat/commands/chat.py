@@ -42,11 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_look_first(parser)
     add_device(parser, "torch device (default: the GPU when there is one, else cpu)")
-    add_dtype(
-        parser,
-        text="weights dtype (default: bfloat16 on a GPU, float32 on CPU; bfloat16 decodes faster on CPUs "
-        "with bf16 support)",
-    )
+    add_dtype(parser)
     add_threads(parser)
     parser.add_argument(
         "--jsonl",

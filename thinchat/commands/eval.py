@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from thinchat.commands.options import add_checkpoint, add_device, add_look_first
+from thinchat.commands.options import add_checkpoint, add_device, add_dtype, add_look_first
 from thinchat.config import add_arguments, field, from_args
 from thinchat.eval.question_following import question_probes_field
 
@@ -60,6 +60,7 @@ def _run(args: argparse.Namespace) -> int:
         args.out,
         look_first=args.look_first,
         device=args.device,
+        dtype=args.dtype,
         **dataclasses.asdict(from_args(EvalOptions, args)),
     )
     out = Path(args.out)
@@ -90,4 +91,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_look_first(parser)  # the questions are also asked as every interface asks them
     add_arguments(parser, EvalOptions, ["text_data", "meteor"])
     add_device(parser, "torch device (default: the loader's choice)")
+    add_dtype(parser)
     parser.set_defaults(func=_run)

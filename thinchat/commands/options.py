@@ -48,7 +48,8 @@ def add_device(
 def add_dtype(
     parser: argparse.ArgumentParser,
     default: str | None = None,
-    text: str = "weights dtype (default: bfloat16 on a GPU, float32 on CPU)",
+    text: str = "weights dtype (default auto: bfloat16 on a GPU that has it; on a CPU the precision whose "
+    "matmuls measure faster, thinchat/precision.py)",
 ) -> None:
     """``--dtype`` with the names every loader accepts (``auto`` where the default is the device's choice)."""
     choices = list(DTYPE_NAMES) + ([] if default else ["auto"])

@@ -31,6 +31,7 @@ from thinchat.eval.report import build_report, write_report
 from thinchat.eval.sampling import why_no_questions
 from thinchat.eval.text_retention import load_text_entries, text_retention
 from thinchat.evalsample import EvalSample, Skipped
+from thinchat.precision import resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +265,7 @@ def _run_checkpoints(
     batch_size: int,
     max_new_tokens: int,
     device: str | None,
+    dtype: Any,
     reliance_samples: int,
     look_first: bool | Collection[str],
     lexicon: Any,
@@ -277,7 +279,7 @@ def _run_checkpoints(
     for name, path in checkpoints.items():
         # A LoRA checkpoint is merged, as the chat engine does: same outputs, faster decoding
         # (docs/experiments.md, Evaluation speed).
-        model, processor = load_pretrained(path, device=device, merge=True)
+        model, processor = load_pretrained(path, device=device, dtype=dtype, merge=True)
         clipcap = is_clipcap_dir(Path(path).expanduser())  # a ClipCap prefix model takes one turn
         engine = ChatEngine(model, processor, reuse_prefix=False)
         outputs.generations[name] = generate_for_samples(
@@ -335,6 +337,7 @@ def evaluate(
     limit: int | None = None,
     meteor: str = "auto",
     device: str | None = None,
+    dtype: Any = None,
     lexicon: Any = None,
     reliance_samples: int = DEFAULT_RELIANCE_SAMPLES,
     question_probes: int = DEFAULT_PRESENCE,
@@ -350,12 +353,15 @@ def evaluate(
     own description (``thinchat.eval.question_following``, ``thinchat.chat.look``); a collection of
     checkpoint names looks first with those only (the recipes leave out the base model, whose
     descriptions run to ``max_new_tokens``: 330 s of a 1762 s quickstart on a 2-core EPYC). ``text_data`` (text-only LLaVA JSON, e.g. the base model's
-    held-out replay answers) adds each model's answer loss on it: general chat retention.
+    held-out replay answers) adds each model's answer loss on it: general chat retention. ``dtype``
+    (None: ``thinchat.precision.inference_dtype``, bf16 where its matmuls measure faster) is the weights
+    dtype every checkpoint is scored in; the report's settings record it.
     Returns the report data (what
     ``report.json`` holds). Raises ``ThinchatError`` subclasses for a bad
     test set (empty, malformed, nothing left after skipping) or a checkpoint that fails to load.
     """
     embedded = _check_request(checkpoints, data_path, batch_size, max_new_tokens)
+    weights_dtype = resolve_dtype(dtype, device)
     samples, skipped, drawn, lexicon = _load_test_set(data_path, limit, embedded, lexicon)
     probes = (
         build_probes(samples, lexicon, presence=question_probes, which=DEFAULT_WHICH)
@@ -371,6 +377,7 @@ def evaluate(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         device=device,
+        dtype=weights_dtype,
         reliance_samples=reliance_samples,
         look_first=look_first,
         lexicon=lexicon,
@@ -384,7 +391,12 @@ def evaluate(
             {n: str(p) for n, p in checkpoints.items()},
             scorer,
             lexicon=lexicon,
-            settings={"decoding": "greedy", "max_new_tokens": max_new_tokens, "data": str(data_path)},
+            settings={
+                "decoding": "greedy",
+                "max_new_tokens": max_new_tokens,
+                "data": str(data_path),
+                "dtype": str(weights_dtype).removeprefix("torch."),
+            },
         )
     finally:
         scorer.close()
