@@ -1,11 +1,13 @@
-"""Captions per second of ``thinchat caption``'s batched generation on CPU, against batch size 1.
+"""Captions per second of ``thinchat caption``'s batched generation on CPU, against batch size 1, per
+weights dtype (what ``--dtype auto`` chooses between: ``thinchat.precision.inference_dtype``).
 
 Runs the real captioning path (image loading, chat template, left-padded batched greedy generation,
 append + fsync of rows) on synthetic slides. Every caption is forced to exactly ``--max-new-tokens``
 tokens (``min_new_tokens``) so batch sizes do the same work. Without ``--from_pretrained`` a tiny random
 Llava is used, which measures overhead rather than model speed; pass a real checkpoint for real numbers.
 
-    python bench/bench_caption.py [--from_pretrained CKPT] [--n-slides 16] [--batch-sizes 1,8]
+    python bench/bench_caption.py [--from_pretrained CKPT] [--n-slides 16] [--batch-sizes 1,8] \
+        [--dtypes float32,bfloat16]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtypes", default="float32", help="comma-separated weights dtypes to time")
     parser.add_argument("--image-size", type=int, default=64, help="side of the synthetic slide images")
     args = parser.parse_args(argv)
 
@@ -35,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from thinchat.eval.caption import CaptionWriter, caption_slides, discover_slides
+    from thinchat.precision import measure_precision, resolve_dtype
 
     torch.set_flush_denormal(True)
     if args.from_pretrained:
@@ -57,28 +61,31 @@ def main(argv: list[str] | None = None) -> int:
                 folder / f"{i:04d}.png"
             )
         slides = discover_slides([folder])
-        warm = CaptionWriter(Path(tmp) / "warm.jsonl")
-        caption_slides(model, processor, slides[:2], warm, batch_size=2, max_new_tokens=2)
-        for bs in (int(b) for b in args.batch_sizes.split(",")):
-            writer = CaptionWriter(Path(tmp) / f"bs{bs}.jsonl")
-            start = time.perf_counter()
-            summary = caption_slides(
-                model, processor, slides, writer, batch_size=bs,
-                max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens,
-            )  # fmt: skip
-            elapsed = time.perf_counter() - start
-            results.append(
-                {
-                    "batch_size": bs,
-                    "captions": summary.written,
-                    "seconds": round(elapsed, 3),
-                    "captions_per_s": round(summary.written / elapsed, 3),
-                    "new_tokens_per_s": round(summary.written * args.max_new_tokens / elapsed, 1),
-                }
-            )
-    base = next((r for r in results if r["batch_size"] == 1), None)
-    if base is not None:
-        for r in results:
+        for dtype_name in args.dtypes.split(","):
+            model = model.to(resolve_dtype(dtype_name, args.device))
+            warm = CaptionWriter(Path(tmp) / f"warm_{dtype_name}.jsonl")
+            caption_slides(model, processor, slides[:2], warm, batch_size=2, max_new_tokens=2)
+            for bs in (int(b) for b in args.batch_sizes.split(",")):
+                writer = CaptionWriter(Path(tmp) / f"{dtype_name}_bs{bs}.jsonl")
+                start = time.perf_counter()
+                summary = caption_slides(
+                    model, processor, slides, writer, batch_size=bs,
+                    max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens,
+                )  # fmt: skip
+                elapsed = time.perf_counter() - start
+                results.append(
+                    {
+                        "dtype": str(resolve_dtype(dtype_name)).removeprefix("torch."),
+                        "batch_size": bs,
+                        "captions": summary.written,
+                        "seconds": round(elapsed, 3),
+                        "captions_per_s": round(summary.written / elapsed, 3),
+                        "new_tokens_per_s": round(summary.written * args.max_new_tokens / elapsed, 1),
+                    }
+                )
+    for r in results:
+        base = next((b for b in results if b["batch_size"] == 1 and b["dtype"] == r["dtype"]), None)
+        if base is not None:
             r["speedup_vs_bs1"] = round(r["captions_per_s"] / base["captions_per_s"], 2)
     print(
         json.dumps(
@@ -89,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cpu": platform.processor() or platform.machine(),
                 "n_slides": args.n_slides,
                 "max_new_tokens": args.max_new_tokens,
+                "precision": measure_precision(args.device).as_dict(),  # what --dtype auto picks
                 "results": results,
             },
             indent=2,
