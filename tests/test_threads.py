@@ -50,3 +50,24 @@ def test_every_heavy_command_takes_threads():
     sub = next(a for a in parser._actions if a.dest == "command").choices
     for name in HEAVY_COMMANDS:
         assert any("--threads" in a.option_strings for a in sub[name]._actions), name
+
+
+@pytest.mark.parametrize("passive", [False, True])
+def test_only_threaded_generation_waits_passively(passive):
+    import subprocess
+    import sys
+
+    code = (
+        "import os; from thinchat.threads import configure_threads; "
+        f"configure_threads(1, passive={passive}); print(os.environ.get('OMP_WAIT_POLICY'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ("PASSIVE" if passive else "None")
+
+
+def test_the_commands_that_wait_passively_are_those_that_generate_on_worker_threads():
+    from thinchat.cli import HEAVY_COMMANDS, THREADED_COMMANDS
+
+    assert {"chat", "serve", "web"} == THREADED_COMMANDS and THREADED_COMMANDS < HEAVY_COMMANDS
+    assert {"eval", "caption", "train", "finetune", "quickstart"} <= HEAVY_COMMANDS - THREADED_COMMANDS

@@ -59,10 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Commands that generate on worker threads: idle OpenMP teams must sleep, not spin (see thinchat/threads.py).
-GENERATING_COMMANDS = frozenset({"chat", "serve", "web", "eval", "caption"})
-#: Commands that run torch: their thread count follows the CPUs this process may use, with passive waiting.
-HEAVY_COMMANDS = GENERATING_COMMANDS | {"train", "probe", "finetune", "quickstart"}
+#: Commands that generate on a worker thread per request: idle OpenMP teams must sleep, not spin
+#: (thinchat/threads.py). The batch commands work on one thread and keep libgomp's default waiting.
+THREADED_COMMANDS = frozenset({"chat", "serve", "web"})
+#: Commands that run torch: their thread count follows the CPUs this process may use.
+HEAVY_COMMANDS = THREADED_COMMANDS | {"eval", "caption", "train", "probe", "finetune", "quickstart"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from thinchat.commands.quiet import quiet_known_noise
         from thinchat.threads import configure_threads
 
-        configure_threads(args.threads)
+        configure_threads(args.threads, passive=args.command in THREADED_COMMANDS)
         quiet_known_noise()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

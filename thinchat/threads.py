@@ -3,11 +3,14 @@ probe, finetune, quickstart).
 
 Why: torch sizes its thread pool from the machine's cores, not from what this process may use (its CPU
 affinity and the cgroup CPU quota of a container), so a process limited to 2 CPUs on a 64-core host
-starts 64 threads that fight over 2 cores. And with libgomp's default (active) wait policy, an idle
-OpenMP team keeps spinning: the engine generates on a fresh thread per request, so every finished
-thread's team competes with the next request (``thinchat serve`` figures: docs/experiments.md, Server),
-and when another job runs on the same cores a spinning team steals its time (bench/bench_threads.py). Both
-variables must be set before torch loads its OpenMP runtime; values the user set are kept.
+starts 64 threads that fight over 2 cores. And with libgomp's default wait policy an idle OpenMP team
+spins a while before it sleeps: where the engine generates on a fresh thread per request (chat, serve,
+web), every finished thread's team competes with the next request (``thinchat serve`` figures:
+docs/experiments.md, Server; bench/bench_threads.py), so those commands wait passively. The batch
+commands (train, eval, caption, ...) run their parallel regions back to back on one thread, where the
+short spin is what keeps both cores busy: passive waiting made batched generation 1.4x and a LoRA step
+~5% slower on a 2-core EPYC (docs/performance.md), so they keep libgomp's default. Both variables must
+be set before torch loads its OpenMP runtime; values the user set are kept.
 """
 
 from __future__ import annotations
@@ -59,9 +62,10 @@ def passive_omp_threads() -> None:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
-def configure_threads(threads: int | None = None) -> int:
+def configure_threads(threads: int | None = None, *, passive: bool = False) -> int:
     """Choose the thread count (``threads``, else ``OMP_NUM_THREADS``, else :func:`available_cpus`),
-    export it for torch's OpenMP pool and set passive waiting; returns the count.
+    export it for torch's OpenMP pool and, with ``passive`` (generation on worker threads), set passive
+    waiting; returns the count.
     """
     if threads is not None and threads < 1:  # chat's own --threads 0: torch's choice, i.e. the default
         threads = None
@@ -69,7 +73,8 @@ def configure_threads(threads: int | None = None) -> int:
     if threads is None:
         threads = int(env) if env.isdigit() and int(env) > 0 else available_cpus()
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    passive_omp_threads()
+    if passive:
+        passive_omp_threads()
     if "torch" in sys.modules:  # already loaded (e.g. in a test): set the pool directly
         sys.modules["torch"].set_num_threads(threads)
     log.debug("threads: %d (OMP_WAIT_POLICY=%s)", threads, os.environ.get("OMP_WAIT_POLICY"))
