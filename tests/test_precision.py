@@ -89,8 +89,7 @@ def test_train_runs_the_measured_precision(monkeypatch, tmp_path):
         assert args.bf16 is expected
 
 
-@pytest.mark.measured_dtype
-def test_inference_dtype_is_measured_once_on_cpu(monkeypatch):
+def test_inference_dtype_is_measured_once_on_cpu(monkeypatch, measured_inference_dtype):
     calls = []
 
     def rates(bf16: float, fp32: float):
@@ -102,25 +101,21 @@ def test_inference_dtype_is_measured_once_on_cpu(monkeypatch):
 
         return measured
 
-    precision.inference_dtype.cache_clear()
-    try:
-        monkeypatch.setattr(precision, "matmul_gflops", rates(300.0, 100.0))  # an EPYC with avx512_bf16
-        assert precision.resolve_dtype(None, "cpu") == torch.bfloat16
-        assert precision.resolve_dtype("auto") == torch.bfloat16
-        assert len(calls) == 2  # one bf16 and one fp32 matmul for the whole process
-        precision.inference_dtype.cache_clear()
-        monkeypatch.setattr(precision, "matmul_gflops", rates(113.0, 255.0))  # a Xeon without AMX
-        assert precision.resolve_dtype(None, "cpu") == torch.float32
-        assert precision.resolve_dtype("bf16", "cpu") == torch.bfloat16  # asked for: no measurement
-        assert precision.resolve_dtype(torch.float16) == torch.float16
-        assert len(calls) == 4
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-        assert precision.resolve_dtype(None, "cuda") == torch.float32
-        assert len(calls) == 4  # a GPU is not measured
-        with pytest.raises(precision.ConfigError, match="unknown dtype 'int8'"):
-            precision.resolve_dtype("int8")
-    finally:
-        precision.inference_dtype.cache_clear()
+    monkeypatch.setattr(precision, "matmul_gflops", rates(300.0, 100.0))  # an EPYC with avx512_bf16
+    assert precision.resolve_dtype(None, "cpu") == torch.bfloat16
+    assert precision.resolve_dtype("auto") == torch.bfloat16
+    assert len(calls) == 2  # one bf16 and one fp32 matmul for the whole process
+    measured_inference_dtype.cache_clear()
+    monkeypatch.setattr(precision, "matmul_gflops", rates(113.0, 255.0))  # a Xeon without AMX
+    assert precision.resolve_dtype(None, "cpu") == torch.float32
+    assert precision.resolve_dtype("bf16", "cpu") == torch.bfloat16  # asked for: no measurement
+    assert precision.resolve_dtype(torch.float16) == torch.float16
+    assert len(calls) == 4
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert precision.resolve_dtype(None, "cuda") == torch.float32
+    assert len(calls) == 4  # a GPU is not measured
+    with pytest.raises(precision.ConfigError, match="unknown dtype 'int8'"):
+        precision.resolve_dtype("int8")
 
 
 def test_tests_run_inference_in_fp32_whatever_the_host():
