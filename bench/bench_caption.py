@@ -1,5 +1,6 @@
 """Captions per second of ``thinchat caption``'s batched generation on CPU, against batch size 1, per
-weights dtype (what ``--dtype auto`` chooses between: ``thinchat.precision.inference_dtype``).
+weights dtype (``--dtypes float32,bfloat16``: whether ``--dtype bfloat16`` pays for this model on this
+host; docs/experiments.md, Evaluation speed).
 
 Runs the real captioning path (image loading, chat template, left-padded batched greedy generation,
 append + fsync of rows) on synthetic slides. Every caption is forced to exactly ``--max-new-tokens``
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cpu": platform.processor() or platform.machine(),
                 "n_slides": args.n_slides,
                 "max_new_tokens": args.max_new_tokens,
-                "precision": measure_precision(args.device).as_dict(),  # what --dtype auto picks
+                "precision": measure_precision(args.device).as_dict(),  # the host's matmul rates
                 "results": results,
             },
             indent=2,
