@@ -352,13 +352,13 @@ def evaluate(
     answers, asked directly and, with ``look_first``, as every interface answers them: after the model's
     own description (``thinchat.eval.question_following``, ``thinchat.chat.look``); a collection of
     checkpoint names looks first with those only (the recipes leave out the base model, whose
-    descriptions run to ``max_new_tokens``: 330 s of a 1762 s quickstart on a 2-core EPYC). ``text_data`` (text-only LLaVA JSON, e.g. the base model's
-    held-out replay answers) adds each model's answer loss on it: general chat retention. ``dtype``
-    (None: ``thinchat.precision.inference_dtype``, bf16 on a GPU, fp32 on CPU) is the weights dtype
-    every checkpoint is scored in; the report's settings record it.
-    Returns the report data (what
-    ``report.json`` holds). Raises ``ThinchatError`` subclasses for a bad
-    test set (empty, malformed, nothing left after skipping) or a checkpoint that fails to load.
+    descriptions run to ``max_new_tokens``: 330 s of a 1762 s quickstart on a 2-core EPYC).
+    ``text_data`` (text-only LLaVA JSON, e.g. the base model's held-out replay answers) adds each
+    model's answer loss on it: general chat retention. ``dtype`` (None: bf16 on a GPU, fp32 on CPU,
+    ``thinchat.precision.inference_dtype``) is the weights dtype every checkpoint is scored in; the
+    report's settings record it. Returns the report data (what ``report.json`` holds). Raises
+    ``ThinchatError`` subclasses for a bad test set (empty, malformed, nothing left after skipping) or
+    a checkpoint that fails to load.
     """
     embedded = _check_request(checkpoints, data_path, batch_size, max_new_tokens)
     weights_dtype = resolve_dtype(dtype, device)
@@ -382,6 +382,8 @@ def evaluate(
         look_first=look_first,
         lexicon=lexicon,
     )
+    settings = {"decoding": "greedy", "max_new_tokens": max_new_tokens, "data": str(data_path)}
+    settings["dtype"] = str(weights_dtype).removeprefix("torch.")
     scorer = MeteorScorer(meteor)
     try:
         report, records = build_report(
@@ -391,12 +393,7 @@ def evaluate(
             {n: str(p) for n, p in checkpoints.items()},
             scorer,
             lexicon=lexicon,
-            settings={
-                "decoding": "greedy",
-                "max_new_tokens": max_new_tokens,
-                "data": str(data_path),
-                "dtype": str(weights_dtype).removeprefix("torch."),
-            },
+            settings=settings,
         )
     finally:
         scorer.close()
