@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
                 folder / f"{i:04d}.png"
             )
         slides = discover_slides([folder])
-        for dtype_name in args.dtypes.split(","):
-            model = model.to(resolve_dtype(dtype_name, args.device))
+        for dtype in (resolve_dtype(name, args.device) for name in args.dtypes.split(",")):
+            dtype_name = str(dtype).removeprefix("torch.")
+            model = model.to(dtype)
             warm = CaptionWriter(Path(tmp) / f"warm_{dtype_name}.jsonl")
             caption_slides(model, processor, slides[:2], warm, batch_size=2, max_new_tokens=2)
             for bs in (int(b) for b in args.batch_sizes.split(",")):
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 elapsed = time.perf_counter() - start
                 results.append(
                     {
-                        "dtype": str(resolve_dtype(dtype_name)).removeprefix("torch."),
+                        "dtype": dtype_name,
                         "batch_size": bs,
                         "captions": summary.written,
                         "seconds": round(elapsed, 3),

@@ -38,7 +38,7 @@ from thinchat.generation import GenerationSettings, decode_attention, stop_token
 from thinchat.images import image_key
 from thinchat.model.compose import max_positions
 from thinchat.model.tiling import max_tiles_of
-from thinchat.precision import default_device, resolve_dtype
+from thinchat.precision import default_device
 from thinchat.prompting import PromptBuilder, left_pad
 
 __all__ = ["ChatEngine", "GenerationSettings"]
@@ -106,7 +106,6 @@ class ChatEngine:
         from thinchat.model.loading import load_pretrained
 
         device = device or default_device()
-        dtype = resolve_dtype(dtype, device)
         model, processor = load_pretrained(path, device=device, dtype=dtype, merge=True)
         return cls(model, processor, name=Path(path).expanduser().resolve().name, settings=settings)
 

@@ -13,7 +13,6 @@ from thinchat.eval.caption import DEFAULT_PROMPT
 def _run(args: argparse.Namespace) -> int:
     from thinchat.eval.caption import CaptionWriter, caption_slides, discover_slides
     from thinchat.model.loading import load_pretrained
-    from thinchat.precision import resolve_dtype
 
     if args.batch_size < 1 or args.max_new_tokens < 1:
         raise ThinchatError("--batch-size and --max-new-tokens must be at least 1")
@@ -24,8 +23,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{len(slides)} slides, {len(slides) - todo} already in {args.out}, {todo} to caption")
     if todo == 0:
         return 0
-    dtype = resolve_dtype(args.dtype, args.device)
-    model, processor = load_pretrained(args.from_pretrained, device=args.device, dtype=dtype)
+    model, processor = load_pretrained(args.from_pretrained, device=args.device, dtype=args.dtype)
     summary = caption_slides(
         model,
         processor,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from thinchat.errors import ModelSpecError
+from thinchat.precision import resolve_dtype
 
 CHECKPOINT_META = "thinchat_checkpoint.json"
 
@@ -46,8 +47,8 @@ def base_model_path(adapter_dir: Path) -> Path:
 
 def load_llava(path: str | Path, device: str | None = None, dtype: Any = None, merge: bool = False):
     """``(LlavaForConditionalGeneration, processor)`` in eval mode; a LoRA checkpoint is wrapped in peft
-    (or merged). The processor comes from the checkpoint when it has one, else from its base."""
-    import torch
+    (or merged). The processor comes from the checkpoint when it has one, else from its base. ``dtype``
+    None / "auto": ``thinchat.precision.inference_dtype`` for ``device`` (bf16 on a GPU, fp32 on CPU)."""
     from transformers import AutoProcessor
 
     from thinchat.model.projector import load_llava_model
@@ -66,9 +67,10 @@ def load_llava(path: str | Path, device: str | None = None, dtype: Any = None, m
         if (path / "processor_config.json").is_file() or (path / "tokenizer_config.json").is_file()
         else base
     )
+    weights_dtype = resolve_dtype(dtype, device)  # a bad name is a ConfigError, not a load failure
     try:
         processor = AutoProcessor.from_pretrained(processor_dir)
-        model = load_llava_model(base, dtype=dtype or torch.float32)
+        model = load_llava_model(base, dtype=weights_dtype)
     except (OSError, ValueError) as exc:
         raise ModelSpecError(f"{base}: could not load a Llava checkpoint ({exc})") from exc
     if adapter:
