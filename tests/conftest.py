@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from thinchat import precision
+
 # Tests never touch the network: make any accidental hub call fail fast.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -21,6 +23,32 @@ def _flush_denormals():
     # One thread: tiny models gain nothing from more, and on a busy machine two threads per process
     # collapse throughput (measured: decode 0.3-0.8 tok/s with 2 threads vs 4-7 with 1).
     torch.set_num_threads(1)
+
+
+_MEASURED_INFERENCE_DTYPE = precision.inference_dtype  # before the session pins it
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fp32_inference():
+    """Inference in fp32 unless a test asks for a dtype: the default is measured per host
+    (``thinchat.precision.inference_dtype``), and a test's outcome must not depend on the host. Session
+    scope, so models that module-scoped fixtures load are pinned too; ``measured_inference_dtype``
+    gives a test the real measurement back."""
+    import torch
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "inference_dtype", lambda device="cpu": torch.float32)
+        yield
+
+
+@pytest.fixture
+def measured_inference_dtype(monkeypatch):
+    """The real, host-measured ``inference_dtype`` for this test (its cache cleared before and after)."""
+    real = _MEASURED_INFERENCE_DTYPE
+    real.cache_clear()
+    monkeypatch.setattr(precision, "inference_dtype", real)
+    yield real
+    real.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -168,7 +168,7 @@ def test_the_report_is_scored_in_the_weights_dtype_it_records(tmp_path, checkpoi
     argv = ["eval", "--from_pretrained", checkpoints["tuned"], "--data", str(data), "--max-new-tokens", "3",
             "--question-probes", "0", "--reliance-samples", "0", "--meteor", "nltk", "--device", "cpu"]  # fmt: skip
     assert main([*argv, "--out", str(tmp_path / "bf16"), "--dtype", "bf16"]) == 0
-    assert main([*argv, "--out", str(tmp_path / "auto")]) == 0  # auto: fp32 on CPU
+    assert main([*argv, "--out", str(tmp_path / "auto")]) == 0  # auto: fp32 here (tests pin it)
     assert loaded == [torch.bfloat16, torch.float32]
     for name, dtype in (("bf16", "bfloat16"), ("auto", "float32")):
         report = json.loads((tmp_path / name / "report.json").read_text(encoding="utf-8"))

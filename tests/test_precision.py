@@ -89,20 +89,34 @@ def test_train_runs_the_measured_precision(monkeypatch, tmp_path):
         assert args.bf16 is expected
 
 
-def test_inference_runs_fp32_on_cpu_and_bf16_on_a_gpu_that_has_it(monkeypatch):
+def test_inference_dtype_is_measured_once_on_cpu(monkeypatch, measured_inference_dtype):
     calls = []
-    monkeypatch.setattr(
-        precision, "matmul_gflops", lambda dtype, device="cpu", **_: calls.append(dtype) or 1.0
-    )
+
+    def rates(bf16: float, fp32: float):
+        table = {torch.bfloat16: bf16, torch.float32: fp32}
+
+        def measured(dtype, device="cpu", **_):
+            calls.append(dtype)
+            return table[dtype]
+
+        return measured
+
+    monkeypatch.setattr(precision, "matmul_gflops", rates(300.0, 100.0))  # an EPYC with avx512_bf16
+    assert precision.resolve_dtype(None, "cpu") == torch.bfloat16
+    assert precision.resolve_dtype("auto") == torch.bfloat16
+    assert len(calls) == 2  # one bf16 and one fp32 matmul for the whole process
+    measured_inference_dtype.cache_clear()
+    monkeypatch.setattr(precision, "matmul_gflops", rates(113.0, 255.0))  # a Xeon without AMX
     assert precision.resolve_dtype(None, "cpu") == torch.float32
-    assert precision.resolve_dtype("auto") == torch.float32
-    assert precision.resolve_dtype("bf16", "cpu") == torch.bfloat16  # asked for
+    assert precision.resolve_dtype("bf16", "cpu") == torch.bfloat16  # asked for: no measurement
     assert precision.resolve_dtype(torch.float16) == torch.float16
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert precision.resolve_dtype(None, "cuda") == torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert precision.resolve_dtype(None, "cuda:0") == torch.float32
-    assert calls == []  # nothing measured: the choice does not follow the matmul rate
+    assert len(calls) == 4
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert precision.resolve_dtype(None, "cuda") == torch.float32
+    assert len(calls) == 4  # a GPU is not measured
     with pytest.raises(precision.ConfigError, match="unknown dtype 'int8'"):
         precision.resolve_dtype("int8")
+
+
+def test_tests_run_inference_in_fp32_whatever_the_host():
+    assert precision.resolve_dtype(None, "cpu") == torch.float32

@@ -34,7 +34,13 @@ from typing import Any
 from thinchat.chat.history import Turn, fit
 from thinchat.chat.look import Descriptions, at_once, insert_looks, look_messages, look_question
 from thinchat.errors import ImageError, ThinchatError
-from thinchat.generation import GenerationSettings, decode_attention, stop_token_ids, stream_in_thread
+from thinchat.generation import (
+    GenerationSettings,
+    decode_attention,
+    last_position_logits,
+    stop_token_ids,
+    stream_in_thread,
+)
 from thinchat.images import image_key
 from thinchat.model.compose import max_positions
 from thinchat.model.tiling import max_tiles_of
@@ -74,6 +80,8 @@ class ChatEngine:
         self.image_token_id: int = config.image_token_id
         self.image_seq_length: int = int(config.image_seq_length)
         self.stop_token_ids: list[int] = stop_token_ids(model, self.tokenizer)
+        #: ``generate`` arguments every call passes: the LM head on the last position only (see there)
+        self._logits_kwargs = last_position_logits(model)
         #: the checkpoint's tiles per image (``thinchat build --max-tiles``; 0: off), see ``prompting``
         self.max_tiles: int = max_tiles_of(config)
         self.prompts = PromptBuilder(processor, self.context_limit, self.image_seq_length, self.max_tiles)
@@ -184,6 +192,7 @@ class ChatEngine:
                     max_new_tokens=max_new_tokens,
                     eos_token_id=self.stop_token_ids,
                     pad_token_id=pad,
+                    **self._logits_kwargs,
                     **generate_kwargs,
                 )
         return [text.strip() for text in self._decode(out, input_ids.shape[1])]
@@ -358,6 +367,7 @@ class ChatEngine:
         kwargs["eos_token_id"] = self.stop_token_ids
         kwargs["pad_token_id"] = self.tokenizer.pad_token_id
         kwargs["return_dict_in_generate"] = True
+        kwargs.update(self._logits_kwargs)
         return kwargs
 
     def _take_prefix(self, ids, placed: dict[int, str]) -> tuple[int, Any]:

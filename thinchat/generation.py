@@ -88,6 +88,26 @@ class GenerationSettings:
         return kwargs
 
 
+def last_position_logits(model) -> dict[str, Any]:
+    """``generate`` arguments that compute each step's logits for the last position only, from a
+    contiguous hidden state (empty for a model whose ``forward`` takes no ``logits_to_keep``).
+
+    Why not generate's own ``logits_to_keep=1``: it slices ``hidden[:, -1:, :]``, a view whose batch
+    stride spans the whole prompt, which ``torch.matmul`` cannot fold into one matrix product; it runs
+    a batched product against the LM head's weight expanded per row, and on a CPU the bf16 kernel
+    copies that weight first. A Gemma3 prefill's LM head (262k x 640, 8 rows) then takes 4.4 s instead
+    of 0.013 s, a SmolLM2 one 0.28 s instead of 0.002 s (docs/performance.md, "Inference in bf16").
+    An index tensor keeps the same position through advanced indexing, which returns a contiguous copy.
+    """
+    import inspect
+
+    import torch
+
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return {}
+    return {"logits_to_keep": torch.tensor([-1], device=model.device)}
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 

@@ -17,6 +17,7 @@ measured there, for the benchmark's MFU.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -152,22 +153,24 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@functools.cache
 def inference_dtype(device: str = "cpu") -> Any:
-    """The weights dtype inference runs in when none is asked for: bf16 on a GPU that supports it, fp32
-    elsewhere.
+    """The weights dtype inference runs in when none is asked for: bf16 on a GPU that supports it; on a
+    CPU the precision whose matmuls measure faster (:func:`measure_precision`, once per process).
 
-    Why not the faster matmul on a CPU, as training does: the speed of a whole forward pass in bf16
-    depends on the model, not only on the host. On a 2-core EPYC with avx512_bf16 the en quickstart's
-    SmolLM2 model scores its report in half the time in bf16 (same scores within a question), while the
-    zh quickstart's finetuned Gemma3 model prefills 5x slower in bf16 than in fp32 (34.5 s vs 6.4 s for
-    40 questions) and its descriptions lose CIDEr-D (docs/experiments.md, Evaluation speed).
-    ``--dtype bfloat16`` is there for the models where it measures faster.
+    Why measure on CPU too: evaluation and batch captioning decode many slides at once, so their matmuls
+    are compute-bound, and a bf16 matmul is 4x fp32 on an EPYC with avx512_bf16 and several times on a
+    Xeon with AMX, but slower on a Xeon without either (docs/experiments.md, Evaluation speed).
     """
     import torch
 
-    if str(device).startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    if str(device).startswith("cuda"):
+        return (
+            torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        )
+    if str(device) != "cpu":
+        return torch.float32  # other accelerators: the safe choice, as before any measurement
+    return measure_precision("cpu").dtype
 
 
 def resolve_dtype(dtype: Any, device: str | None = None):

@@ -48,8 +48,8 @@ def add_device(
 def add_dtype(
     parser: argparse.ArgumentParser,
     default: str | None = None,
-    text: str = "weights dtype (default auto: bfloat16 on a GPU that has it, float32 on CPU; bfloat16 is "
-    "faster on some CPU and model pairs, slower on others: docs/experiments.md, Evaluation speed)",
+    text: str = "weights dtype (default auto: bfloat16 on a GPU that has it; on a CPU the precision whose "
+    "matmuls measure faster, thinchat/precision.py)",
 ) -> None:
     """``--dtype`` with the names every loader accepts (``auto`` where the default is the device's choice)."""
     choices = list(DTYPE_NAMES) + ([] if default else ["auto"])
