@@ -156,6 +156,27 @@ def test_export_merge_equals_the_unmerged_model(two_stages, tmp_path):
     assert main(["export", "--from_pretrained", str(two_stages["stage2"]), "--out", str(tmp_path / "x")]) == 2
 
 
+def test_export_merges_in_fp32_where_inference_would_run_bf16(two_stages, tmp_path, monkeypatch):
+    """On a host whose bf16 matmuls measure faster, inference loads bf16 weights; an export must not:
+    the adapter folded into bf16 weights is rounded to bf16 and no fp32 cast after brings it back."""
+    from transformers import LlavaForConditionalGeneration
+
+    from thinchat import precision
+    from thinchat.cli import main
+    from thinchat.model.loading import load_pretrained
+
+    monkeypatch.setattr(precision, "inference_dtype", lambda device="cpu": torch.bfloat16)
+    out = tmp_path / "merged"
+    assert main(["export", "--from_pretrained", str(two_stages["stage2"]), "--merge", "--out", str(out)]) == 0
+    merged = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    unmerged, processor = load_pretrained(two_stages["stage2"], dtype="float32")
+    assert merged.dtype == torch.float32
+    ids = processor.tokenizer("quartz and calcite", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        a, b = merged(input_ids=ids).logits, unmerged(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+
+
 def test_projector_gets_its_own_learning_rate(two_stages):
     from transformers import TrainingArguments
 

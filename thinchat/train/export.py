@@ -45,7 +45,9 @@ def export(
         raise ConfigError(f"{out} exists and is not empty; choose another --out or add --overwrite")
     if out.resolve() == checkpoint.resolve():
         raise ConfigError("--out must differ from --from_pretrained")
-    model, processor = load_pretrained(checkpoint, merge=True)
+    # Merged in fp32 whatever inference would choose on this host: a LoRA delta added to bf16 weights
+    # is rounded to bf16's 8-bit mantissa, and an fp32 export must hold what training computed.
+    model, processor = load_pretrained(checkpoint, dtype="float32", merge=True)
     model = model.to(getattr(torch, DTYPE_NAMES[dtype]))
     model.config.use_cache = True
     tmp = out.with_name(out.name + ".partial")
