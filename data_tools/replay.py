@@ -66,7 +66,9 @@ def make_replay(
     from thinchat.model.loading import load_pretrained
 
     pool = load_replay_questions(questions, lang)
-    model, processor = load_pretrained(model_dir, merge=True)
+    # fp32 whatever inference would choose here: the answers are training data, and every host (bf16
+    # on one, fp32 on another) should write the same ones for the same model.
+    model, processor = load_pretrained(model_dir, dtype="float32", merge=True)
     samples = [EvalSample(f"replay-{k:04d}", [], [], q, [], language_of(q)) for k, q in enumerate(pool)]
     engine = ChatEngine(model, processor, reuse_prefix=False)
     answers = generate_for_samples(engine, samples, batch_size, max_new_tokens, desc="replay")

@@ -83,6 +83,28 @@ def test_replay_answers_are_the_models_own(talking_llava_dir: Path, tmp_path: Pa
     assert score["n_samples"] == len(kept) and score["answer_tokens"] > 0 and score["loss"] > 0
 
 
+def test_replay_answers_in_fp32_where_inference_would_run_bf16(talking_llava_dir, tmp_path, monkeypatch):
+    """The answers are training data: a host whose bf16 matmuls measure faster writes what any other
+    host writes, so the replay model is loaded in fp32 whatever the inference default."""
+    import torch
+
+    import thinchat.model.loading as loading
+    from thinchat import precision
+
+    monkeypatch.setattr(precision, "inference_dtype", lambda device="cpu": torch.bfloat16)
+    loaded, real = [], loading.load_pretrained
+
+    def spy(*args, **kwargs):
+        model, processor = real(*args, **kwargs)
+        loaded.append(model.dtype)
+        return model, processor
+
+    monkeypatch.setattr(loading, "load_pretrained", spy)
+    make_replay(talking_llava_dir, tmp_path / "r.json", lang="en", max_new_tokens=3)
+    assert loaded == [torch.float32]
+    assert real(talking_llava_dir)[0].dtype == torch.bfloat16  # the default it overrides
+
+
 def test_replay_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError, match="not found"):
         load_replay_questions(tmp_path / "missing.yaml", "en")
