@@ -95,8 +95,8 @@ def last_position_logits(model) -> dict[str, Any]:
     Why not generate's own ``logits_to_keep=1``: it slices ``hidden[:, -1:, :]``, a view whose batch
     stride spans the whole prompt, which ``torch.matmul`` cannot fold into one matrix product; it runs
     a batched product against the LM head's weight expanded per row, and on a CPU the bf16 kernel
-    copies that weight first. A Gemma3 prefill's LM head (262k x 640, 8 rows) then takes 4.4 s instead
-    of 0.013 s, a SmolLM2 one 0.28 s instead of 0.002 s (docs/experiments.md, "Evaluation speed").
+    copies that weight first. A Gemma3 prefill's LM head (262k x 640, 8 rows) then takes 4.3 s instead
+    of 0.018 s, a SmolLM2 one 0.28 s instead of 0.003 s (bench/bench_lm_head.py) (docs/experiments.md, "Evaluation speed").
     An index tensor keeps the same position through advanced indexing, which returns a contiguous copy.
     """
     import inspect
