@@ -22,6 +22,7 @@ BENCHES = {
     "train": ["bench_train.py"],
     "chat": ["bench_chat.py"],
     "caption": ["bench_caption.py"],
+    "lm_head": ["bench_lm_head.py"],
     "server": ["bench_server.py"],
 }
 
