@@ -354,9 +354,9 @@ def evaluate(
     checkpoint names looks first with those only (the recipes leave out the base model, whose
     descriptions run to ``max_new_tokens``: 330 s of a 1762 s quickstart on a 2-core EPYC).
     ``text_data`` (text-only LLaVA JSON, e.g. the base model's held-out replay answers) adds each
-    model's answer loss on it: general chat retention. ``dtype`` (None: ``thinchat.precision.inference_dtype``,
-    bf16 on a GPU and on a CPU whose bf16 matmuls measure faster) is the weights dtype every checkpoint is scored in; the
-    report's settings record it. Returns the report data (what ``report.json`` holds). Raises
+    model's answer loss on it: general chat retention. ``dtype`` (None:
+    ``thinchat.precision.inference_dtype``, bf16 on a GPU and on a CPU whose bf16 matmuls measure faster)
+    is the weights dtype every checkpoint is scored in; the report's settings record it. Returns the report data (what ``report.json`` holds). Raises
     ``ThinchatError`` subclasses for a bad test set (empty, malformed, nothing left after skipping) or
     a checkpoint that fails to load.
     """
