@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench_scripts import load_bench
 
 
 def test_each_dtype_and_batch_size_is_timed_against_its_own_batch_of_one(capsys):
-    spec = importlib.util.spec_from_file_location("bench_caption", ROOT / "bench" / "bench_caption.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_bench("bench_caption.py")
     argv = ["--n-slides", "3", "--batch-sizes", "1,3", "--max-new-tokens", "2", "--dtypes", "fp32,bf16"]
     assert module.main(argv) == 0
     out = json.loads(capsys.readouterr().out)

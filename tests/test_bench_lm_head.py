@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench_scripts import load_bench
 
 
 def test_every_dtype_and_row_count_times_both_ways(capsys):
-    spec = importlib.util.spec_from_file_location("bench_lm_head", ROOT / "bench" / "bench_lm_head.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_bench("bench_lm_head.py")
     argv = ["--heads", "tiny", "--rows", "1,4", "--prompt", "5", "--repeats", "1"]
     assert module.main(argv) == 0
     out = json.loads(capsys.readouterr().out)

@@ -7,22 +7,13 @@ the bench working and the server passing it on every change. Loopback only, boun
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench_scripts import load_bench
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_server_soak", ROOT / "bench" / "bench_server_soak.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_server_soak.py")
 
 
 def test_a_30_second_soak_on_a_tiny_model_passes_with_every_kind_of_traffic(tmp_path) -> None:
