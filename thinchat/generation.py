@@ -97,8 +97,8 @@ def last_position_logits(model) -> dict[str, Any]:
     a batched product against the LM head's weight expanded per row, and on a CPU the bf16 kernel
     copies that weight first. A Gemma3 prefill's LM head (262k x 640, 8 rows) then takes 4.3 s instead
     of 0.018 s, a SmolLM2 one 0.28 s instead of 0.003 s (``bench/bench_lm_head.py``; docs/experiments.md,
-    "Evaluation speed").
-    An index tensor keeps the same position through advanced indexing, which returns a contiguous copy.
+    "Evaluation speed"). An index tensor keeps the same position through advanced indexing, which
+    returns a contiguous copy.
     """
     import inspect
 

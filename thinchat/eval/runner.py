@@ -356,9 +356,9 @@ def evaluate(
     ``text_data`` (text-only LLaVA JSON, e.g. the base model's held-out replay answers) adds each
     model's answer loss on it: general chat retention. ``dtype`` (None:
     ``thinchat.precision.inference_dtype``, bf16 on a GPU and on a CPU whose bf16 matmuls measure faster)
-    is the weights dtype every checkpoint is scored in; the report's settings record it. Returns the report data (what ``report.json`` holds). Raises
-    ``ThinchatError`` subclasses for a bad test set (empty, malformed, nothing left after skipping) or
-    a checkpoint that fails to load.
+    is the weights dtype every checkpoint is scored in; the report's settings record it. Returns the
+    report data (what ``report.json`` holds). Raises ``ThinchatError`` subclasses for a bad test set
+    (empty, malformed, nothing left after skipping) or a checkpoint that fails to load.
     """
     embedded = _check_request(checkpoints, data_path, batch_size, max_new_tokens)
     weights_dtype = resolve_dtype(dtype, device)
@@ -382,8 +382,13 @@ def evaluate(
         look_first=look_first,
         lexicon=lexicon,
     )
-    settings = {"decoding": "greedy", "max_new_tokens": max_new_tokens, "data": str(data_path)}
-    settings["dtype"] = str(weights_dtype).removeprefix("torch.")
+    dtype_name = str(weights_dtype).removeprefix("torch.")
+    settings = {
+        "decoding": "greedy",
+        "max_new_tokens": max_new_tokens,
+        "data": str(data_path),
+        "dtype": dtype_name,
+    }
     scorer = MeteorScorer(meteor)
     try:
         report, records = build_report(
