@@ -14,7 +14,7 @@ from thinchat.testing import tiny_llava
 from thinchat.train.config import load_train_config
 from thinchat.train.dataset import IGNORE_INDEX, Collator, SupervisedDataset, verdict_weights
 from thinchat.train.sources import open_samples
-from thinchat.train.trainer import logits_only_where_scored, model_inputs, weighted_lm_loss
+from thinchat.train.trainer import lm_loss, logits_only_where_scored, model_inputs
 
 X = IGNORE_INDEX
 
@@ -54,8 +54,9 @@ def test_weight_one_is_the_plain_loss_and_a_weight_adds_the_verdict_again(tiny):
     inputs = model_inputs(model, batch, None)
     with torch.no_grad():
         plain = model(**logits_only_where_scored(inputs)).loss
-        assert torch.allclose(weighted_lm_loss(model, inputs, torch.ones_like(weights)), plain, atol=1e-6)
-        weighted = weighted_lm_loss(model, inputs, weights)
+        assert torch.allclose(lm_loss(model, inputs, torch.ones_like(weights)), plain, atol=1e-6)
+        assert torch.allclose(lm_loss(model, inputs), plain, atol=1e-6)
+        weighted = lm_loss(model, inputs, weights)
         logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits[0]
     labels = batch["labels"][0]
     verdict = int((weights[0] == 3.0).nonzero())

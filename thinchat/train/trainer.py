@@ -56,23 +56,37 @@ def logits_only_where_scored(inputs: dict[str, Any]) -> dict[str, Any]:
     return {**inputs, "logits_to_keep": keep, "shift_labels": targets[keep]}
 
 
-def weighted_lm_loss(model: Any, inputs: dict[str, Any], weights: Any, num_items_in_batch: Any = None) -> Any:
-    """The causal-LM loss with a weight per label (``TrainConfig.verdict_loss_weight``).
+def lm_loss(model: Any, inputs: dict[str, Any], weights: Any = None, num_items_in_batch: Any = None) -> Any:
+    """The causal-LM loss of a batch, with a weight per label where ``weights`` is given.
 
     Sum of weight x token cross-entropy over the labelled positions, divided by the number of labelled
     tokens (``num_items_in_batch`` across gradient accumulation, as transformers' own loss), so with every
-    weight 1 it is the plain loss. The LM head runs only where a label is (``logits_only_where_scored``).
+    weight 1 (``TrainConfig.verdict_loss_weight``) it is the plain loss. Where the LM head is a plain
+    linear layer the model runs its head on no position and ``linear_cross_entropy`` computes head and
+    loss in vocabulary chunks from the final hidden states (half the step of a 262k vocabulary); any
+    other head runs only where a label is (``logits_only_where_scored``).
     """
     import torch.nn.functional as F
+
+    from thinchat.model.unwrap import unwrap_llava
+    from thinchat.train.linear_ce import fusable_head, linear_cross_entropy
 
     scored = logits_only_where_scored(inputs)
     del scored["labels"]  # the loss is computed here, from the pre-shifted labels
     targets, keep = scored.pop("shift_labels"), scored["logits_to_keep"]
-    shifted = F.pad(weights[:, 1:].to(keep.device), (0, 1), value=0.0)[keep]
-    logits = model(**scored).logits
-    token_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, reduction="none")
+    rows = None if weights is None else F.pad(weights[:, 1:].to(keep.device), (0, 1), value=0.0)[keep]
+    llava = unwrap_llava(model)
+    head = llava.get_output_embeddings()
+    if fusable_head(head, llava.config.text_config.vocab_size):
+        scored["logits_to_keep"] = torch.zeros_like(keep)  # the loss runs the head itself
+        hidden = model(**scored, output_hidden_states=True).hidden_states[-1][keep]
+        total = linear_cross_entropy(hidden, head.weight, targets, rows)
+    else:
+        logits = model(**scored).logits
+        token_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, reduction="none")
+        total = token_loss.sum() if rows is None else (token_loss * rows).sum()
     count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
-    return (token_loss * shifted).sum() / count
+    return total / count
 
 
 def embed_cached_features(model: Any, inputs: dict[str, Any], feature_cache: Any) -> dict[str, Any]:
@@ -282,13 +296,21 @@ class ThinchatTrainer(Trainer):
         if self.rotation_seed is not None and model.training:  # evaluation sees the images as they are
             inputs = turn_images(model, inputs, self.rotation_seed, self.state.global_step)
         inputs = model_inputs(model, inputs, self.feature_cache)
-        if weights is not None and not return_outputs:
-            return weighted_lm_loss(model, inputs, weights, num_items_in_batch)
-        if not return_outputs:  # callers that want the outputs expect logits at every position
-            inputs = logits_only_where_scored(inputs)
-        return super().compute_loss(
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-        )
+        loss_only = not return_outputs or self.args.prediction_loss_only  # evaluation drops the outputs
+        if (
+            inputs.get("labels") is None or not loss_only
+        ):  # callers that want outputs get every position's logits
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = self.across_devices(lm_loss(model, inputs, weights, num_items_in_batch), num_items_in_batch)
+        return (loss, {}) if return_outputs else loss
+
+    def across_devices(self, loss: Any, num_items_in_batch: Any) -> Any:
+        """The loss scaled as ``Trainer.compute_loss`` scales its own: the token count is summed over the
+        processes and DDP averages their gradients, so each process's loss is multiplied back."""
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            processes = self.accelerator.num_processes // self.get_tp_size()
+            return loss * (processes if self.args.n_gpu <= 1 else self.args.n_gpu)
+        return loss
 
     def _save_checkpoint(self, model, trial) -> None:
         """Save, then mark complete, then rotate; a failed save names the last good checkpoint."""

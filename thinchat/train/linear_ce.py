@@ -1,0 +1,111 @@
+"""The LM head and its cross-entropy in vocabulary chunks: no fp32 logits, one exp per logit.
+
+Why: with a large vocabulary the loss, not the model, is most of a CPU training step. The zh base
+(Gemma 3, 262,145 tokens) spends two thirds of its step in four passes over a [rows, vocab] fp32 tensor:
+the logits cast to fp32, log-softmax, the zeroed gradient and log-softmax's backward, each at a tenth
+of the memory bandwidth (docs/performance.md, "The zh model's step"). The field's answer is a linear
+cross-entropy that never materialises those logits (Liger Kernel's ``LigerFusedLinearCrossEntropyLoss``,
+Apple's Cut Cross-Entropy); both are Triton kernels for GPUs, and Cut Cross-Entropy's ``torch.compile``
+route lost inside the Trainer on a CPU. This is the same algorithm in plain torch: the forward pass runs
+the head over chunks of the vocabulary small enough for the cache, keeps each chunk's
+``exp(logit - chunk max)`` in the head's dtype plus a max and a sum per row and chunk; the backward pass
+rescales those to probabilities (a multiply, no second exp) and multiplies them back through the head.
+The head's matmuls are the same two as autograd's; the elementwise work runs once, in cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+#: Vocabulary rows per chunk: a [rows, chunk] fp32 block of 4 MB at 512 rows, stays in a CPU's cache.
+DEFAULT_CHUNK = 2048
+
+
+def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype the head's matmul runs in: autocast's where autocast is on, else the weight's."""
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return weight.dtype
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, row_weights, chunk, dtype):
+        h = hidden.to(dtype)
+        starts = range(0, weight.shape[0], chunk)
+        scaled = torch.empty(h.shape[0], weight.shape[0], dtype=dtype, device=h.device)
+        maxes = torch.empty(h.shape[0], len(starts), device=h.device)
+        sums = torch.empty_like(maxes)
+        for i, start in enumerate(starts):
+            block = torch.mm(h, weight[start : start + chunk].to(dtype).t()).float()
+            maxes[:, i] = block.amax(dim=1)
+            block.sub_(maxes[:, i : i + 1]).exp_()
+            sums[:, i] = block.sum(dim=1)
+            scaled[:, start : start + chunk] = block
+        lse = torch.logsumexp(maxes + sums.log(), dim=1)
+        target_logit = (h.float() * weight[targets].float()).sum(dim=1)
+        ctx.save_for_backward(h, weight, targets, row_weights, lse, maxes, scaled)
+        ctx.chunk, ctx.hidden_dtype = chunk, hidden.dtype
+        return ((lse - target_logit) * row_weights).sum()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        h, weight, targets, row_weights, lse, maxes, scaled = ctx.saved_tensors
+        per_row = row_weights * grad_out
+        # d loss / d logit = weight x (softmax - one-hot); softmax = scaled x exp(chunk max - lse)
+        rescale = torch.exp(maxes - lse[:, None]) * per_row[:, None]
+        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.zeros(h.shape, device=h.device) if want_h else None
+        grad_w = torch.zeros(weight.shape, device=h.device) if want_w else None
+        for i, start in enumerate(range(0, weight.shape[0], ctx.chunk)):
+            block = scaled[:, start : start + ctx.chunk].float().mul_(rescale[:, i : i + 1]).to(h.dtype)
+            if want_h:
+                grad_h.add_(torch.mm(block, weight[start : start + ctx.chunk].to(h.dtype)))
+            if want_w:
+                grad_w[start : start + ctx.chunk] = torch.mm(block.t(), h)
+        if want_h:
+            grad_h.sub_(weight[targets].float() * per_row[:, None])
+            grad_h = grad_h.to(ctx.hidden_dtype)
+        if want_w:
+            grad_w.index_add_(0, targets, -h.float() * per_row[:, None])
+            grad_w = grad_w.to(weight.dtype)
+        return grad_h, grad_w, None, None, None, None
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    row_weights: torch.Tensor | None = None,
+    chunk: int = DEFAULT_CHUNK,
+) -> torch.Tensor:
+    """Sum over rows of ``row_weights x cross_entropy(hidden @ weight.T, targets)``, never holding fp32 logits.
+
+    ``hidden`` [rows, d] are the final hidden states at the labelled positions, ``weight`` [vocab, d]
+    the LM head (no bias), ``targets`` [rows] the next tokens. The head runs in autocast's dtype where
+    autocast is on (as ``F.linear`` would), the softmax in fp32; gradients reach ``hidden`` and, where
+    it trains, ``weight``.
+    """
+    if row_weights is None:
+        row_weights = torch.ones(targets.shape, device=hidden.device)
+    dtype = compute_dtype(hidden, weight)
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _LinearCrossEntropy.apply(hidden, weight, targets, row_weights.float(), chunk, dtype)
+
+
+def fusable_head(head: Any, vocab_size: int) -> bool:
+    """True where ``head`` is a plain bias-free ``nn.Linear`` whose whole weight is here.
+
+    Not for a quantised or LoRA-wrapped head (another module type), one with a bias, or one whose
+    weight DeepSpeed ZeRO-3 has partitioned away (its local shape is not [vocab, d]): those keep the
+    model's own head and the plain loss.
+    """
+    return (
+        type(head) is torch.nn.Linear
+        and head.bias is None
+        and head.weight.shape[0] == vocab_size
+        and head.weight.dim() == 2
+    )
