@@ -36,17 +36,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, row_weights, chunk, dtype):
         h = hidden.to(dtype)
         starts = range(0, weight.shape[0], chunk)
+        rows = torch.arange(h.shape[0], device=h.device)
         scaled = torch.empty(h.shape[0], weight.shape[0], dtype=dtype, device=h.device)
         maxes = torch.empty(h.shape[0], len(starts), device=h.device)
         sums = torch.empty_like(maxes)
+        target_logit = torch.empty(h.shape[0], device=h.device)
         for i, start in enumerate(starts):
             block = torch.mm(h, weight[start : start + chunk].to(dtype).t()).float()
+            inside = (targets >= start) & (targets < start + block.shape[1])
+            target_logit[inside] = block[rows[inside], targets[inside] - start]
             maxes[:, i] = block.amax(dim=1)
             block.sub_(maxes[:, i : i + 1]).exp_()
             sums[:, i] = block.sum(dim=1)
             scaled[:, start : start + chunk] = block
         lse = torch.logsumexp(maxes + sums.log(), dim=1)
-        target_logit = (h.float() * weight[targets].float()).sum(dim=1)
         ctx.save_for_backward(h, weight, targets, row_weights, lse, maxes, scaled)
         ctx.chunk, ctx.hidden_dtype = chunk, hidden.dtype
         return ((lse - target_logit) * row_weights).sum()
@@ -55,23 +58,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out):
         h, weight, targets, row_weights, lse, maxes, scaled = ctx.saved_tensors
         per_row = row_weights * grad_out
-        # d loss / d logit = weight x (softmax - one-hot); softmax = scaled x exp(chunk max - lse)
+        # d loss / d logit = weight x (softmax - one-hot); softmax = scaled x exp(chunk max - lse). The
+        # one-hot is taken off in fp32 before the cast: a well-predicted target's softmax is close to 1,
+        # and rounding it to bf16 first would swamp the small difference that is the gradient.
         rescale = torch.exp(maxes - lse[:, None]) * per_row[:, None]
+        rows = torch.arange(h.shape[0], device=h.device)
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.zeros(h.shape, device=h.device) if want_h else None
         grad_w = torch.zeros(weight.shape, device=h.device) if want_w else None
         for i, start in enumerate(range(0, weight.shape[0], ctx.chunk)):
-            block = scaled[:, start : start + ctx.chunk].float().mul_(rescale[:, i : i + 1]).to(h.dtype)
+            block = scaled[:, start : start + ctx.chunk].float().mul_(rescale[:, i : i + 1])
+            inside = (targets >= start) & (targets < start + block.shape[1])
+            block[rows[inside], targets[inside] - start] -= per_row[inside]
+            block = block.to(h.dtype)
             if want_h:
                 grad_h.add_(torch.mm(block, weight[start : start + ctx.chunk].to(h.dtype)))
             if want_w:
                 grad_w[start : start + ctx.chunk] = torch.mm(block.t(), h)
-        if want_h:
-            grad_h.sub_(weight[targets].float() * per_row[:, None])
-            grad_h = grad_h.to(ctx.hidden_dtype)
-        if want_w:
-            grad_w.index_add_(0, targets, -h.float() * per_row[:, None])
-            grad_w = grad_w.to(weight.dtype)
+        grad_h = grad_h.to(ctx.hidden_dtype) if want_h else None
+        grad_w = grad_w.to(weight.dtype) if want_w else None
         return grad_h, grad_w, None, None, None, None
 
 
