@@ -37,7 +37,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         h = hidden.to(dtype)
         starts = range(0, weight.shape[0], chunk)
         rows = torch.arange(h.shape[0], device=h.device)
-        scaled = torch.empty(h.shape[0], weight.shape[0], dtype=dtype, device=h.device)
+        # one contiguous [rows, chunk] block per chunk: a column slice of one [rows, vocab] tensor
+        # is a strided copy, several times slower than the contiguous one
+        scaled = torch.empty(len(starts), h.shape[0], chunk, dtype=dtype, device=h.device)
         maxes = torch.empty(h.shape[0], len(starts), device=h.device)
         sums = torch.empty_like(maxes)
         target_logit = torch.empty(h.shape[0], device=h.device)
@@ -48,7 +50,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             maxes[:, i] = block.amax(dim=1)
             block.sub_(maxes[:, i : i + 1]).exp_()
             sums[:, i] = block.sum(dim=1)
-            scaled[:, start : start + chunk] = block
+            scaled[i, :, : block.shape[1]] = block
         lse = torch.logsumexp(maxes + sums.log(), dim=1)
         ctx.save_for_backward(h, weight, targets, row_weights, lse, maxes, scaled)
         ctx.chunk, ctx.hidden_dtype = chunk, hidden.dtype
@@ -67,8 +69,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.zeros(h.shape, device=h.device) if want_h else None
         grad_w = torch.zeros(weight.shape, device=h.device) if want_w else None
         for i, start in enumerate(range(0, weight.shape[0], ctx.chunk)):
-            block = scaled[:, start : start + ctx.chunk].float().mul_(rescale[:, i : i + 1])
-            inside = (targets >= start) & (targets < start + block.shape[1])
+            width = min(ctx.chunk, weight.shape[0] - start)
+            block = scaled[i, :, :width].float().mul_(rescale[:, i : i + 1])
+            inside = (targets >= start) & (targets < start + width)
             block[rows[inside], targets[inside] - start] -= per_row[inside]
             block = block.to(h.dtype)
             if want_h:
