@@ -110,3 +110,27 @@ def test_a_well_predicted_target_keeps_its_small_gradient_in_bf16():
     (got,) = torch.autograd.grad(loss, hidden)
     assert 0.002 < loss.item() / 32 < 0.05  # the targets are well predicted
     assert float((got.double() - want).norm() / want.norm()) < 0.05
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_the_trainer_runs_the_loss_head_in_the_forward_precision(tmp_path, monkeypatch, bf16):
+    # Trainer autocasts the model's forward only (accelerate wraps it); the loss runs the head outside
+    # that forward and must run it in the same precision, not in the fp32 of an fp32 base's weights.
+    from transformers import TrainingArguments
+
+    from thinchat.train import linear_ce
+    from thinchat.train.trainer import ThinchatTrainer
+
+    model, processor = tiny_llava("llama", "dinov2")
+    samples = list(open_samples(write_typed_slide(tmp_path)))
+    batch = Collator(processor.tokenizer.pad_token_id)([SupervisedDataset(samples, processor, 512)[0]])
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), use_cpu=True, bf16=bf16, report_to="none")
+    trainer = ThinchatTrainer(model=model, args=args)
+    seen = []
+    apply = linear_ce._LinearCrossEntropy.apply
+    monkeypatch.setattr(linear_ce._LinearCrossEntropy, "apply", lambda *a: seen.append(a[-1]) or apply(*a))
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    assert seen == [torch.bfloat16 if bf16 else torch.float32]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        plain = model(**logits_only_where_scored(model_inputs(model, dict(batch), None))).loss
+    assert torch.allclose(loss, plain, rtol=1e-2 if bf16 else 1e-5)

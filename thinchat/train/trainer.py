@@ -301,7 +301,9 @@ class ThinchatTrainer(Trainer):
             inputs.get("labels") is None or not loss_only
         ):  # callers that want outputs get every position's logits
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss = self.across_devices(lm_loss(model, inputs, weights, num_items_in_batch), num_items_in_batch)
+        with self.accelerator.autocast():  # the loss runs the head: in the precision the forward runs in
+            loss = lm_loss(model, inputs, weights, num_items_in_batch)
+        loss = self.across_devices(loss, num_items_in_batch)
         return (loss, {}) if return_outputs else loss
 
     def across_devices(self, loss: Any, num_items_in_batch: Any) -> Any:
