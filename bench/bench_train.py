@@ -11,6 +11,8 @@ its own process so peak RSS is per configuration:
   d  fp32 + flush denormals + the feature cache (on CPUs whose bf16 matmul is not faster than fp32)
   e  c with the frozen base stored in bf16 (the trainable LoRA and projector stay fp32 for AdamW)
   f  e + ``torch.compile`` (inductor) of the model's forward; its compile time is in ``warm_up_s``
+  g  e with the LM head only where a label is (``logits_only_where_scored``)
+  h  g with head and loss in vocabulary chunks (``thinchat.train.trainer.lm_loss``, what stage 2 runs)
 
 Every sample is ``--seq-len`` tokens (64 image tokens + text); images are synthetic thin sections from
 ``data_tools.synth`` at ``--image-px``. MFU = achieved model FLOP/s / the matmul FLOP/s measured here in the
@@ -45,9 +47,11 @@ CONFIGS = {
     "d": "fp32 + flush denormals + feature cache (for CPUs where bf16 matmul is not faster)",
     "e": "c with the frozen base stored in bf16 (trainable LoRA + projector kept fp32)",
     "f": "e + torch.compile (inductor) of the model's forward",
+    "g": "e with the LM head only where a label is",
+    "h": "g with the head and its loss in vocabulary chunks (linear cross-entropy: the trainer's loss)",
 }
-BF16_CONFIGS = ("b", "c", "e", "f")
-CACHED_CONFIGS = ("c", "d", "e", "f")
+BF16_CONFIGS = ("b", "c", "e", "f", "g", "h")
+CACHED_CONFIGS = ("c", "d", "e", "f", "g", "h")
 CAPTION = (
     "Quartz grains are subrounded with undulose extinction; plagioclase shows polysynthetic twinning. "
     "泥质呈纤维状、隐晶状，大部分已绢云母化，分布欠均。方解石呈粉晶-细晶状，含铁。少见锆石、电气石等。"
@@ -65,7 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per sample, image tokens included")
     parser.add_argument("--image-px", type=int, default=224, help="side of the synthetic slide PNGs")
-    parser.add_argument("--configs", default="a,b,c,d", help="which of a,b,c,d,e,f to run")
+    parser.add_argument("--configs", default="a,b,c,d", help="which of " + ",".join(CONFIGS) + " to run")
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
     parser.add_argument(
@@ -133,6 +137,18 @@ def make_batches(processor, paths: list[Path], batch_size: int, seq_len: int, n_
     return [(ids, labels, paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
 
 
+def lm_step_loss(mode: str, forward, inputs: dict):
+    """The step's loss as config ``mode`` computes it: the head on every position, on the labelled
+    positions, or fused with the loss in vocabulary chunks."""
+    from thinchat.train.trainer import lm_loss, logits_only_where_scored
+
+    if mode == "h":
+        return lm_loss(forward, inputs)
+    if mode == "g":
+        return forward(**logits_only_where_scored(inputs)).loss
+    return forward(**inputs).loss
+
+
 def run_child(args: argparse.Namespace) -> dict:
     import torch
 
@@ -146,7 +162,7 @@ def run_child(args: argparse.Namespace) -> dict:
     bf16 = mode in BF16_CONFIGS
     torch.set_flush_denormal(mode != "a")
     torch.manual_seed(0)
-    base_dtype = "bfloat16" if mode in ("e", "f") else "float32"
+    base_dtype = "bfloat16" if mode in ("e", "f", "g", "h") else "float32"
     peft_model, llava, processor = load_lora_model(args.model, args.lora_r, base_dtype)
     forward = torch.compile(peft_model) if mode == "f" else peft_model
     n_img = llava.config.image_seq_length
@@ -170,7 +186,7 @@ def run_child(args: argparse.Namespace) -> dict:
                 loss = forward(input_ids=ids, pixel_values=pixels(batch_paths), labels=labels).loss
             else:
                 embeds = merge_image_features(peft_model, ids, cache.features_for(batch_paths))
-                loss = forward(inputs_embeds=embeds, labels=labels).loss
+                loss = lm_step_loss(mode, forward, {"inputs_embeds": embeds, "labels": labels})
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
