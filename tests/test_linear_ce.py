@@ -134,3 +134,13 @@ def test_the_trainer_runs_the_loss_head_in_the_forward_precision(tmp_path, monke
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         plain = model(**logits_only_where_scored(model_inputs(model, dict(batch), None))).loss
     assert torch.allclose(loss, plain, rtol=1e-2 if bf16 else 1e-5)
+
+
+def test_the_chunk_keeps_the_block_near_4_mb_and_no_rows_cost_nothing():
+    from thinchat.train.linear_ce import chunk_for
+
+    assert [chunk_for(r) for r in (1, 64, 160, 512, 952, 5000)] == [65536, 16384, 4096, 2048, 2048, 2048]
+    hidden = torch.zeros(0, 8, requires_grad=True)
+    loss = linear_cross_entropy(hidden, torch.randn(50, 8), torch.zeros(0, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0 and hidden.grad.shape == (0, 8)
