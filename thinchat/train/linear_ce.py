@@ -107,9 +107,8 @@ def linear_cross_entropy(
     """
     if row_weights is None:
         row_weights = torch.ones(targets.shape, device=hidden.device)
-    dtype = compute_dtype(hidden, weight)
+    dtype, chunk = compute_dtype(hidden, weight), chunk or chunk_for(hidden.shape[0])
     with torch.autocast(hidden.device.type, enabled=False):
-        chunk = chunk or chunk_for(hidden.shape[0])
         return _LinearCrossEntropy.apply(hidden, weight, targets, row_weights.float(), chunk, dtype)
 
 

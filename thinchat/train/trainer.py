@@ -296,10 +296,9 @@ class ThinchatTrainer(Trainer):
         if self.rotation_seed is not None and model.training:  # evaluation sees the images as they are
             inputs = turn_images(model, inputs, self.rotation_seed, self.state.global_step)
         inputs = model_inputs(model, inputs, self.feature_cache)
-        loss_only = not return_outputs or self.args.prediction_loss_only  # evaluation drops the outputs
-        if (
-            inputs.get("labels") is None or not loss_only
-        ):  # callers that want outputs get every position's logits
+        # evaluation drops the outputs; callers that keep them get every position's logits
+        loss_only = not return_outputs or self.args.prediction_loss_only
+        if inputs.get("labels") is None or not loss_only:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         with self.accelerator.autocast():  # the loss runs the head: in the precision the forward runs in
             loss = lm_loss(model, inputs, weights, num_items_in_batch)
